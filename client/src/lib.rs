@@ -1,0 +1,1 @@
+//! ringcast (see DESIGN.md).

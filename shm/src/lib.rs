@@ -1,0 +1,1 @@
+//! ringcast-shm (see DESIGN.md).

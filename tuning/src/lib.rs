@@ -1,0 +1,1 @@
+//! ringcast-tune (see DESIGN.md).
