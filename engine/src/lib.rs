@@ -1,9 +1,10 @@
 //! ringcast engine: the Totem single-ring ordering and membership protocol as a sans-IO
-//! state machine (`totem`), its wire encoding (`wire`), and a deterministic cluster
-//! simulator that runs the same code (`sim`).
-#![forbid(unsafe_code)]
+//! state machine (`totem`), its wire encoding (`wire`), the io_uring driver that runs it
+//! on real sockets (`io`), and a deterministic cluster simulator that runs the same
+//! protocol code (`sim`).
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod io;
 pub mod sim;
 pub mod totem;
 pub mod wire;

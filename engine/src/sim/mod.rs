@@ -1,1 +1,1 @@
-
+//! The deterministic cluster simulator (see DESIGN.md, `sim/`).

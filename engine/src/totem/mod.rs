@@ -1,3 +1,4 @@
+#![forbid(unsafe_code)]
 //! The Totem single-ring ordering and membership protocol (Amir et al., ACM TOCS 1995),
 //! as Corosync runs it (CPG_SPEC.md §9–10), as a pure state machine.
 //!

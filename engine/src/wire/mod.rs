@@ -4,6 +4,7 @@
 
 pub mod pack;
 pub mod packet;
+pub mod seal;
 
 pub use packet::{CommitEntry, CommitToken, DecodeError, Join, Mcast, Packet, Recovered, Token};
 

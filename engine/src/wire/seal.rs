@@ -1,0 +1,1 @@
+//! Authenticated encryption of datagrams with a pre-shared key (issue 3).
