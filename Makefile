@@ -1,0 +1,54 @@
+# ringcast — build, run and test entry points.
+# CI runs `bash .ci/run`, which installs what a fresh machine lacks and then `make test`.
+
+CARGO    ?= cargo
+# Arguments for `make sim`; override on the command line, e.g.
+#   make sim SIM_ARGS="--seed 1234"
+SIM_ARGS ?= --seeds 1000 --nodes 2-16
+
+.PHONY: all build run test fmt-check clippy unit-test bench sim cluster tune-check clean help
+
+all: build
+
+help:
+	@echo "make run         build and start ringcastd with built-in defaults (single node, 127.0.0.1)"
+	@echo "make test        rustfmt check, clippy -D warnings, every test (includes a multi-minute simulator run)"
+	@echo "make sim         run the deterministic simulator: SIM_ARGS='$(SIM_ARGS)'"
+	@echo "make bench       Totem core cost benchmark (core_cost)"
+	@echo "make cluster     not yet implemented (issue 3)"
+	@echo "make tune-check  not yet implemented"
+
+build:
+	$(CARGO) build --workspace --release
+
+run:
+	$(CARGO) build --release -p ringcast-engine --bin ringcastd
+	exec ./target/release/ringcastd
+
+test: fmt-check clippy unit-test
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+unit-test:
+	$(CARGO) test --workspace
+
+bench:
+	$(CARGO) run --release -p ringcast-bench --bin core_cost
+
+sim:
+	$(CARGO) run --release -p ringcast-engine --bin ringcast-sim -- $(SIM_ARGS)
+
+cluster:
+	@echo "make cluster: not yet implemented (issue 3: ringcastd and real multi-process clusters)" >&2
+	@exit 1
+
+tune-check:
+	@echo "make tune-check: not yet implemented (no issue yet: ringcast-tune host checks)" >&2
+	@exit 1
+
+clean:
+	$(CARGO) clean
