@@ -4,6 +4,7 @@
 //! protocol code (`sim`).
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod daemon;
 pub mod io;
 pub mod sim;
 pub mod totem;

@@ -1,0 +1,13 @@
+//! What the `ringcastd` daemon needs around the protocol and the event loop: its
+//! configuration (TOML file, command-line overrides, built-in defaults), the persistent
+//! ring sequence and the internal load generator.
+//!
+//! No protocol logic lives here: everything Totem decides is in [`crate::totem`], and all
+//! IO (and all `unsafe`) is in [`crate::io`].
+
+pub mod config;
+pub mod load;
+pub mod ringseq;
+
+pub use config::{DaemonConfig, IdleStrategy, NodeEntry, SettingError, Transport};
+pub use ringseq::FileRingSeqStore;
