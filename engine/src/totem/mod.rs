@@ -10,6 +10,7 @@
 
 mod config;
 mod node;
+mod ring;
 mod time;
 
 pub use config::{Config, ConfigError};

@@ -1,0 +1,1 @@
+//! Unit tests of single protocol rules, on a few nodes wired together by hand.
