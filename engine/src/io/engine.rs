@@ -1,0 +1,920 @@
+//! The event loop: one thread drives one `totem::Node` over UDP through io_uring.
+//!
+//! Every iteration: reap completions (datagrams in → `handle_packet`, sends done,
+//! signals), fire due deadlines (`handle_timeout`), let the load generator submit,
+//! drain the node's events (logs, counters) and transmits (sealed, then one `sendmsg`
+//! per destination, batched into one `io_uring_enter`), publish the counters, then
+//! decide how to wait according to the idle strategy.
+//!
+//! Receiving is one multishot `recvmsg` per socket into a provided-buffer ring: the
+//! kernel keeps completing datagrams without resubmission; the engine copies each
+//! datagram out (after verifying its seal) and hands the buffer straight back.
+//!
+//! Ownership of memory the kernel uses (the reason for every `unsafe` here): send slots
+//! live in a boxed slice that is never reallocated, and a slot leaves the free list until
+//! its completion; the receive `msghdr`s and the signal/wake read buffers are boxed and
+//! live as long as the engine; the buffer ring outlives the io_uring because `ring` is
+//! the first field (dropped first).
+
+use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::time::Duration;
+
+use bytes::Bytes;
+use io_uring::types::{Fd, RecvMsgOut, SubmitArgs, Timespec};
+use io_uring::{IoUring, Probe, cqueue, opcode};
+
+use super::bufring::BufRing;
+use super::net::{NAME_BYTES, RawAddr, Sockets, parse_name};
+use super::signal::{SIGINFO_BYTES, Waker, termination_fd};
+use super::stats::{Counter, StatsWriter};
+use crate::daemon::load::{Check, LoadChecker, LoadGenerator};
+use crate::daemon::{DaemonConfig, FileRingSeqStore, IdleStrategy};
+use crate::totem::{
+    ConfigurationKind, Destination, Event, Guarantee, Instant, Node, NodeId, NodeState,
+    SubmitError, Transmit,
+};
+use crate::wire::seal::{self, Key, OpenError, Opener, Sealer};
+
+/// Submission queue entries (completions: 4×, and the kernel buffers overflow).
+const SQ_ENTRIES: u32 = 1024;
+/// Sends in flight at once; more transmits wait in `pending`.
+const SEND_SLOTS: usize = 1024;
+/// Backoff: iterations without work spent spinning, then yielding, before sleeping.
+const SPIN_ROUNDS: u32 = 64;
+const YIELD_ROUNDS: u32 = 16;
+/// Longest sleep (the stats heartbeat is refreshed at least this often).
+const MAX_SLEEP: Duration = Duration::from_millis(250);
+/// How long a leaving engine waits for its last datagrams to be sent.
+const LEAVE_FLUSH: Duration = Duration::from_secs(1);
+/// Most messages the load generator submits per iteration.
+const LOAD_BATCH: usize = 256;
+/// Receive buffer ring group id.
+const BUF_GROUP: u16 = 0;
+
+// user_data: kind in the top byte, an index below.
+const KIND_SHIFT: u32 = 56;
+const KIND_RECV: u64 = 1;
+const KIND_SEND: u64 = 2;
+const KIND_SIGNAL: u64 = 3;
+const KIND_WAKE: u64 = 4;
+
+fn user_data(kind: u64, index: usize) -> u64 {
+    (kind << KIND_SHIFT) | index as u64
+}
+
+/// Why the engine could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// A system call failed; `what` says which step.
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    /// The kernel lacks an io_uring feature the engine needs.
+    #[error("kernel: {0}")]
+    Kernel(String),
+    /// The Totem configuration was refused.
+    #[error(transparent)]
+    Totem(#[from] crate::totem::ConfigError),
+    /// The key file could not be read.
+    #[error(transparent)]
+    Key(#[from] seal::KeyError),
+    /// The stats page could not be created.
+    #[error(transparent)]
+    Stats(#[from] super::stats::StatsError),
+    /// Pinning to the configured cpu failed.
+    #[error("cpu: cannot pin the engine thread to cpu {0}")]
+    Pin(usize),
+}
+
+fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> EngineError {
+    let what = what.into();
+    move |source| EngineError::Io { what, source }
+}
+
+/// What the kernel offers, probed at start (and logged).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelFeatures {
+    pub release: String,
+    /// Major and minor version.
+    pub version: (u32, u32),
+    pub ext_arg: bool,
+    pub nodrop: bool,
+    pub fast_poll: bool,
+    pub recvmsg: bool,
+    pub sendmsg: bool,
+    pub read: bool,
+}
+
+impl KernelFeatures {
+    /// Multishot `recvmsg` with provided buffer rings needs Linux 6.0.
+    pub fn multishot_recvmsg(&self) -> bool {
+        self.version >= (6, 0)
+    }
+
+    fn probe(ring: &IoUring) -> std::io::Result<KernelFeatures> {
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        let mut numbers = release
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|n| n.parse::<u32>().ok());
+        let version = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+        let mut probe = Probe::new();
+        ring.submitter().register_probe(&mut probe)?;
+        let params = ring.params();
+        Ok(KernelFeatures {
+            release,
+            version,
+            ext_arg: params.is_feature_ext_arg(),
+            nodrop: params.is_feature_nodrop(),
+            fast_poll: params.is_feature_fast_poll(),
+            recvmsg: probe.is_supported(opcode::RecvMsg::CODE),
+            sendmsg: probe.is_supported(opcode::SendMsg::CODE),
+            read: probe.is_supported(opcode::Read::CODE),
+        })
+    }
+
+    /// A clear error for the first missing feature (no fallbacks: each of these is
+    /// required and has been in mainline since 6.0).
+    fn check(&self) -> Result<(), EngineError> {
+        let missing = [
+            (self.recvmsg, "IORING_OP_RECVMSG (5.3)"),
+            (self.sendmsg, "IORING_OP_SENDMSG (5.3)"),
+            (self.read, "IORING_OP_READ (5.6)"),
+            (self.nodrop, "IORING_FEAT_NODROP (5.5)"),
+            (self.fast_poll, "IORING_FEAT_FAST_POLL (5.7)"),
+            (self.ext_arg, "IORING_FEAT_EXT_ARG, timed waits (5.11)"),
+            (
+                self.multishot_recvmsg(),
+                "multishot recvmsg with provided buffer rings (6.0)",
+            ),
+        ];
+        match missing.iter().find(|(ok, _)| !ok) {
+            None => Ok(()),
+            Some((_, what)) => Err(EngineError::Kernel(format!(
+                "Linux {} lacks {what}; ringcastd needs Linux 6.0 or later",
+                self.release
+            ))),
+        }
+    }
+}
+
+/// Memory the kernel reads while a `sendmsg` is in flight.
+struct SendSlot {
+    msghdr: libc::msghdr,
+    iov: libc::iovec,
+    addr: RawAddr,
+    payload: Bytes,
+}
+
+fn zeroed_msghdr() -> libc::msghdr {
+    // SAFETY: msghdr is a plain C struct of pointers and integers: all-zero (null
+    // pointers, zero lengths) is a valid value.
+    unsafe { std::mem::zeroed() }
+}
+
+/// One engine: the protocol node, its sockets, its io_uring.
+pub struct Engine {
+    // Declared first so that it is dropped first: the kernel lets go of every buffer
+    // below (buffer ring, send slots, msghdrs) before they are freed.
+    ring: IoUring,
+    bufring: BufRing,
+    /// Fixed length (never reallocated): each slot's address is stable.
+    slots: Box<[SendSlot]>,
+    free_slots: Vec<usize>,
+    sends_in_flight: usize,
+    /// One per socket, referenced by its multishot receive.
+    recv_msghdrs: Box<[libc::msghdr]>,
+    recv_armed: Vec<bool>,
+    recv_ok: bool,
+    signal_buf: Box<[u8; SIGINFO_BYTES]>,
+    wake_buf: Box<[u8; 8]>,
+    signal_fd: OwnedFd,
+    waker: Waker,
+    sockets: Sockets,
+
+    node: Node,
+    config: DaemonConfig,
+    sealer: Option<Sealer>,
+    opener: Option<Opener>,
+    stats: StatsWriter,
+    load: Option<LoadGenerator>,
+    load_started: bool,
+    checker: LoadChecker,
+
+    /// `Destination::All`: every node (udpu) or the group (multicast).
+    all_dests: Vec<RawAddr>,
+    /// `Destination::Node`, sorted by id.
+    node_dests: Vec<(NodeId, RawAddr)>,
+    pending: VecDeque<Transmit>,
+    origin: std::time::Instant,
+    last_heartbeat: Instant,
+    /// Set once SIGTERM/SIGINT arrived: the node has left; exit once flushed or then.
+    leaving_until: Option<Instant>,
+    features: KernelFeatures,
+    send_errors_logged: u32,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("node", &self.node)
+            .field("features", &self.features)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Sets everything up: io_uring (probed), sockets, buffer ring, key, ring-sequence
+    /// store, stats page, the node. SIGTERM/SIGINT must already be blocked
+    /// ([`super::signal::block_termination_signals`]).
+    pub fn new(config: DaemonConfig) -> Result<Engine, EngineError> {
+        let s = &config.settings;
+        let mut builder = IoUring::builder();
+        builder.setup_cqsize(SQ_ENTRIES * 4);
+        if s.sqpoll {
+            builder.setup_sqpoll(s.sqpoll_idle_ms);
+        }
+        let ring = builder.build(SQ_ENTRIES).map_err(|e| EngineError::Io {
+            what: if e.raw_os_error() == Some(libc::EPERM) {
+                "io_uring_setup (disabled by kernel.io_uring_disabled, or SQPOLL not permitted)"
+                    .into()
+            } else {
+                "io_uring_setup".into()
+            },
+            source: e,
+        })?;
+        let features = KernelFeatures::probe(&ring).map_err(io_error("io_uring probe"))?;
+        tracing::info!(
+            kernel = %features.release,
+            ext_arg = features.ext_arg,
+            nodrop = features.nodrop,
+            fast_poll = features.fast_poll,
+            multishot_recvmsg = features.multishot_recvmsg(),
+            sqpoll = s.sqpoll,
+            "io_uring features"
+        );
+        features.check()?;
+
+        let buf_bytes = (16 + NAME_BYTES + s.datagram_bytes).next_multiple_of(64);
+        let entries = if s.recv_buffers != 0 {
+            s.recv_buffers as u16
+        } else {
+            let wanted = ((8usize << 20) / buf_bytes).clamp(64, 4096);
+            // Round down to a power of two.
+            (1usize << (usize::BITS - 1 - wanted.leading_zeros())) as u16
+        };
+        let bufring = BufRing::new(entries, buf_bytes, BUF_GROUP, s.huge_pages)
+            .map_err(io_error("receive buffers"))?;
+        if s.huge_pages && !bufring.is_huge() {
+            tracing::warn!("huge_pages: none available, receive buffers use normal pages");
+        }
+        bufring.register(&ring.submitter()).map_err(|e| {
+            EngineError::Kernel(format!(
+                "cannot register a provided buffer ring (needs Linux 5.19): {e}"
+            ))
+        })?;
+
+        let sockets = Sockets::open(&config).map_err(io_error("sockets"))?;
+        let signal_fd = termination_fd().map_err(io_error("signalfd"))?;
+        let waker = Waker::new().map_err(io_error("eventfd"))?;
+
+        let (sealer, opener) = match &s.key_file {
+            Some(path) => {
+                let key = Key::read(path)?;
+                if Key::is_exposed(path) {
+                    tracing::warn!(key_file = %path.display(), "key file is readable by group or others");
+                }
+                tracing::info!(key_file = %path.display(), "datagrams are sealed (ChaCha20-Poly1305)");
+                (
+                    Some(Sealer::new(
+                        &key,
+                        config.node_id,
+                        config.cluster_id,
+                        seal::counter_from_clock(),
+                    )),
+                    Some(Opener::new(&key, config.cluster_id, config.nodes.len())),
+                )
+            }
+            None => {
+                tracing::warn!(
+                    "no key_file: the cluster runs in the clear (no authentication, no encryption)"
+                );
+                (None, None)
+            }
+        };
+
+        let store =
+            FileRingSeqStore::open(config.ring_seq_path.clone()).map_err(io_error(format!(
+                "state_dir: ring sequence file {}",
+                config.ring_seq_path.display()
+            )))?;
+        let stats = StatsWriter::create(&config.stats_path, config.node_id, config.cluster_id)?;
+        let origin = std::time::Instant::now();
+        let node = Node::new(config.totem.clone(), Box::new(store), Instant::ZERO)?;
+
+        let all_dests = match config.multicast_group {
+            Some(group) => vec![RawAddr::new(group)],
+            None => config.nodes.iter().map(|(_, a)| RawAddr::new(*a)).collect(),
+        };
+        let node_dests = config
+            .nodes
+            .iter()
+            .map(|(id, a)| (*id, RawAddr::new(*a)))
+            .collect();
+        let socket_count = 1 + usize::from(sockets.multicast.is_some());
+        let recv_msghdrs: Box<[libc::msghdr]> = (0..socket_count)
+            .map(|_| {
+                let mut msghdr = zeroed_msghdr();
+                msghdr.msg_namelen = NAME_BYTES as libc::socklen_t;
+                msghdr
+            })
+            .collect();
+        let slots: Box<[SendSlot]> = (0..SEND_SLOTS)
+            .map(|_| SendSlot {
+                msghdr: zeroed_msghdr(),
+                iov: libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                },
+                addr: RawAddr::new(config.own_addr),
+                payload: Bytes::new(),
+            })
+            .collect();
+        let load = LoadGenerator::new(
+            &s.load,
+            config.node_id,
+            seal::counter_from_clock(), // start time in ns: a fresh epoch per start
+        );
+        if load.is_some() {
+            tracing::info!(
+                size_bytes = s.load.size_bytes,
+                rate_per_s = s.load.rate_per_s,
+                count = s.load.count,
+                "load generator on"
+            );
+        }
+        tracing::info!(
+            node_id = config.node_id,
+            cluster = %s.cluster_name,
+            cluster_id = config.cluster_id,
+            address = %config.own_addr,
+            transport = ?s.transport,
+            nodes = config.nodes.len(),
+            token_ms = config.totem.token.as_millis() as u64,
+            recv_buffers = entries,
+            huge_pages = bufring.is_huge(),
+            stats = %config.stats_path.display(),
+            "engine ready"
+        );
+        Ok(Engine {
+            ring,
+            bufring,
+            slots,
+            free_slots: (0..SEND_SLOTS).rev().collect(),
+            sends_in_flight: 0,
+            recv_armed: vec![false; socket_count],
+            recv_msghdrs,
+            recv_ok: false,
+            signal_buf: Box::new([0; SIGINFO_BYTES]),
+            wake_buf: Box::new([0; 8]),
+            signal_fd,
+            waker,
+            sockets,
+            node,
+            sealer,
+            opener,
+            stats,
+            load,
+            load_started: false,
+            checker: LoadChecker::default(),
+            all_dests,
+            node_dests,
+            pending: VecDeque::new(),
+            origin,
+            last_heartbeat: Instant::ZERO,
+            leaving_until: None,
+            features,
+            send_errors_logged: 0,
+            config,
+        })
+    }
+
+    pub fn features(&self) -> &KernelFeatures {
+        &self.features
+    }
+
+    /// Wakes the loop from another thread.
+    pub fn waker(&self) -> Waker {
+        self.waker.clone()
+    }
+
+    fn now(&self) -> Instant {
+        Instant::from_nanos(u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX))
+    }
+
+    fn socket_fd(&self, index: usize) -> i32 {
+        match (index, &self.sockets.multicast) {
+            (0, _) => self.sockets.unicast.as_raw_fd(),
+            (_, Some(m)) => m.as_raw_fd(),
+            (_, None) => unreachable!("no socket {index}"),
+        }
+    }
+
+    /// Room for `n` more submissions, flushing the queue to the kernel if needed.
+    fn reserve_sq(&mut self, n: usize) -> bool {
+        let room = |ring: &mut IoUring| {
+            let sq = ring.submission();
+            sq.capacity() - sq.len() >= n
+        };
+        if room(&mut self.ring) {
+            return true;
+        }
+        let _ = self.ring.submit();
+        room(&mut self.ring)
+    }
+
+    fn push(&mut self, entry: &io_uring::squeue::Entry) {
+        assert!(self.reserve_sq(1), "submission queue stuck full");
+        // SAFETY: every entry built by this engine points only at memory the engine owns
+        // and keeps alive until the completion (see the module doc); the caller upholds
+        // that for its entry.
+        unsafe { self.ring.submission().push(entry) }.expect("room reserved");
+    }
+
+    fn arm_recv(&mut self, index: usize) {
+        let entry = opcode::RecvMsgMulti::new(
+            Fd(self.socket_fd(index)),
+            &self.recv_msghdrs[index],
+            self.bufring.group(),
+        )
+        .build()
+        .user_data(user_data(KIND_RECV, index));
+        // The msghdr lives in a never-reallocated boxed slice as long as the engine; the buffers belong to the
+        // registered ring.
+        self.push(&entry);
+        self.recv_armed[index] = true;
+    }
+
+    fn arm_signal(&mut self) {
+        let entry = opcode::Read::new(
+            Fd(self.signal_fd.as_raw_fd()),
+            self.signal_buf.as_mut_ptr(),
+            SIGINFO_BYTES as u32,
+        )
+        .build()
+        .user_data(user_data(KIND_SIGNAL, 0));
+        // The buffer is boxed and lives as long as the engine.
+        self.push(&entry);
+    }
+
+    fn arm_wake(&mut self) {
+        let entry = opcode::Read::new(Fd(self.waker.raw_fd()), self.wake_buf.as_mut_ptr(), 8)
+            .build()
+            .user_data(user_data(KIND_WAKE, 0));
+        // The buffer is boxed and lives as long as the engine.
+        self.push(&entry);
+    }
+
+    /// Runs until SIGTERM/SIGINT, then leaves the ring and returns.
+    pub fn run(&mut self) -> Result<(), EngineError> {
+        if let Some(cpu) = self.config.settings.cpu {
+            if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
+                return Err(EngineError::Pin(cpu));
+            }
+            tracing::info!(cpu, "engine thread pinned");
+        }
+        for index in 0..self.recv_armed.len() {
+            self.arm_recv(index);
+        }
+        self.arm_signal();
+        self.arm_wake();
+        let mut completions: Vec<(u64, i32, u32)> = Vec::with_capacity(SQ_ENTRIES as usize * 4);
+        let mut idle_rounds = 0u32;
+        loop {
+            let mut work = 0usize;
+
+            completions.clear();
+            completions.extend(
+                self.ring
+                    .completion()
+                    .map(|c| (c.user_data(), c.result(), c.flags())),
+            );
+            let now = self.now();
+            for &(data, result, flags) in &completions {
+                self.on_completion(now, data, result, flags)?;
+            }
+            work += completions.len();
+            for index in 0..self.recv_armed.len() {
+                if !self.recv_armed[index] {
+                    self.arm_recv(index);
+                }
+            }
+
+            let now = self.now();
+            if self.node.poll_timeout().is_some_and(|t| t <= now) {
+                self.node.handle_timeout(now);
+                work += 1;
+            }
+            work += self.generate_load(now);
+            work += self.drain_events();
+            work += self.drain_transmits();
+            self.publish_stats(now);
+
+            let flushed = self.sends_in_flight == 0 && self.pending.is_empty();
+            if self
+                .leaving_until
+                .is_some_and(|until| flushed || now >= until)
+            {
+                if self.sends_in_flight != 0 || !self.pending.is_empty() {
+                    tracing::warn!(
+                        in_flight = self.sends_in_flight,
+                        "left before every datagram was sent"
+                    );
+                }
+                let _ = self.ring.submit();
+                tracing::info!("left the ring, exiting");
+                return Ok(());
+            }
+
+            if work > 0 {
+                idle_rounds = 0;
+                self.flush(None)?;
+                continue;
+            }
+            match self.config.settings.idle {
+                IdleStrategy::Spin => self.flush(None)?,
+                IdleStrategy::Backoff => {
+                    idle_rounds = idle_rounds.saturating_add(1);
+                    if idle_rounds <= SPIN_ROUNDS {
+                        self.flush(None)?;
+                        std::hint::spin_loop();
+                    } else if idle_rounds <= SPIN_ROUNDS + YIELD_ROUNDS {
+                        self.flush(None)?;
+                        std::thread::yield_now();
+                    } else {
+                        let now = self.now();
+                        let deadline = [
+                            self.node.poll_timeout(),
+                            self.load.as_ref().and_then(|l| l.next_deadline(now)),
+                            self.leaving_until,
+                        ]
+                        .into_iter()
+                        .flatten()
+                        .min();
+                        let wait =
+                            deadline.map_or(MAX_SLEEP, |d| d.saturating_since(now).min(MAX_SLEEP));
+                        if !wait.is_zero() {
+                            self.stats.add(Counter::IdleSleeps, 1);
+                            self.flush(Some(wait))?;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Submits what is queued; with `wait`, also sleeps until a completion or `wait`.
+    fn flush(&mut self, wait: Option<Duration>) -> Result<(), EngineError> {
+        let result = match wait {
+            None => {
+                if self.ring.submission().is_empty() {
+                    return Ok(());
+                }
+                self.ring.submit()
+            }
+            Some(wait) => {
+                let ts = Timespec::from(wait);
+                let args = SubmitArgs::new().timespec(&ts);
+                self.ring.submitter().submit_with_args(1, &args)
+            }
+        };
+        match result {
+            Ok(_) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(EngineError::Io {
+                what: "io_uring_enter".into(),
+                source: e,
+            }),
+        }
+    }
+
+    fn on_completion(
+        &mut self,
+        now: Instant,
+        data: u64,
+        result: i32,
+        flags: u32,
+    ) -> Result<(), EngineError> {
+        let index = (data & ((1 << KIND_SHIFT) - 1)) as usize;
+        match data >> KIND_SHIFT {
+            KIND_RECV => {
+                if !cqueue::more(flags) {
+                    self.recv_armed[index] = false;
+                }
+                if result < 0 {
+                    let errno = -result;
+                    if errno == libc::ENOBUFS {
+                        self.stats.add(Counter::RecvNoBuffers, 1);
+                    } else if errno == libc::EINVAL && !self.recv_ok {
+                        return Err(EngineError::Kernel(
+                            "multishot recvmsg refused (EINVAL): needs Linux 6.0".into(),
+                        ));
+                    } else {
+                        tracing::warn!(error = %std::io::Error::from_raw_os_error(errno), "receive failed");
+                    }
+                    return Ok(());
+                }
+                self.recv_ok = true;
+                if let Some(bid) = cqueue::buffer_select(flags) {
+                    self.on_datagram(now, index, bid, result as usize);
+                    self.bufring.recycle(bid);
+                }
+            }
+            KIND_SEND => {
+                self.slots[index].payload = Bytes::new();
+                self.free_slots.push(index);
+                self.sends_in_flight -= 1;
+                if result < 0 {
+                    self.stats.add(Counter::SendErrors, 1);
+                    if self.send_errors_logged < 10 {
+                        self.send_errors_logged += 1;
+                        tracing::warn!(
+                            to = ?self.slots[index].addr,
+                            error = %std::io::Error::from_raw_os_error(-result),
+                            "send failed"
+                        );
+                    }
+                }
+            }
+            KIND_SIGNAL => {
+                if result > 0 && self.leaving_until.is_none() {
+                    let signo = u32::from_ne_bytes([
+                        self.signal_buf[0],
+                        self.signal_buf[1],
+                        self.signal_buf[2],
+                        self.signal_buf[3],
+                    ]);
+                    tracing::info!(signal = signo, "termination signal: leaving the ring");
+                    self.node.leave(now);
+                    self.leaving_until = Some(now + LEAVE_FLUSH);
+                }
+                self.arm_signal();
+            }
+            KIND_WAKE => self.arm_wake(),
+            _ => debug_assert!(false, "unknown completion {data:#x}"),
+        }
+        Ok(())
+    }
+
+    /// One datagram in buffer `bid`: check its source, open its seal, hand it to Totem.
+    fn on_datagram(&mut self, now: Instant, socket: usize, bid: u16, len: usize) {
+        let Some(buf) = self.bufring.buf_mut(bid, len) else {
+            return;
+        };
+        let (source, payload_range) = {
+            let Ok(out) = RecvMsgOut::parse(buf, &self.recv_msghdrs[socket]) else {
+                self.stats.add(Counter::DropTruncated, 1);
+                return;
+            };
+            self.stats.add(Counter::PacketsIn, 1);
+            self.stats
+                .add(Counter::BytesIn, out.payload_data().len() as u64);
+            if out.is_payload_truncated() || out.is_name_data_truncated() {
+                self.stats.add(Counter::DropTruncated, 1);
+                return;
+            }
+            let start = out.payload_data().as_ptr() as usize - buf.as_ptr() as usize;
+            (
+                parse_name(out.name_data()),
+                start..start + out.payload_data().len(),
+            )
+        };
+        let Some(from) = source.and_then(|addr| self.config.node_of(&addr)) else {
+            self.stats.add(Counter::DropUnlisted, 1);
+            return;
+        };
+        let payload = &mut buf[payload_range];
+        let packet = match &mut self.opener {
+            None => Bytes::copy_from_slice(payload),
+            Some(opener) => match opener.open(payload) {
+                Ok((sender, _)) if sender != from => {
+                    self.stats.add(Counter::DropSenderMismatch, 1);
+                    return;
+                }
+                Ok((_, plain)) => Bytes::copy_from_slice(plain),
+                Err(e) => {
+                    let counter = match e {
+                        OpenError::Auth => Counter::DropAuth,
+                        OpenError::Replay => Counter::DropReplay,
+                        OpenError::Truncated | OpenError::NotSealed | OpenError::TooManySenders => {
+                            Counter::DropNotSealed
+                        }
+                    };
+                    self.stats.add(counter, 1);
+                    return;
+                }
+            },
+        };
+        self.node.handle_packet(now, &packet);
+    }
+
+    fn generate_load(&mut self, now: Instant) -> usize {
+        let Some(load) = &mut self.load else {
+            return 0;
+        };
+        if self.leaving_until.is_some() {
+            return 0;
+        }
+        if !self.load_started {
+            if self.node.state() != NodeState::Operational {
+                return 0;
+            }
+            self.load_started = true;
+        }
+        let mut submitted = 0;
+        while submitted < LOAD_BATCH {
+            let Some(message) = load.next(now) else {
+                break;
+            };
+            match self.node.submit(now, message.clone(), Guarantee::Agreed) {
+                Ok(()) => submitted += 1,
+                Err(SubmitError::TryAgain) => {
+                    self.stats.add(Counter::SubmitTryAgain, 1);
+                    load.refused(message);
+                    break;
+                }
+                Err(e @ SubmitError::TooBig { .. }) => {
+                    tracing::error!(error = %e, "load generator disabled");
+                    self.load = None;
+                    break;
+                }
+            }
+        }
+        self.stats.add(Counter::LoadSubmitted, submitted as u64);
+        submitted
+    }
+
+    fn drain_events(&mut self) -> usize {
+        let mut n = 0;
+        while let Some(event) = self.node.poll_event() {
+            n += 1;
+            match event {
+                Event::Deliver(delivery) => {
+                    self.stats.add(Counter::MessagesDelivered, 1);
+                    self.stats
+                        .add(Counter::BytesDelivered, delivery.payload.len() as u64);
+                    match self.checker.check(&delivery.payload) {
+                        Check::Foreign => {}
+                        Check::InOrder => {
+                            self.stats.add(Counter::LoadDelivered, 1);
+                            self.stats
+                                .add(Counter::LoadDeliveredBytes, delivery.payload.len() as u64);
+                        }
+                        Check::Gap { missing } => {
+                            self.stats.add(Counter::LoadDelivered, 1);
+                            self.stats
+                                .add(Counter::LoadDeliveredBytes, delivery.payload.len() as u64);
+                            self.stats.add(Counter::LoadGaps, missing);
+                        }
+                        Check::OutOfOrder => {
+                            self.stats.add(Counter::LoadOutOfOrder, 1);
+                            tracing::error!(
+                                sender = delivery.sender,
+                                "generated message delivered out of order or twice"
+                            );
+                        }
+                    }
+                }
+                Event::Configuration(change) => {
+                    let kind = match change.kind {
+                        ConfigurationKind::Regular => {
+                            self.stats.add(Counter::MembershipChanges, 1);
+                            "regular"
+                        }
+                        ConfigurationKind::Transitional => {
+                            self.stats.add(Counter::TransitionalChanges, 1);
+                            "transitional"
+                        }
+                    };
+                    tracing::info!(
+                        kind,
+                        ring_id = %change.ring_id,
+                        members = ?change.members,
+                        joined = ?change.joined,
+                        left = ?change.left,
+                        "membership"
+                    );
+                }
+            }
+        }
+        n
+    }
+
+    fn drain_transmits(&mut self) -> usize {
+        let mut n = 0;
+        loop {
+            let Some(transmit) = self
+                .pending
+                .pop_front()
+                .or_else(|| self.node.poll_transmit())
+            else {
+                break;
+            };
+            let (first, count) = match transmit.destination {
+                Destination::All => (0, self.all_dests.len()),
+                Destination::Node(id) => {
+                    match self.node_dests.binary_search_by_key(&id, |(node, _)| *node) {
+                        Ok(index) => (index, 1),
+                        Err(_) => {
+                            self.stats.add(Counter::DropUnknownDestination, 1);
+                            continue;
+                        }
+                    }
+                }
+            };
+            if self.free_slots.len() < count || !self.reserve_sq(count) {
+                self.pending.push_front(transmit);
+                break;
+            }
+            let payload = match &mut self.sealer {
+                Some(sealer) => Bytes::from(sealer.seal(&transmit.payload)),
+                None => transmit.payload,
+            };
+            for i in 0..count {
+                let addr = match transmit.destination {
+                    Destination::All => self.all_dests[i],
+                    Destination::Node(_) => self.node_dests[first].1,
+                };
+                self.push_send(addr, payload.clone());
+            }
+            self.stats.add(Counter::PacketsOut, count as u64);
+            self.stats
+                .add(Counter::BytesOut, (count * payload.len()) as u64);
+            n += 1;
+        }
+        n
+    }
+
+    fn push_send(&mut self, addr: RawAddr, payload: Bytes) {
+        let index = self.free_slots.pop().expect("slots checked by the caller");
+        let slot = &mut self.slots[index];
+        slot.payload = payload;
+        slot.addr = addr;
+        slot.iov = libc::iovec {
+            iov_base: slot.payload.as_ptr() as *mut libc::c_void,
+            iov_len: slot.payload.len(),
+        };
+        slot.msghdr = zeroed_msghdr();
+        slot.msghdr.msg_name = slot.addr.as_ptr() as *mut libc::c_void;
+        slot.msghdr.msg_namelen = slot.addr.socklen();
+        slot.msghdr.msg_iov = &mut slot.iov;
+        slot.msghdr.msg_iovlen = 1;
+        let entry = opcode::SendMsg::new(Fd(self.sockets.unicast.as_raw_fd()), &slot.msghdr)
+            .build()
+            .user_data(user_data(KIND_SEND, index));
+        // The slot lives in a never-reallocated boxed slice (its address is stable), holds the payload, the address and
+        // the iovec the msghdr points to, and stays off the free list until this send
+        // completes.
+        self.push(&entry);
+        self.sends_in_flight += 1;
+    }
+
+    fn publish_stats(&mut self, now: Instant) {
+        let s = self.node.stats();
+        let st = &self.stats;
+        st.set(Counter::DropDecode, s.packets_dropped);
+        st.set(Counter::TokensReceived, s.tokens_received);
+        st.set(Counter::TokensDropped, s.tokens_dropped);
+        st.set(Counter::TokenRotations, s.token_rotations);
+        st.set(Counter::MessagesOriginated, s.messages_originated);
+        st.set(Counter::Retransmits, s.messages_retransmitted);
+        st.set(Counter::TokenLosses, s.token_losses);
+        st.set(Counter::FailedToReceive, s.failed_to_receive);
+        st.set(Counter::RingsInstalled, s.rings_installed);
+        st.set_send_queue_len(self.node.send_queue_len());
+        let state = self.leaving_until.is_none().then(|| self.node.state());
+        self.stats
+            .set_ring(self.node.ring_id(), state, self.node.members());
+        if now.saturating_since(self.last_heartbeat) >= Duration::from_millis(100) {
+            self.last_heartbeat = now;
+            self.stats.heartbeat();
+        }
+    }
+}
+
+/// Builds an engine from `config` and runs it on the calling thread.
+pub fn run(config: DaemonConfig) -> Result<(), EngineError> {
+    Engine::new(config)?.run()
+}

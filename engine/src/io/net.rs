@@ -1,0 +1,193 @@
+//! UDP sockets for the two transports (CPG_SPEC.md §11), and socket addresses in the raw
+//! form io_uring's `sendmsg`/`recvmsg` use.
+//!
+//! - `udpu`: one socket bound to this node's nodelist address; a multicast is one
+//!   unicast copy per nodelist entry, this node included.
+//! - `multicast`: the same unicast socket (tokens, and the source of everything sent),
+//!   plus a socket bound to `group:port` that joined the group on this node's interface.
+//!   Multicast loopback is on, so a node receives its own multicasts like Corosync does
+//!   through its local socket pair.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::daemon::DaemonConfig;
+
+/// Socket buffer sizes asked for (the kernel caps them at `net.core.*mem_max`).
+const SOCKET_BUFFER_BYTES: usize = 8 << 20;
+
+/// The sockets of one engine: `[unicast]` or `[unicast, multicast]`.
+#[derive(Debug)]
+pub struct Sockets {
+    pub unicast: UdpSocket,
+    pub multicast: Option<UdpSocket>,
+}
+
+impl Sockets {
+    pub fn open(config: &DaemonConfig) -> std::io::Result<Sockets> {
+        let own = config.own_addr;
+        let domain = Domain::for_address(own);
+        let unicast = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
+        let _ = unicast.set_recv_buffer_size(SOCKET_BUFFER_BYTES);
+        let _ = unicast.set_send_buffer_size(SOCKET_BUFFER_BYTES);
+        unicast.bind(&own.into()).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot bind {own} (nodelist): {e}"))
+        })?;
+        let multicast = match config.multicast_group {
+            None => None,
+            Some(group) => {
+                match (group.ip(), own.ip()) {
+                    (IpAddr::V4(_), IpAddr::V4(interface)) => {
+                        unicast.set_multicast_if_v4(&interface)?;
+                        unicast.set_multicast_loop_v4(true)?;
+                        unicast.set_multicast_ttl_v4(config.settings.multicast_ttl)?;
+                    }
+                    _ => {
+                        unicast.set_multicast_loop_v6(true)?;
+                        unicast.set_multicast_hops_v6(config.settings.multicast_ttl)?;
+                    }
+                }
+                let socket = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
+                socket.set_reuse_address(true)?;
+                let _ = socket.set_recv_buffer_size(SOCKET_BUFFER_BYTES);
+                socket.bind(&group.into()).map_err(|e| {
+                    std::io::Error::new(
+                        e.kind(),
+                        format!("cannot bind {group} (multicast_group): {e}"),
+                    )
+                })?;
+                match (group.ip(), own.ip()) {
+                    (IpAddr::V4(g), IpAddr::V4(interface)) => {
+                        socket.join_multicast_v4(&g, &interface)?
+                    }
+                    (IpAddr::V6(g), _) => socket.join_multicast_v6(&g, 0)?,
+                    _ => unreachable!("the config checks the address families"),
+                }
+                Some(socket.into())
+            }
+        };
+        Ok(Sockets {
+            unicast: unicast.into(),
+            multicast,
+        })
+    }
+}
+
+/// A socket address as the kernel wants it for `msg_name`.
+#[derive(Copy, Clone)]
+pub enum RawAddr {
+    V4(libc::sockaddr_in),
+    V6(libc::sockaddr_in6),
+}
+
+impl std::fmt::Debug for RawAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.to_std())
+    }
+}
+
+impl RawAddr {
+    pub fn new(addr: SocketAddr) -> RawAddr {
+        match addr {
+            SocketAddr::V4(a) => RawAddr::V4(libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            }),
+            SocketAddr::V6(a) => RawAddr::V6(libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            }),
+        }
+    }
+
+    fn to_std(self) -> SocketAddr {
+        match self {
+            RawAddr::V4(a) => SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::from(a.sin_addr.s_addr.to_ne_bytes()),
+                u16::from_be(a.sin_port),
+            )),
+            RawAddr::V6(a) => SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(a.sin6_addr.s6_addr),
+                u16::from_be(a.sin6_port),
+                a.sin6_flowinfo,
+                a.sin6_scope_id,
+            )),
+        }
+    }
+
+    /// For `msg_name`; valid as long as `self` does not move.
+    pub fn as_ptr(&self) -> *const libc::sockaddr {
+        match self {
+            RawAddr::V4(a) => (a as *const libc::sockaddr_in).cast(),
+            RawAddr::V6(a) => (a as *const libc::sockaddr_in6).cast(),
+        }
+    }
+
+    pub fn socklen(&self) -> libc::socklen_t {
+        match self {
+            RawAddr::V4(_) => size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            RawAddr::V6(_) => size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+        }
+    }
+}
+
+/// Room for the source address in a received buffer (`sockaddr_in6` is the largest).
+pub const NAME_BYTES: usize = size_of::<libc::sockaddr_in6>();
+
+/// The source address the kernel wrote into a receive buffer; `None` for anything but a
+/// complete IPv4 or IPv6 address. Parsed from bytes, without trusting alignment.
+pub fn parse_name(name: &[u8]) -> Option<SocketAddr> {
+    let family = u16::from_ne_bytes([*name.first()?, *name.get(1)?]);
+    let port = u16::from_be_bytes([*name.get(2)?, *name.get(3)?]);
+    if i32::from(family) == libc::AF_INET {
+        let ip: [u8; 4] = name.get(4..8)?.try_into().ok()?;
+        Some(SocketAddr::new(IpAddr::from(ip), port))
+    } else if i32::from(family) == libc::AF_INET6 {
+        let ip: [u8; 16] = name.get(8..24)?.try_into().ok()?;
+        let scope: [u8; 4] = name.get(24..28)?.try_into().ok()?;
+        Some(SocketAddr::V6(SocketAddrV6::new(
+            Ipv6Addr::from(ip),
+            port,
+            0,
+            u32::from_ne_bytes(scope),
+        )))
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_addresses_round_trip() {
+        for text in ["127.0.0.3:5405", "[::1]:7000"] {
+            let addr: SocketAddr = text.parse().unwrap();
+            let raw = RawAddr::new(addr);
+            assert_eq!(raw.to_std(), addr);
+            // SAFETY (test): `as_ptr` points at `raw`, which is `len()` bytes long.
+            let bytes = unsafe {
+                std::slice::from_raw_parts(raw.as_ptr().cast::<u8>(), raw.socklen() as usize)
+            };
+            assert_eq!(parse_name(bytes), Some(addr));
+        }
+        assert_eq!(parse_name(&[]), None);
+        assert_eq!(parse_name(&[0xff; 28]), None);
+        let v4 = RawAddr::new("10.1.2.3:9".parse().unwrap());
+        // SAFETY (test): as above.
+        let bytes =
+            unsafe { std::slice::from_raw_parts(v4.as_ptr().cast::<u8>(), v4.socklen() as usize) };
+        assert_eq!(parse_name(&bytes[..6]), None, "truncated");
+    }
+}
