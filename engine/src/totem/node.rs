@@ -65,6 +65,7 @@ struct NextRing {
     recovery_queue: VecDeque<(u64, Stored)>,
     /// The highest old-ring sequence any member of the old ring knew to be safe.
     old_safe_upto: u64,
+    /// Highest commit-token `token_seq` received: duplicates are dropped.
     last_commit_token_seq: u64,
     orf_sent: bool,
 }
@@ -292,7 +293,7 @@ impl Node {
             Packet::Join(join) => self.on_join(now, join),
             Packet::Commit(commit) => self.on_commit_token(now, commit),
             Packet::MergeDetect { sender, ring_id } => self.on_merge_detect(now, sender, ring_id),
-            Packet::HoldCancel { sender, ring_id } => self.on_hold_cancel(now, sender, ring_id),
+            Packet::HoldCancel { ring_id, .. } => self.on_hold_cancel(now, ring_id),
         }
     }
 
@@ -354,6 +355,7 @@ impl Node {
             .push(payload, guarantee == Guarantee::Safe)?;
         if self.state == NodeState::Operational {
             if self.tok.holding.is_some() {
+                self.tok.seq_unchanged = 0;
                 self.release_held_token(now);
             } else if self.tok.idle {
                 // CPG_SPEC.md §9.3 "Ending a hold": wake a holding representative.
@@ -756,10 +758,11 @@ impl Node {
         self.timers.token_loss = Some(now + self.config.token);
     }
 
+    /// Passes on a held token. The ring stays idle (and the token is held again on the
+    /// next visit) unless a new message ended the hold: the caller resets that.
     fn release_held_token(&mut self, now: Instant) {
         self.timers.hold = None;
         if let Some(token) = self.tok.holding.take() {
-            self.tok.seq_unchanged = 0;
             self.forward_token(now, &token);
         }
     }
@@ -907,14 +910,12 @@ impl Node {
         }
     }
 
-    fn on_hold_cancel(&mut self, now: Instant, sender: NodeId, ring_id: RingId) {
+    fn on_hold_cancel(&mut self, now: Instant, ring_id: RingId) {
         if self.state != NodeState::Operational || ring_id != self.regular.ring_id {
             return;
         }
-        if sender != self.me {
-            self.tok.seq_unchanged = 0;
-            self.tok.idle = false;
-        }
+        self.tok.seq_unchanged = 0;
+        self.tok.idle = false;
         self.release_held_token(now);
     }
 
@@ -1157,9 +1158,6 @@ impl Node {
     fn forward_commit_token(&mut self, now: Instant, mut commit: CommitToken) {
         commit.sender = self.me;
         commit.token_seq += 1;
-        if let Some(next) = self.next.as_mut() {
-            next.last_commit_token_seq = commit.token_seq;
-        }
         let successor = Self::successor(&self.current_ring().members, self.me);
         let transmit = self.send(Destination::Node(successor), &Packet::Commit(commit));
         self.last_sent = Some(transmit);
@@ -1206,15 +1204,17 @@ impl Node {
                 {
                     return;
                 }
+                if let Some(next) = self.next.as_mut() {
+                    next.last_commit_token_seq = commit.token_seq;
+                }
                 if self.state == NodeState::Commit {
                     // Second rotation: everyone's entry is in.
                     self.recovery_enter(now, commit.entries.clone());
                     self.forward_commit_token(now, commit);
-                } else if self.is_rep() && !next.orf_sent {
+                } else if self.is_rep() && !self.next.as_ref().is_some_and(|n| n.orf_sent) {
                     // The second rotation is complete: start the ring (Totem §4.3).
                     let next = self.next.as_mut().expect("checked above");
                     next.orf_sent = true;
-                    next.last_commit_token_seq = commit.token_seq;
                     let token = Token {
                         sender: self.me,
                         ring_id: commit.ring_id,
