@@ -1,0 +1,425 @@
+//! Real `ringcastd` processes on 127.0.0.x (issue 3, "Tests with real processes").
+//!
+//! Every test uses its own UDP port and state directories, the backoff idle strategy
+//! and short timers (token 300 ms, no per-node scaling), waits with a deadline, and
+//! kills its children when it ends (also on panic). The ring is observed through the
+//! engines' shared-memory stats pages (what `ringcast status` prints).
+
+use std::net::UdpSocket;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use ringcast_engine::io::stats::{Snapshot, StatsReader, state_name};
+
+const DAEMON: &str = env!("CARGO_BIN_EXE_ringcastd");
+const STATUS: &str = env!("CARGO_BIN_EXE_ringcast");
+const TOKEN_MS: u64 = 300;
+/// Generous for a loaded 2-core machine; membership itself takes token + consensus.
+const FORM_TIMEOUT: Duration = Duration::from_secs(20);
+
+fn addr(id: u32) -> String {
+    format!("127.0.0.{id}")
+}
+
+/// One running daemon; killed (SIGKILL) when dropped.
+struct Daemon {
+    child: Child,
+}
+
+impl Daemon {
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    fn signal(&self, signal: i32) {
+        // SAFETY: sends a signal to our own child's pid (still unreaped, so not reused).
+        unsafe { libc::kill(self.pid(), signal) };
+    }
+
+    fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A cluster of `n` configured nodes (ids 1..=n on 127.0.0.id:port).
+struct Cluster {
+    dir: PathBuf,
+    port: u16,
+    n: u32,
+    key: Option<PathBuf>,
+    extra: Vec<String>,
+    daemons: Vec<Option<Daemon>>,
+}
+
+impl Cluster {
+    fn new(name: &str, port: u16, n: u32) -> Cluster {
+        let dir = std::env::temp_dir().join(format!("ringcast-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Cluster {
+            dir,
+            port,
+            n,
+            key: None,
+            extra: Vec::new(),
+            daemons: (0..=n).map(|_| None).collect(),
+        }
+    }
+
+    fn with_key(mut self) -> Cluster {
+        let key = self.dir.join("authkey");
+        let status = Command::new(DAEMON)
+            .arg("--gen-key")
+            .arg(&key)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        self.key = Some(key);
+        self
+    }
+
+    fn state_dir(&self, id: u32) -> PathBuf {
+        self.dir.join(format!("n{id}"))
+    }
+
+    fn args(&self, id: u32) -> Vec<String> {
+        let mut args = vec![
+            "--node-id".into(),
+            id.to_string(),
+            "--port".into(),
+            self.port.to_string(),
+            "--cluster-name".into(),
+            format!("test-{}", self.port),
+            "--token-ms".into(),
+            TOKEN_MS.to_string(),
+            "--token-coefficient-ms".into(),
+            "0".into(),
+            "--idle".into(),
+            "backoff".into(),
+            "--state-dir".into(),
+            self.state_dir(id).display().to_string(),
+            "--log-level".into(),
+            "info".into(),
+        ];
+        for node in 1..=self.n {
+            args.push("--node".into());
+            args.push(format!("{node}={}", addr(node)));
+        }
+        if let Some(key) = &self.key {
+            args.push("--key-file".into());
+            args.push(key.display().to_string());
+        }
+        args.extend(self.extra.iter().cloned());
+        args
+    }
+
+    fn start(&mut self, id: u32) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("log{id}")))
+            .unwrap();
+        let child = Command::new(DAEMON)
+            .args(self.args(id))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn ringcastd");
+        self.daemons[id as usize] = Some(Daemon { child });
+    }
+
+    fn start_all(&mut self) {
+        for id in 1..=self.n {
+            self.start(id);
+        }
+    }
+
+    fn daemon(&mut self, id: u32) -> &mut Daemon {
+        self.daemons[id as usize].as_mut().expect("running")
+    }
+
+    fn kill9(&mut self, id: u32) {
+        let mut daemon = self.daemons[id as usize].take().expect("running");
+        daemon.signal(libc::SIGKILL);
+        daemon.wait_exit(Duration::from_secs(5)).expect("killed");
+    }
+
+    /// The node's stats page, once it exists and belongs to the running process.
+    fn status(&self, id: u32) -> Option<Snapshot> {
+        let daemon = self.daemons[id as usize].as_ref()?;
+        let path = self.state_dir(id).join(format!("stats_{id}"));
+        let snapshot = StatsReader::open(&path).ok()?.snapshot();
+        (snapshot.pid == daemon.child.id()).then_some(snapshot)
+    }
+
+    /// Waits until every listed node is operational in one ring of exactly `members`.
+    fn wait_ring(&self, members: &[u32], timeout: Duration) -> Result<Duration, String> {
+        let start = Instant::now();
+        loop {
+            let statuses: Vec<Option<Snapshot>> =
+                members.iter().map(|id| self.status(*id)).collect();
+            let formed = statuses.iter().all(|s| {
+                s.as_ref().is_some_and(|s| {
+                    state_name(s.state) == "operational"
+                        && s.members == members
+                        && Some(s.ring_id) == statuses[0].as_ref().map(|f| f.ring_id)
+                })
+            });
+            if formed {
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() > timeout {
+                let seen: Vec<String> = statuses
+                    .iter()
+                    .zip(members)
+                    .map(|(s, id)| match s {
+                        Some(s) => format!(
+                            "node {id}: {} ring {} members {:?}",
+                            state_name(s.state),
+                            s.ring_id,
+                            s.members
+                        ),
+                        None => format!("node {id}: no stats page"),
+                    })
+                    .collect();
+                return Err(format!(
+                    "no ring {members:?} after {timeout:?}: {}; logs in {}",
+                    seen.join("; "),
+                    self.dir.display()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn counter(&self, id: u32, name: &str) -> u64 {
+        self.status(id)
+            .and_then(|s| s.counter(name))
+            .unwrap_or_else(|| panic!("node {id} has no counter {name}"))
+    }
+
+    fn log(&self, id: u32) -> String {
+        std::fs::read_to_string(self.dir.join(format!("log{id}"))).unwrap_or_default()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.daemons.clear();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn wait_for(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    condition()
+}
+
+/// CPG_SPEC.md §9.6 "Startup": a lone node forms a singleton ring; SIGTERM leaves it
+/// cleanly and exits 0 (issue 3, "SIGTERM").
+#[test]
+fn one_node_forms_a_ring_and_exits_zero_on_sigterm() {
+    let mut cluster = Cluster::new("one", 21_100, 1);
+    cluster.start_all();
+    cluster.wait_ring(&[1], FORM_TIMEOUT).unwrap();
+    assert!(cluster.log(1).contains("membership"), "{}", cluster.log(1));
+    cluster.daemon(1).signal(libc::SIGTERM);
+    let status = cluster.daemon(1).wait_exit(Duration::from_secs(5));
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", cluster.log(1));
+    assert!(cluster.log(1).contains("left the ring"));
+}
+
+/// Three nodes form one ring; `kill -9` one and the survivors form a ring of two within
+/// token + consensus (+ slack for a loaded machine); restarted, it rejoins (CPG_SPEC.md
+/// §9.5 "Loss", §9.6). Generated messages are never delivered out of order.
+#[test]
+fn three_nodes_survive_a_crash_and_a_restart() {
+    let mut cluster = Cluster::new("three", 21_200, 3).with_key();
+    cluster.extra = vec![
+        "--load-size".into(),
+        "64".into(),
+        "--load-rate".into(),
+        "200".into(),
+    ];
+    cluster.start_all();
+    cluster.wait_ring(&[1, 2, 3], FORM_TIMEOUT).unwrap();
+
+    cluster.kill9(3);
+    let reformed = cluster.wait_ring(&[1, 2], FORM_TIMEOUT).unwrap();
+    eprintln!("survivors re-formed in {reformed:?}");
+
+    cluster.start(3);
+    cluster.wait_ring(&[1, 2, 3], FORM_TIMEOUT).unwrap();
+
+    // Messages flow on the new ring and nobody saw one out of order.
+    let before = cluster.counter(1, "load_delivered");
+    assert!(
+        wait_for(Duration::from_secs(10), || cluster
+            .counter(1, "load_delivered")
+            > before + 50),
+        "no deliveries on the new ring"
+    );
+    for id in 1..=3 {
+        assert_eq!(cluster.counter(id, "load_out_of_order"), 0, "node {id}");
+        assert_eq!(cluster.counter(id, "drop_auth"), 0, "node {id}");
+        assert!(cluster.counter(id, "membership_changes") >= 1);
+    }
+    for id in 1..=3 {
+        cluster.daemon(id).signal(libc::SIGTERM);
+    }
+    for id in 1..=3 {
+        let status = cluster.daemon(id).wait_exit(Duration::from_secs(5));
+        assert_eq!(status.and_then(|s| s.code()), Some(0), "node {id}");
+    }
+}
+
+/// Issue 3, "The wire": nodes with different keys never merge, and count why.
+#[test]
+fn nodes_with_different_keys_never_merge() {
+    let mut a = Cluster::new("key-a", 21_300, 2).with_key();
+    let b = Cluster::new("key-b", 21_300, 2).with_key();
+    a.start(1);
+    // Node 2 runs with the other cluster's key file but the same nodelist and port.
+    let mut b_args = a.args(2);
+    let key_at = b_args.iter().position(|s| s == "--key-file").unwrap();
+    b_args[key_at + 1] = b.key.as_ref().unwrap().display().to_string();
+    let log = std::fs::File::create(a.dir.join("log2")).unwrap();
+    let child = Command::new(DAEMON)
+        .args(&b_args)
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    a.daemons[2] = Some(Daemon { child });
+    a.wait_ring(&[1], FORM_TIMEOUT).unwrap();
+    a.wait_ring(&[2], FORM_TIMEOUT).unwrap();
+    assert!(
+        wait_for(Duration::from_secs(10), || a.counter(1, "drop_auth") > 0
+            && a.counter(2, "drop_auth") > 0),
+        "each node must see (and reject) the other's datagrams"
+    );
+    std::thread::sleep(Duration::from_millis(3 * TOKEN_MS));
+    a.wait_ring(&[1], Duration::ZERO).unwrap();
+    a.wait_ring(&[2], Duration::ZERO).unwrap();
+}
+
+/// Issue 3: "Nothing in a datagram can make the engine panic"; "a packet of another
+/// cluster: rejected and counted". Garbage from an unlisted address is dropped before
+/// anything looks at it; garbage from a listed address (node 2's, while node 2 is down)
+/// reaches Totem's decoder and is dropped there; the ring stays up.
+#[test]
+fn garbage_datagrams_are_dropped_and_counted() {
+    let port = 21_400;
+    let mut cluster = Cluster::new("garbage", port, 2);
+    cluster.start(1);
+    cluster.wait_ring(&[1], FORM_TIMEOUT).unwrap();
+    let target = format!("{}:{port}", addr(1));
+
+    let unlisted = UdpSocket::bind("127.0.0.9:0").unwrap();
+    let listed = UdpSocket::bind(format!("{}:{port}", addr(2))).unwrap();
+    let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let count = 5_000;
+    for i in 0..count {
+        let len = (next() % 1600) as usize;
+        let mut datagram: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+        // Half of them look like ringcast packets (right magic) to reach deeper.
+        if i % 2 == 0 && len >= 4 {
+            datagram[0] = 0x52;
+            datagram[1] = 0x43;
+            datagram[2] = 1;
+        }
+        let socket = if i % 2 == 0 { &listed } else { &unlisted };
+        let _ = socket.send_to(&datagram, &target);
+        if i % 500 == 0 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            cluster.counter(1, "drop_unlisted_sender") >= count / 2 * 9 / 10
+                && cluster.counter(1, "drop_decode") + cluster.counter(1, "drop_truncated") > 0
+        }),
+        "drop counters: unlisted {} decode {}",
+        cluster.counter(1, "drop_unlisted_sender"),
+        cluster.counter(1, "drop_decode")
+    );
+    cluster.wait_ring(&[1], Duration::from_secs(2)).unwrap();
+    assert!(
+        cluster.daemon(1).child.try_wait().unwrap().is_none(),
+        "still running"
+    );
+}
+
+/// `ringcast status` prints the ring and the counters of a running engine.
+#[test]
+fn ringcast_status_prints_the_ring() {
+    let mut cluster = Cluster::new("status", 21_500, 1);
+    cluster.start_all();
+    cluster.wait_ring(&[1], FORM_TIMEOUT).unwrap();
+    let output = Command::new(STATUS)
+        .args(["status", "--node-id", "1", "--state-dir"])
+        .arg(cluster.state_dir(1))
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let text = String::from_utf8(output.stdout).unwrap();
+    for line in ["state operational", "members 1", "running true"] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "{line:?} missing in\n{text}"
+        );
+    }
+    assert!(text.lines().any(|l| l.starts_with("packets_in ")));
+    assert!(text.lines().any(|l| l.starts_with("token_rotations ")));
+    let missing = Command::new(STATUS)
+        .args(["status", "--stats", "/nonexistent/stats_1"])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(1));
+}
+
+/// Issue 3: "A bad or inconsistent config is rejected at start with a message that
+/// names the setting."
+#[test]
+fn bad_configuration_exits_2_naming_the_setting() {
+    for (args, setting) in [
+        (&["--node-id", "4", "--node", "1=127.0.0.1"][..], "nodelist"),
+        (&["--set", "totem.join_ms=5"][..], "totem.join"),
+        (&["--idle", "sometimes"][..], "sometimes"),
+        (&["--datagram-bytes", "10"][..], "datagram_bytes"),
+    ] {
+        let output = Command::new(DAEMON).args(args).output().unwrap();
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(setting), "{args:?}: {stderr}");
+    }
+}
