@@ -423,3 +423,82 @@ fn bad_configuration_exits_2_naming_the_setting() {
         assert!(stderr.contains(setting), "{args:?}: {stderr}");
     }
 }
+
+impl Cluster {
+    /// Sets node `id`'s fault-injection drop rule and makes it reload the rule.
+    fn drop_from(&mut self, id: u32, nodes: &[u32]) {
+        let list: Vec<String> = nodes.iter().map(u32::to_string).collect();
+        std::fs::write(self.state_dir(id).join("drop_nodes"), list.join(",")).unwrap();
+        self.daemon(id).signal(libc::SIGUSR1);
+    }
+
+    fn assert_never_out_of_order(&self, ids: &[u32]) {
+        for id in ids {
+            assert_eq!(self.counter(*id, "load_out_of_order"), 0, "node {id}");
+        }
+    }
+}
+
+/// Partition (the engine's own drop rule) → two rings; heal → one ring again
+/// (CPG_SPEC.md §9.6, "Merge detection"). Generated messages are never delivered out of
+/// order or twice, before, during or after.
+#[test]
+fn a_partition_makes_two_rings_and_healing_merges_them() {
+    let mut cluster = Cluster::new("partition", 21_700, 3);
+    cluster.extra = vec![
+        "--load-size".into(),
+        "100".into(),
+        "--load-rate".into(),
+        "100".into(),
+    ];
+    cluster.start_all();
+    cluster.wait_ring(&[1, 2, 3], FORM_TIMEOUT).unwrap();
+
+    cluster.drop_from(1, &[3]);
+    cluster.drop_from(2, &[3]);
+    cluster.drop_from(3, &[1, 2]);
+    cluster.wait_ring(&[1, 2], FORM_TIMEOUT).unwrap();
+    cluster.wait_ring(&[3], FORM_TIMEOUT).unwrap();
+    assert!(cluster.counter(3, "drop_rule") > 0);
+
+    for id in 1..=3 {
+        cluster.drop_from(id, &[]);
+    }
+    cluster.wait_ring(&[1, 2, 3], FORM_TIMEOUT).unwrap();
+    let before = cluster.counter(3, "load_delivered");
+    assert!(
+        wait_for(Duration::from_secs(10), || cluster
+            .counter(3, "load_delivered")
+            > before + 20),
+        "no deliveries after healing"
+    );
+    cluster.assert_never_out_of_order(&[1, 2, 3]);
+}
+
+/// Five engines form one ring (issue 3: "1, 3 and 5 engines").
+#[test]
+fn five_nodes_form_one_ring() {
+    let mut cluster = Cluster::new("five", 21_800, 5).with_key();
+    cluster.start_all();
+    cluster.wait_ring(&[1, 2, 3, 4, 5], FORM_TIMEOUT).unwrap();
+    cluster.kill9(1);
+    cluster.wait_ring(&[2, 3, 4, 5], FORM_TIMEOUT).unwrap();
+}
+
+/// The multicast transport (CPG_SPEC.md §11, "UDP"): multicasts go to the group, tokens
+/// are unicast; works over loopback with the interface set to the node's address.
+#[test]
+fn multicast_transport_forms_a_ring() {
+    let mut cluster = Cluster::new("multicast", 21_900, 2);
+    cluster.extra = vec![
+        "--transport".into(),
+        "multicast".into(),
+        "--multicast-group".into(),
+        "239.192.76.219".into(),
+    ];
+    cluster.start_all();
+    cluster.wait_ring(&[1, 2], FORM_TIMEOUT).unwrap();
+    for id in 1..=2 {
+        assert_eq!(cluster.counter(id, "send_errors"), 0);
+    }
+}

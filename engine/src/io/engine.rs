@@ -217,6 +217,8 @@ pub struct Engine {
     leaving_until: Option<Instant>,
     features: KernelFeatures,
     send_errors_logged: u32,
+    /// Fault injection: datagrams from these nodes are dropped ([`Engine::reload_drop_rule`]).
+    drop_from: Vec<NodeId>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -400,6 +402,7 @@ impl Engine {
             leaving_until: None,
             features,
             send_errors_logged: 0,
+            drop_from: Vec::new(),
             config,
         })
     }
@@ -659,13 +662,16 @@ impl Engine {
                 }
             }
             KIND_SIGNAL => {
-                if result > 0 && self.leaving_until.is_none() {
-                    let signo = u32::from_ne_bytes([
-                        self.signal_buf[0],
-                        self.signal_buf[1],
-                        self.signal_buf[2],
-                        self.signal_buf[3],
-                    ]);
+                let signo = i32::from_ne_bytes([
+                    self.signal_buf[0],
+                    self.signal_buf[1],
+                    self.signal_buf[2],
+                    self.signal_buf[3],
+                ]);
+                let complete = result as usize == SIGINFO_BYTES;
+                if complete && signo == libc::SIGUSR1 {
+                    self.reload_drop_rule();
+                } else if complete && self.leaving_until.is_none() {
                     tracing::info!(signal = signo, "termination signal: leaving the ring");
                     self.node.leave(now);
                     self.leaving_until = Some(now + LEAVE_FLUSH);
@@ -705,6 +711,10 @@ impl Engine {
             self.stats.add(Counter::DropUnlisted, 1);
             return;
         };
+        if self.drop_from.contains(&from) {
+            self.stats.add(Counter::DropRule, 1);
+            return;
+        }
         let payload = &mut buf[payload_range];
         let packet = match &mut self.opener {
             None => Bytes::copy_from_slice(payload),
@@ -728,6 +738,25 @@ impl Engine {
             },
         };
         self.node.handle_packet(now, &packet);
+    }
+
+    /// Fault injection for partition tests (issue 3, "the engine's own test-only drop
+    /// rule"): on SIGUSR1, `<state_dir>/drop_nodes` (node ids separated by commas or
+    /// whitespace; missing or empty = none) lists the nodes whose datagrams this engine
+    /// drops on arrival. Writing complementary lists on both sides and sending SIGUSR1
+    /// partitions the cluster; empty lists heal it. Only IO is affected, never Totem.
+    fn reload_drop_rule(&mut self) {
+        let path = self.config.settings.state_dir.join("drop_nodes");
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let mut ids: Vec<NodeId> = text
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter_map(|id| id.parse().ok())
+            .filter(|id| self.config.addr_of(*id).is_some())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        tracing::warn!(path = %path.display(), drop_from = ?ids, "drop rule reloaded");
+        self.drop_from = ids;
     }
 
     fn generate_load(&mut self, now: Instant) -> usize {

@@ -170,24 +170,23 @@ pub fn parse_name(name: &[u8]) -> Option<SocketAddr> {
 mod tests {
     use super::*;
 
+    fn raw_bytes(raw: &RawAddr) -> &[u8] {
+        // SAFETY: `as_ptr` points at the sockaddr inside `raw`, which is `socklen()`
+        // bytes long, initialised, and borrowed for the returned lifetime.
+        unsafe { std::slice::from_raw_parts(raw.as_ptr().cast::<u8>(), raw.socklen() as usize) }
+    }
+
     #[test]
     fn raw_addresses_round_trip() {
         for text in ["127.0.0.3:5405", "[::1]:7000"] {
             let addr: SocketAddr = text.parse().unwrap();
             let raw = RawAddr::new(addr);
             assert_eq!(raw.to_std(), addr);
-            // SAFETY (test): `as_ptr` points at `raw`, which is `len()` bytes long.
-            let bytes = unsafe {
-                std::slice::from_raw_parts(raw.as_ptr().cast::<u8>(), raw.socklen() as usize)
-            };
-            assert_eq!(parse_name(bytes), Some(addr));
+            assert_eq!(parse_name(raw_bytes(&raw)), Some(addr));
         }
         assert_eq!(parse_name(&[]), None);
         assert_eq!(parse_name(&[0xff; 28]), None);
         let v4 = RawAddr::new("10.1.2.3:9".parse().unwrap());
-        // SAFETY (test): as above.
-        let bytes =
-            unsafe { std::slice::from_raw_parts(v4.as_ptr().cast::<u8>(), v4.socklen() as usize) };
-        assert_eq!(parse_name(&bytes[..6]), None, "truncated");
+        assert_eq!(parse_name(&raw_bytes(&v4)[..6]), None, "truncated");
     }
 }

@@ -149,6 +149,8 @@ counters! {
     IdleSleeps = "idle_sleeps",
     /// Transmits to a node id that is not in the nodelist.
     DropUnknownDestination = "drop_unknown_destination",
+    /// Dropped by the fault-injection rule (`<state_dir>/drop_nodes`, see `io::engine`).
+    DropRule = "drop_rule",
 }
 
 /// `NodeState` as stored in the page (`u64::MAX` = left the ring).
