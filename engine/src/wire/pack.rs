@@ -31,7 +31,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
 use super::MAX_MEMBERS;
 use crate::totem::{NodeId, SubmitError};
@@ -402,15 +402,13 @@ fn varint_len(value: u64) -> usize {
 }
 
 fn put_varint(out: &mut BytesMut, mut value: u64) {
-    let mut bytes = [0u8; 10];
-    let mut n = 0;
+    // Byte by byte: each is a single store into reserved capacity, cheaper on the hot
+    // path (two bytes for a 64-byte message) than a variable-length copy.
     while value >= 0x80 {
-        bytes[n] = value as u8 | 0x80;
+        out.put_u8(value as u8 | 0x80);
         value >>= 7;
-        n += 1;
     }
-    bytes[n] = value as u8;
-    out.extend_from_slice(&bytes[..=n]);
+    out.put_u8(value as u8);
 }
 
 /// LEB128, at most 10 bytes; None when truncated or over 64 bits.
