@@ -1048,19 +1048,26 @@ impl Node {
         if merged.len() > self.config.max_nodes {
             return;
         }
-        self.proc_list = merged;
+        let mut failed = self.failed_list.clone();
         if join.failed_list.contains(&self.me) {
             // It believes we failed: we cannot be in one ring with it now.
-            self.failed_list.insert(join.sender);
+            failed.insert(join.sender);
         } else if self.regular.is_member(join.sender) {
             // A member of our ring knows of failures we have not seen yet.
-            self.failed_list.extend(
+            failed.extend(
                 join.failed_list
                     .iter()
                     .copied()
                     .filter(|&n| n != self.me && n != 0),
             );
         }
+        // Regather only on news: re-announcing unchanged lists to nodes that disagree
+        // with them would make every node answer every other one, forever.
+        if merged == self.proc_list && failed == self.failed_list {
+            return;
+        }
+        self.proc_list = merged;
+        self.failed_list = failed;
         self.gather_enter(now);
     }
 
