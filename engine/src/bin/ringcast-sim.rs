@@ -1,1 +1,317 @@
-fn main() {}
+//! `ringcast-sim`: runs the deterministic cluster simulator over many seeds, in
+//! parallel, and reports every broken guarantee with the command that replays it.
+//!
+//! ```text
+//! ringcast-sim --seeds 1000 --nodes 2-8          # seeds 0..1000
+//! ringcast-sim --seed 42 --nodes 2-8 --trace     # replay one seed, every event
+//! ```
+//! Exit code 1 if any run broke a guarantee.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use clap::Parser;
+use ringcast_engine::sim::{self, RunReport, SimOptions};
+
+#[derive(Parser, Debug)]
+#[command(about = "Deterministic Totem cluster simulator with fault injection and checkers")]
+struct Args {
+    /// Run this many seeds, from --start.
+    #[arg(long, default_value_t = 100)]
+    seeds: u64,
+    /// First seed of --seeds.
+    #[arg(long, default_value_t = 0)]
+    start: u64,
+    /// Replay one seed, verbosely (overrides --seeds).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Node count, or a range like 2-8 from which each seed picks one (2..16).
+    #[arg(long, default_value = "2-8", value_parser = parse_nodes)]
+    nodes: (usize, usize),
+    /// Virtual seconds with faults.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Virtual seconds of workload after the final heal.
+    #[arg(long, default_value_t = 1.0)]
+    tail: f64,
+    /// Virtual seconds the cluster has to become quiescent after the workload stops.
+    #[arg(long, default_value_t = 10.0)]
+    settle: f64,
+    #[arg(long, default_value_t = 200)]
+    token_ms: u64,
+    #[arg(long, default_value_t = 30)]
+    join_ms: u64,
+    #[arg(long, default_value_t = 100)]
+    merge_ms: u64,
+    /// max_datagram_bytes choices, comma-separated; each seed picks one.
+    #[arg(long, value_delimiter = ',', default_value = "1500,9000,65000")]
+    datagram: Vec<usize>,
+    /// Loss probability per datagram copy.
+    #[arg(long)]
+    drop: Option<f64>,
+    /// Duplication probability.
+    #[arg(long)]
+    dup: Option<f64>,
+    /// Probability of an extra reordering delay.
+    #[arg(long)]
+    reorder: Option<f64>,
+    #[arg(long)]
+    reorder_delay_us: Option<u64>,
+    #[arg(long)]
+    delay_min_us: Option<u64>,
+    #[arg(long)]
+    delay_max_us: Option<u64>,
+    /// Loss probability during a loss burst.
+    #[arg(long)]
+    burst_drop: Option<f64>,
+    /// Loss probability of unicast (token) datagrams during token loss.
+    #[arg(long)]
+    token_drop: Option<f64>,
+    /// Mean faults per virtual second.
+    #[arg(long)]
+    fault_rate: Option<f64>,
+    /// Shortest downtime of a crashed node, virtual seconds.
+    #[arg(long)]
+    downtime_min: Option<f64>,
+    #[arg(long)]
+    downtime_max: Option<f64>,
+    #[arg(long)]
+    no_crash: bool,
+    #[arg(long)]
+    no_leave: bool,
+    #[arg(long)]
+    no_partition: bool,
+    /// No loss at all: --drop 0, no bursts, no token loss.
+    #[arg(long)]
+    no_loss: bool,
+    #[arg(long)]
+    no_burst: bool,
+    #[arg(long)]
+    no_token_loss: bool,
+    #[arg(long)]
+    no_dup: bool,
+    #[arg(long)]
+    no_reorder: bool,
+    /// No faults of any kind (a perfect network apart from delay).
+    #[arg(long)]
+    no_faults: bool,
+    /// Mean messages per node per virtual second.
+    #[arg(long)]
+    msg_rate: Option<f64>,
+    /// Fraction of SAFE messages.
+    #[arg(long)]
+    safe: Option<f64>,
+    /// Fraction of 1–20 KiB messages.
+    #[arg(long)]
+    medium: Option<f64>,
+    /// Fraction of 100 KiB–2 MiB messages.
+    #[arg(long)]
+    large: Option<f64>,
+    #[arg(long)]
+    max_steps: Option<u64>,
+    /// Threads (default: the number of CPUs); each seed runs on one.
+    #[arg(long)]
+    jobs: Option<usize>,
+    /// Print every event.
+    #[arg(long)]
+    trace: bool,
+    /// With --trace, also print every datagram arrival, decoded.
+    #[arg(long)]
+    trace_net: bool,
+    /// Print one line per seed.
+    #[arg(long, short)]
+    verbose: bool,
+}
+
+fn parse_nodes(s: &str) -> Result<(usize, usize), String> {
+    let (lo, hi) = match s.split_once('-') {
+        Some((lo, hi)) => (lo, hi),
+        None => (s, s),
+    };
+    let lo: usize = lo.trim().parse().map_err(|e| format!("{e}"))?;
+    let hi: usize = hi.trim().parse().map_err(|e| format!("{e}"))?;
+    if !(1..=16).contains(&lo) || !(lo..=16).contains(&hi) {
+        return Err("node counts between 1 and 16, low-high".into());
+    }
+    Ok((lo, hi))
+}
+
+fn options(args: &Args) -> SimOptions {
+    let mut o = SimOptions {
+        nodes_min: args.nodes.0,
+        nodes_max: args.nodes.1,
+        duration: Duration::from_secs_f64(args.duration),
+        tail: Duration::from_secs_f64(args.tail),
+        settle_limit: Duration::from_secs_f64(args.settle),
+        token: Duration::from_millis(args.token_ms),
+        join: Duration::from_millis(args.join_ms),
+        merge: Duration::from_millis(args.merge_ms),
+        datagram_bytes: args.datagram.clone(),
+        trace: args.trace || args.trace_net,
+        trace_net: args.trace_net,
+        ..SimOptions::default()
+    };
+    let n = &mut o.network;
+    let set = |target: &mut f64, value: Option<f64>| {
+        if let Some(v) = value {
+            *target = v;
+        }
+    };
+    set(&mut n.drop, args.drop);
+    set(&mut n.duplicate, args.dup);
+    set(&mut n.reorder, args.reorder);
+    set(&mut n.burst_drop, args.burst_drop);
+    set(&mut n.token_drop, args.token_drop);
+    if let Some(us) = args.reorder_delay_us {
+        n.reorder_delay = Duration::from_micros(us);
+    }
+    if let Some(us) = args.delay_min_us {
+        n.delay_min = Duration::from_micros(us);
+    }
+    if let Some(us) = args.delay_max_us {
+        n.delay_max = Duration::from_micros(us);
+    }
+    let f = &mut o.faults;
+    set(&mut f.rate, args.fault_rate);
+    if let Some(s) = args.downtime_min {
+        f.downtime_min = Duration::from_secs_f64(s);
+    }
+    if let Some(s) = args.downtime_max {
+        f.downtime_max = Duration::from_secs_f64(s);
+    }
+    f.crash &= !args.no_crash;
+    f.leave &= !args.no_leave;
+    f.partition &= !args.no_partition;
+    f.burst &= !args.no_burst;
+    f.token_loss &= !args.no_token_loss;
+    if args.no_loss {
+        o.network.drop = 0.0;
+        f.burst = false;
+        f.token_loss = false;
+    }
+    if args.no_dup {
+        o.network.duplicate = 0.0;
+    }
+    if args.no_reorder {
+        o.network.reorder = 0.0;
+    }
+    if args.no_faults {
+        o.network = o.network.lossless();
+        o.faults.rate = 0.0;
+    }
+    let w = &mut o.workload;
+    set(&mut w.rate, args.msg_rate);
+    set(&mut w.safe_fraction, args.safe);
+    set(&mut w.medium_fraction, args.medium);
+    set(&mut w.large_fraction, args.large);
+    if let Some(max) = args.max_steps {
+        o.max_steps = max;
+    }
+    o
+}
+
+fn main() {
+    let args = Args::parse();
+    let options = options(&args);
+    let started = std::time::Instant::now();
+    let seeds: Vec<u64> = match args.seed {
+        Some(seed) => vec![seed],
+        None => (args.start..args.start.saturating_add(args.seeds)).collect(),
+    };
+    let single = args.seed.is_some();
+    let jobs = args
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .clamp(1, seeds.len().max(1));
+
+    let next = AtomicU64::new(0);
+    let reports: Mutex<Vec<RunReport>> = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    let Some(&seed) = seeds.get(i) else {
+                        break;
+                    };
+                    let report = sim::run(seed, &options);
+                    if args.verbose || single {
+                        println!("{}", report.summary_line());
+                    }
+                    for v in &report.violations {
+                        print!("{v}");
+                    }
+                    reports.lock().expect("no poisoning").push(report);
+                }
+            });
+        }
+    });
+    let mut reports = reports.into_inner().expect("no poisoning");
+    reports.sort_by_key(|r| r.seed);
+
+    if single {
+        let r = &reports[0];
+        println!(
+            "network: {:?}\nincarnations {} try-again {} converged after {:?} quiescent after \
+             {:?} trace hash {:016x}",
+            r.network,
+            r.incarnations,
+            r.try_again,
+            r.converged_after,
+            r.quiescent_after,
+            r.trace_hash
+        );
+    }
+    let violations: Vec<_> = reports.iter().flat_map(|r| &r.violations).collect();
+    let sum = |f: fn(&RunReport) -> u64| reports.iter().map(f).sum::<u64>();
+    let sim_time: Duration = reports.iter().map(|r| r.sim_time).sum();
+    let max_converge = reports.iter().filter_map(|r| r.converged_after).max();
+    println!("---");
+    println!(
+        "seeds run: {} ({} threads)   options: {}",
+        reports.len(),
+        jobs,
+        options.to_args().join(" ")
+    );
+    println!(
+        "messages submitted: {}   delivered (all incarnations): {}   regular configurations \
+         installed: {}   faults: {}",
+        sum(|r| r.submitted),
+        sum(|r| r.delivered),
+        sum(|r| r.configurations),
+        sum(|r| r.faults)
+    );
+    println!(
+        "simulated time: {:.1} s   wall time: {:.1} s   slowest convergence after heal: {:?}",
+        sim_time.as_secs_f64(),
+        started.elapsed().as_secs_f64(),
+        max_converge
+    );
+    let failing: std::collections::BTreeSet<u64> = violations.iter().map(|v| v.seed).collect();
+    println!(
+        "violations: {} in {} seeds",
+        violations.len(),
+        failing.len()
+    );
+    let mut by_checker: std::collections::BTreeMap<&str, Vec<u64>> = Default::default();
+    for v in &violations {
+        let seeds = by_checker.entry(v.checker).or_default();
+        if seeds.last() != Some(&v.seed) {
+            seeds.push(v.seed);
+        }
+    }
+    for (checker, seeds) in &by_checker {
+        let shown: Vec<String> = seeds.iter().take(20).map(|s| s.to_string()).collect();
+        println!(
+            "  {checker}: {} seeds: {}{}",
+            seeds.len(),
+            shown.join(" "),
+            if seeds.len() > 20 { " …" } else { "" }
+        );
+    }
+    if let Some(first) = failing.first() {
+        println!("replay the first: {}", options.replay_command(*first));
+        std::process::exit(1);
+    }
+}

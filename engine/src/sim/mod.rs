@@ -101,6 +101,8 @@ pub struct SimOptions {
     pub workload: WorkloadOptions,
     /// Print every event as it happens.
     pub trace: bool,
+    /// Also print every datagram arrival, decoded.
+    pub trace_net: bool,
     /// Hang guard: a run that takes more steps is cut short and reported.
     pub max_steps: u64,
 }
@@ -121,6 +123,7 @@ impl Default for SimOptions {
             faults: FaultOptions::default(),
             workload: WorkloadOptions::default(),
             trace: false,
+            trace_net: false,
             max_steps: 200_000_000,
         }
     }
@@ -359,7 +362,15 @@ struct Sim {
     aborts: Vec<Violation>,
     /// Stuck-timer guard: the deadline last fired and how often in a row.
     last_fire: (NodeId, Instant, u32),
+    /// Storm guard: steps taken within the current virtual millisecond.
+    steps_this_ms: u64,
 }
+
+/// A run is cut short (and reported) when one virtual millisecond takes more steps than
+/// this (a healthy ring of 16 nodes takes a few hundred) ...
+const STEPS_PER_MS_MAX: u64 = 200_000;
+/// ... or when this many datagrams are in flight at once.
+const IN_FLIGHT_MAX: usize = 500_000;
 
 impl Sim {
     fn new(seed: u64, options: &SimOptions) -> Sim {
@@ -414,6 +425,7 @@ impl Sim {
             try_again: 0,
             aborts: Vec::new(),
             last_fire: (0, Instant::ZERO, 0),
+            steps_this_ms: 0,
         };
         sim.trace.outcome.settle_limit = options.settle_limit;
         // Nodes come up within the first 20 ms, in a seeded order.
@@ -518,7 +530,22 @@ impl Sim {
             else {
                 break;
             };
+            if next.as_nanos() / 1_000_000 != self.now.as_nanos() / 1_000_000 {
+                self.steps_this_ms = 0;
+            }
+            self.steps_this_ms += 1;
             self.now = self.now.max(next);
+            if self.steps_this_ms > STEPS_PER_MS_MAX || self.net.in_flight() > IN_FLIGHT_MAX {
+                self.current = 0;
+                self.abort(format!(
+                    "datagram storm at {}: {} steps within one virtual millisecond, {} \
+                     datagrams in flight",
+                    fmt_instant(self.now),
+                    self.steps_this_ms,
+                    self.net.in_flight()
+                ));
+                break;
+            }
             if scheduled.is_some_and(|t| t <= next) {
                 let Reverse(s) = self.schedule.pop().expect("peeked");
                 self.act(s.action);
@@ -530,6 +557,14 @@ impl Sim {
                 }
                 self.mix(&[1, self.now.as_nanos(), u64::from(d.from), u64::from(d.to)]);
                 self.mix(&[d.payload.len() as u64]);
+                if self.options.trace_net {
+                    let mut text = match crate::wire::Packet::decode(&d.payload, 0) {
+                        Ok(packet) => format!("{packet:?}"),
+                        Err(e) => format!("undecodable: {e:?}"),
+                    };
+                    text.truncate(300);
+                    self.log(format_args!("net {} -> {} {text}", d.from, d.to));
+                }
                 self.current = d.to;
                 let node = self.slots[d.to as usize].node.as_mut().expect("alive");
                 node.handle_packet(self.now, &d.payload);
@@ -546,13 +581,14 @@ impl Sim {
         match &slot.node {
             None => format!("n{id} down"),
             Some(node) => format!(
-                "n{id}#{} {:?} ring {} members {:?} send queue {} retry {}",
+                "n{id}#{} {:?} ring {} members {:?} send queue {} retry {} stats {:?}",
                 slot.incarnations - 1,
                 node.state(),
                 node.ring_id(),
                 node.members(),
                 node.send_queue_len(),
-                slot.retry.len()
+                slot.retry.len(),
+                node.stats()
             ),
         }
     }
