@@ -84,10 +84,10 @@ pub struct SimOptions {
     /// After the workload stops, the cluster must be quiescent within this long.
     ///
     /// Default 10 s, justified for the default timers (token 200 ms, consensus 240 ms,
-    /// join 30 ms, merge 100 ms): one membership round takes at most merge + consensus
-    /// + two commit-token rotations ≈ 0.4 s; a round can be restarted by each node that
-    /// shows up late (at most N = 16), ≈ 6.4 s, plus draining the send queues (a few
-    /// MiB at ≥ 10 MB/s of virtual throughput) ≈ 1 s.
+    /// join 30 ms, merge 100 ms): one membership round takes at most merge, consensus
+    /// and two commit-token rotations, ≈ 0.4 s; a round can be restarted by each node
+    /// that shows up late (at most N = 16), ≈ 6.4 s; draining the send queues (a few
+    /// MiB at ≥ 10 MB/s of virtual throughput) takes ≈ 1 s.
     pub settle_limit: Duration,
     /// Totem timers of every node (`Config::with_token`, then join and merge; the
     /// others derive as in Corosync).

@@ -12,13 +12,15 @@ fn default_options_need_no_flags() {
 
 #[test]
 fn changed_options_become_flags() {
-    let mut options = SimOptions::default();
-    options.nodes_min = 3;
-    options.nodes_max = 3;
+    let mut options = SimOptions {
+        nodes_min: 3,
+        nodes_max: 3,
+        duration: Duration::from_millis(2500),
+        datagram_bytes: vec![9000],
+        ..SimOptions::default()
+    };
     options.network.drop = 0.25;
     options.faults.crash = false;
-    options.duration = Duration::from_millis(2500);
-    options.datagram_bytes = vec![9000];
     assert_eq!(
         options.to_args().join(" "),
         "--nodes 3 --duration 2.5 --datagram 9000 --drop 0.25 --no-crash"
