@@ -524,7 +524,13 @@ pub fn safe_delivery(trace: &Trace, index: &Index) -> Vec<Violation> {
                         let other = &incs[y];
                         let until = match next {
                             Some(next) => next,
-                            None if other.alive_at_end() && !trace.outcome.aborted => {
+                            // C is still current at the end: its members owe the
+                            // message only if the run settled (a run cut off while
+                            // delivering is the liveness checker's to report).
+                            None if other.alive_at_end()
+                                && !trace.outcome.aborted
+                                && trace.outcome.quiescent_at.is_some() =>
+                            {
                                 other.records.len()
                             }
                             None => continue,
