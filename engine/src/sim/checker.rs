@@ -63,8 +63,8 @@ impl std::fmt::Display for Violation {
     }
 }
 
-/// Runs every checker (self-delivery and liveness only for runs that were not cut
-/// short).
+/// Runs every checker (self-delivery only for runs that ended settled, liveness only
+/// for runs that were not cut short).
 pub fn check_all(trace: &Trace) -> Vec<Violation> {
     let index = Index::new(trace);
     let mut out = Vec::new();
@@ -79,13 +79,22 @@ pub fn check_all(trace: &Trace) -> Vec<Violation> {
     add(configuration_agreement(trace));
     add(virtual_synchrony(trace, &index));
     add(safe_delivery(trace, &index));
-    // A run cut short ended in the middle of things: what is still in flight is no
-    // violation of self-delivery or liveness.
-    if !trace.outcome.aborted {
+    // A run cut short or stopped unsettled ended in the middle of things: what is still
+    // in flight is no violation of self-delivery (liveness reports an unsettled run).
+    if settled(trace) {
         add(self_delivery(trace, &index));
+    }
+    if !trace.outcome.aborted {
         add(liveness(trace, &index));
     }
     out
+}
+
+/// The run ended normally and quiescent (or, for traces without an end phase, was not
+/// cut short): messages still in flight at the end then count as lost.
+fn settled(trace: &Trace) -> bool {
+    let outcome = &trace.outcome;
+    !outcome.aborted && (outcome.final_heal.is_none() || outcome.quiescent_at.is_some())
 }
 
 const ABSENT: u32 = u32::MAX;
