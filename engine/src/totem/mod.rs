@@ -87,7 +87,8 @@ pub enum ConfigurationKind {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigurationChange {
     pub kind: ConfigurationKind,
-    /// For a regular configuration, the new ring; for a transitional one, the old ring.
+    /// The new ring, for both kinds (as Corosync reports it): a transitional
+    /// configuration and the regular one after it carry the same ring id.
     pub ring_id: RingId,
     /// Sorted by node id.
     pub members: Vec<NodeId>,
