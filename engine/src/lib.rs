@@ -7,5 +7,6 @@
 pub mod daemon;
 pub mod io;
 pub mod sim;
+pub mod splitmix;
 pub mod totem;
 pub mod wire;

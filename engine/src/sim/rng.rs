@@ -9,15 +9,7 @@
 //! xoshiro256**), a dozen lines each, and every derived value (ranges, probabilities)
 //! is computed by code in this file.
 
-/// splitmix64: used to expand one `u64` seed into generator states and to derive
-/// independent per-purpose and per-node seeds.
-pub fn splitmix64(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
+pub use crate::splitmix::splitmix64;
 
 /// A seed derived from `seed` and a purpose tag, so that the network, the workload and
 /// the fault schedule draw from independent streams (changing how many numbers one of

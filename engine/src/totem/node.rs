@@ -205,7 +205,7 @@ impl Node {
             store,
             state: NodeState::Gather,
             stats: Stats::default(),
-            rng: config.seed ^ 0x9e37_79b9_7f4a_7c15,
+            rng: config.seed,
             left: false,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -441,12 +441,7 @@ impl Node {
     }
 
     fn next_random(&mut self) -> u64 {
-        // splitmix64: the node's own jitter, reproducible from its seed.
-        self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.rng;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        crate::splitmix::splitmix64(&mut self.rng)
     }
 
     /// Datagrams the send queue still needs (its share in the token's backlog).
