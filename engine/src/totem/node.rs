@@ -1137,6 +1137,11 @@ impl Node {
             filled: true,
         };
         commit.memb_index += 1;
+        // The failed list has done its job: the ring is proc − failed. Should this ring
+        // not be installed, the next gather starts without it, so that a stale verdict
+        // (often the other side of a healed partition) is not handed on to the next
+        // round, where the other side would fail us back for it and so on, forever.
+        self.failed_list.clear();
         self.ring_seq = self.ring_seq.max(commit.ring_id.seq);
         self.store.store(self.ring_seq);
         let members: Vec<NodeId> = commit.entries.iter().map(|e| e.node).collect();
