@@ -509,6 +509,18 @@ impl Node {
         stats.chunks_malformed += malformed as u64;
     }
 
+    /// Delivers a message of the old ring while installing the new one (the old ring is
+    /// no longer `self.regular`, so this may borrow the rest of `self`).
+    fn deliver_old(&mut self, ring_id: RingId, message: &Stored) {
+        Self::deliver_stored(
+            &mut self.events,
+            &mut self.reassembler,
+            &mut self.stats,
+            ring_id,
+            message,
+        );
+    }
+
     /// Agreed delivery (Totem §3.3): every message whose predecessors are all delivered,
     /// except that a SAFE message also waits until every member holds it.
     fn deliver_ready(&mut self) {
@@ -1292,13 +1304,7 @@ impl Node {
             if message.safe && seq > next.old_safe_upto.max(old.safe_upto) {
                 break;
             }
-            Self::deliver_stored(
-                &mut self.events,
-                &mut self.reassembler,
-                &mut self.stats,
-                old.ring_id,
-                message,
-            );
+            self.deliver_old(old.ring_id, message);
             seq += 1;
         }
 
@@ -1328,13 +1334,7 @@ impl Node {
             }
             expected = s + 1;
             if !gap || transitional.binary_search(&message.origin).is_ok() {
-                Self::deliver_stored(
-                    &mut self.events,
-                    &mut self.reassembler,
-                    &mut self.stats,
-                    old.ring_id,
-                    message,
-                );
+                self.deliver_old(old.ring_id, message);
             }
         }
 

@@ -434,16 +434,9 @@ fn read_varint(buf: &[u8], pos: &mut usize) -> Option<u64> {
 mod tests {
     use super::*;
 
-    /// splitmix64: a tiny seeded generator, so that every failure replays.
-    struct Rng(u64);
+    use crate::splitmix::TestRng as Rng;
 
     impl Rng {
-        fn next(&mut self) -> u64 {
-            crate::splitmix::splitmix64(&mut self.0)
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
         fn bytes(&mut self, len: usize) -> Bytes {
             let mut v = Vec::with_capacity(len + 8);
             while v.len() < len {

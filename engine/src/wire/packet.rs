@@ -730,17 +730,7 @@ mod tests {
 
     const CLUSTER: u32 = 0xC1C1_0042;
 
-    /// splitmix64: a tiny seeded generator, so that every failure replays.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            crate::splitmix::splitmix64(&mut self.0)
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-    }
+    use crate::splitmix::TestRng as Rng;
 
     fn ring(rep: NodeId, seq: u64) -> RingId {
         RingId { rep, seq }
