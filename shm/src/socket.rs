@@ -134,9 +134,8 @@ impl SeqPacket {
             };
         }
         // SAFETY: `ret` is a new descriptor returned by accept4, owned by nobody else.
-        Ok(Some(SeqPacket {
-            fd: unsafe { OwnedFd::from_raw_fd(ret) },
-        }))
+        let fd = unsafe { OwnedFd::from_raw_fd(ret) };
+        Ok(Some(SeqPacket { fd }))
     }
 
     pub fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
