@@ -1,0 +1,851 @@
+//! Client sessions: the control socket (handshake with credentials, synchronous
+//! requests, liveness), each session's shared region, and the glue between the rings
+//! and the CPG service.
+//!
+//! A client connects to the `SOCK_SEQPACKET` socket and says `Hello`; the engine checks
+//! `SO_PEERCRED` against the allowed users and groups, creates the session's region
+//! (huge pages when reserved), and answers `Welcome` with three descriptors: the region,
+//! the client's eventfd (what `cpg_fd_get` returns) and the engine's eventfd. From then
+//! on multicasts travel on the submit ring and every event on the event ring; the socket
+//! carries only the rare synchronous requests and, by its EOF, the client's death.
+//!
+//! Ordering: before a join, leave or finalize is acted on, the session's submit ring is
+//! drained into the service, so a request never overtakes the messages sent before it.
+//!
+//! Back-pressure: a multicast the service refuses (Totem's queue is full, or a sync is
+//! running) stays at the head of the submit ring; the client sees `TRY_AGAIN` once its
+//! ring is full. Nothing accepted into a ring is ever dropped. Events a client does not
+//! consume wait in a bounded backlog; past its limit the client is disconnected, and
+//! while any backlog is over half its limit the engine stops taking new multicasts from
+//! its local clients.
+
+pub mod session;
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use ringcast_shm::proto::{
+    self, ITER_BATCH, IterEntry, MAX_SOCKET_MESSAGE_BYTES, PART_FIRST, PART_LAST, PartHeader,
+    Reply, Request, Status, Welcome, WireGuarantee, WireMember,
+};
+use ringcast_shm::socket::SeqPacket;
+use ringcast_shm::{EventFd, HugePages, Region, RegionSpec, RingError};
+
+use crate::cpg::{self, CpgError, GroupName, IterationKind, Service, Submit};
+use crate::totem::{Event, Guarantee, Instant, Node, NodeId, SubmitError};
+use session::{Assembly, BacklogLimits, MAX_ITERATIONS, Ready, Session, SessionFault};
+
+/// Feeds the CPG service's messages into Totem at `now`.
+pub struct TotemSubmit<'a> {
+    pub node: &'a mut Node,
+    pub now: Instant,
+}
+
+impl Submit for TotemSubmit<'_> {
+    fn submit(&mut self, payload: bytes::Bytes, guarantee: Guarantee) -> Result<(), SubmitError> {
+        self.node.submit(self.now, payload, guarantee)
+    }
+}
+
+/// What the IPC layer needs from the configuration.
+#[derive(Clone, Debug)]
+pub struct IpcSettings {
+    pub socket_path: PathBuf,
+    /// Users allowed to connect besides root and the engine's own user.
+    pub allowed_uids: Vec<u32>,
+    /// Groups allowed to connect.
+    pub allowed_gids: Vec<u32>,
+    pub region: RegionSpec,
+    pub huge_pages: bool,
+    pub max_clients: usize,
+    pub backlog: BacklogLimits,
+    pub cpg: cpg::Limits,
+}
+
+/// Why the IPC layer could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum IpcError {
+    /// The socket could not be created at the configured path.
+    #[error("ipc_socket {path}: {source}")]
+    Listen {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The region sizes do not work.
+    #[error("ipc region: {0}")]
+    Region(#[from] ringcast_shm::RegionError),
+}
+
+/// Counters of the IPC layer (copied into the stats page by the engine).
+#[derive(Copy, Clone, Debug, Default)]
+pub struct IpcStats {
+    pub sessions_opened: u64,
+    pub sessions_closed: u64,
+    pub sessions_refused: u64,
+    pub sessions_faulted: u64,
+    pub client_messages: u64,
+    pub client_bytes: u64,
+    pub events_to_clients: u64,
+    pub try_again: u64,
+}
+
+/// Every session of this engine, the listening socket and the CPG service.
+#[derive(Debug)]
+pub struct Ipc {
+    settings: IpcSettings,
+    listener: SeqPacket,
+    /// Indexed by slot; a slot's io_uring user data carries its generation.
+    slots: Vec<Option<Session>>,
+    generations: Vec<u32>,
+    next_conn: u64,
+    pub service: Service,
+    engine_wake: std::os::fd::OwnedFd,
+    own_uid: u32,
+    stats: IpcStats,
+    /// Sessions whose rings the engine should look at first (they have work queued).
+    recv_buf: Box<[u8]>,
+    /// True while any backlog is over half its limit (local senders are held back).
+    throttled: bool,
+}
+
+impl Ipc {
+    /// Listens at the configured path (creating its directory) and prepares the service.
+    pub fn new(
+        settings: IpcSettings,
+        local: NodeId,
+        engine_wake: BorrowedFd<'_>,
+    ) -> Result<Ipc, IpcError> {
+        settings.region.validate()?;
+        let path = &settings.socket_path;
+        let listen_err = |source| IpcError::Listen {
+            path: path.clone(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(listen_err)?;
+        }
+        let listener = SeqPacket::listen(path, 128).map_err(listen_err)?;
+        listener.set_nonblocking(true).map_err(listen_err)?;
+        // Access is decided by SO_PEERCRED, not by the file mode.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
+            .map_err(listen_err)?;
+        let engine_wake = engine_wake.try_clone_to_owned().map_err(listen_err)?;
+        let service = Service::new(local, settings.cpg);
+        let slots = (0..settings.max_clients).map(|_| None).collect();
+        // SAFETY: getuid cannot fail and has no preconditions.
+        let own_uid = unsafe { libc::getuid() };
+        Ok(Ipc {
+            generations: vec![0; settings.max_clients],
+            settings,
+            listener,
+            slots,
+            next_conn: 1,
+            service,
+            engine_wake,
+            own_uid,
+            stats: IpcStats::default(),
+            recv_buf: vec![0u8; MAX_SOCKET_MESSAGE_BYTES].into_boxed_slice(),
+            throttled: false,
+        })
+    }
+
+    pub fn stats(&self) -> IpcStats {
+        self.stats
+    }
+
+    pub fn listener_fd(&self) -> RawFd {
+        self.listener.as_raw_fd()
+    }
+
+    pub fn sessions(&self) -> usize {
+        self.slots.iter().filter(|s| s.is_some()).count()
+    }
+
+    /// `(slot, generation, fd)` of a session, for arming its socket poll.
+    pub fn session_fd(&self, slot: usize) -> Option<(u32, RawFd)> {
+        let s = self.slots.get(slot)?.as_ref()?;
+        Some((self.generations[slot], s.socket.as_raw_fd()))
+    }
+
+    pub fn is_current(&self, slot: usize, generation: u32) -> bool {
+        self.generations.get(slot) == Some(&generation)
+            && self.slots.get(slot).is_some_and(|s| s.is_some())
+    }
+
+    /// Accepts every pending connection. Returns the slots of new sessions (their
+    /// sockets must now be watched).
+    pub fn on_accept(&mut self) -> Vec<usize> {
+        let mut new = Vec::new();
+        loop {
+            let socket = match self.listener.accept() {
+                Ok(Some(s)) => s,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    break;
+                }
+            };
+            let cred = match socket.peer_cred() {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "SO_PEERCRED failed; connection dropped");
+                    continue;
+                }
+            };
+            let Some(slot) = self.slots.iter().position(|s| s.is_none()) else {
+                self.stats.sessions_refused += 1;
+                tracing::warn!(pid = cred.pid, "too many clients; connection refused");
+                let _ = socket.send(&Reply::Status(Status::NoResources).encode(), &[]);
+                continue;
+            };
+            let conn = self.next_conn;
+            self.next_conn += 1;
+            self.generations[slot] = self.generations[slot].wrapping_add(1);
+            self.slots[slot] = Some(Session {
+                conn,
+                socket,
+                cred,
+                ready: None,
+                slot,
+            });
+            new.push(slot);
+        }
+        new
+    }
+
+    fn allowed(&self, uid: u32, gid: u32) -> bool {
+        uid == 0
+            || uid == self.own_uid
+            || self.settings.allowed_uids.contains(&uid)
+            || self.settings.allowed_gids.contains(&gid)
+    }
+
+    /// The socket of `slot` is readable: one request (or EOF). Returns false when the
+    /// session was closed (its poll must be cancelled).
+    pub fn on_readable(&mut self, slot: usize, node: &mut Node, now: Instant) -> bool {
+        let Some(session) = self.slots.get(slot).and_then(|s| s.as_ref()) else {
+            return false;
+        };
+        let request = match session.socket.recv(&mut self.recv_buf) {
+            Ok(Some((n, _fds))) => Request::decode(&self.recv_buf[..n]),
+            Ok(None) => {
+                self.close(slot, node, now, "client closed");
+                return false;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+            Err(e) => {
+                tracing::debug!(error = %e, "client socket error");
+                self.close(slot, node, now, "socket error");
+                return false;
+            }
+        };
+        let request = match request {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "malformed request; closing the session");
+                self.stats.sessions_faulted += 1;
+                self.close(slot, node, now, "malformed request");
+                return false;
+            }
+        };
+        let ready = self.slots[slot].as_ref().is_some_and(|s| s.ready.is_some());
+        match (ready, request) {
+            (false, Request::Hello { version, pid }) => self.hello(slot, version, pid, node, now),
+            (false, _) | (true, Request::Hello { .. }) => {
+                self.reply(slot, Reply::Status(Status::BadHandle));
+                self.close(slot, node, now, "request out of sequence");
+                false
+            }
+            (true, Request::Finalize) => {
+                let _ = self.drain_submit(slot, node, now, true);
+                self.reply(slot, Reply::Status(Status::Ok));
+                self.close(slot, node, now, "finalized");
+                false
+            }
+            (true, request) => {
+                let reply = self.request(slot, request, node, now);
+                self.reply(slot, reply);
+                self.slots[slot].is_some()
+            }
+        }
+    }
+
+    fn hello(&mut self, slot: usize, version: u32, pid: u32, node: &mut Node, now: Instant) -> bool {
+        let Some(session) = self.slots[slot].as_ref() else {
+            return false;
+        };
+        let cred = session.cred;
+        let conn = session.conn;
+        let refuse = |ipc: &mut Ipc, status: Status, why: &str| {
+            ipc.stats.sessions_refused += 1;
+            tracing::warn!(pid = cred.pid, uid = cred.uid, why, "client refused");
+            ipc.reply_welcome(slot, status, &[]);
+            ipc.close(slot, node, now, why);
+            false
+        };
+        if version != proto::PROTOCOL_VERSION {
+            return refuse(self, Status::Version, "protocol version mismatch");
+        }
+        if !self.allowed(cred.uid, cred.gid) {
+            return refuse(self, Status::Access, "user not allowed");
+        }
+        // The pid the client reports is only a label in membership lists; the kernel's
+        // is what we trust when they differ (a client inside another pid namespace).
+        let pid = if cred.pid > 0 { cred.pid as u32 } else { pid };
+        let huge = if self.settings.huge_pages {
+            HugePages::Try
+        } else {
+            HugePages::Never
+        };
+        let region = match Region::create(&format!("client-{conn}"), &self.settings.region, huge) {
+            Ok(r) => Arc::new(r),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot create a client region");
+                return refuse(self, Status::NoMemory, "region creation failed");
+            }
+        };
+        let wake = match EventFd::new() {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(error = %e, "eventfd");
+                return refuse(self, Status::NoResources, "eventfd failed");
+            }
+        };
+        if let Err(e) = self.service.connect(conn, pid) {
+            return refuse(self, status_of(e), "service refused the connection");
+        }
+        let fds = [region.fd(), wake.as_fd(), self.engine_wake.as_fd()];
+        let welcome = Welcome {
+            status: Status::Ok,
+            version: proto::PROTOCOL_VERSION,
+            node_id: self.service.local_node(),
+            max_message_bytes: self.settings.cpg.max_message_bytes as u64,
+        };
+        let sent = self.slots[slot]
+            .as_ref()
+            .map(|s| s.socket.send(&welcome.encode(), &fds));
+        let Some(ready) = Ready::new(region.clone(), wake) else {
+            unreachable!("a fresh region hands out each ring end once");
+        };
+        if !matches!(sent, Some(Ok(()))) {
+            self.service.disconnect(conn, &mut TotemSubmit { node: &mut *node, now });
+            self.close(slot, node, now, "welcome not delivered");
+            return false;
+        }
+        region.set_client_pid(pid);
+        if let Some(s) = self.slots[slot].as_mut() {
+            s.ready = Some(ready);
+        }
+        self.stats.sessions_opened += 1;
+        tracing::info!(
+            conn,
+            pid,
+            uid = cred.uid,
+            huge_pages = region.huge_pages(),
+            "client connected"
+        );
+        true
+    }
+
+    fn request(&mut self, slot: usize, request: Request, node: &mut Node, now: Instant) -> Reply {
+        let conn = match self.slots[slot].as_ref() {
+            Some(s) => s.conn,
+            None => return Reply::Status(Status::BadHandle),
+        };
+        match request {
+            Request::Join { flags, name } => {
+                if flags & !1 != 0 {
+                    return Reply::Status(Status::InvalidParam);
+                }
+                if !self.drain_submit(slot, node, now, true) {
+                    return Reply::Status(Status::TryAgain);
+                }
+                let group = match GroupName::new(&name) {
+                    Ok(g) => g,
+                    Err(e) => return Reply::Status(status_of(e)),
+                };
+                let mut totem = TotemSubmit { node: &mut *node, now };
+                Reply::Status(
+                    match self.service.join(conn, &group, flags & 1 != 0, &mut totem) {
+                        Ok(()) => Status::Ok,
+                        Err(e) => status_of(e),
+                    },
+                )
+            }
+            Request::Leave { name } => {
+                if !self.drain_submit(slot, node, now, true) {
+                    return Reply::Status(Status::TryAgain);
+                }
+                let group = match GroupName::new(&name) {
+                    Ok(g) => g,
+                    Err(e) => return Reply::Status(status_of(e)),
+                };
+                let mut totem = TotemSubmit { node: &mut *node, now };
+                Reply::Status(match self.service.leave(conn, &group, &mut totem) {
+                    Ok(()) => Status::Ok,
+                    Err(e) => status_of(e),
+                })
+            }
+            Request::Membership { name } => match GroupName::new(&name) {
+                Ok(group) => Reply::Membership {
+                    status: Status::Ok,
+                    members: self
+                        .service
+                        .membership(&group)
+                        .into_iter()
+                        .map(|m| WireMember {
+                            node: m.node,
+                            pid: m.pid,
+                        })
+                        .collect(),
+                },
+                Err(e) => Reply::Membership {
+                    status: status_of(e),
+                    members: Vec::new(),
+                },
+            },
+            Request::LocalGet => Reply::LocalGet {
+                status: Status::Ok,
+                node: self.service.local_node(),
+            },
+            Request::IterInit { kind, name } => self.iter_init(slot, kind, name),
+            Request::IterNext { iter, index } => self.iter_next(slot, iter, index),
+            Request::IterFinalize { iter } => {
+                let Some(ready) = self.ready_mut(slot) else {
+                    return Reply::Status(Status::BadHandle);
+                };
+                let before = ready.iterations.len();
+                ready.iterations.retain(|(id, _)| *id != iter);
+                Reply::Status(if ready.iterations.len() < before {
+                    Status::Ok
+                } else {
+                    Status::BadHandle
+                })
+            }
+            Request::Hello { .. } | Request::Finalize => Reply::Status(Status::BadHandle),
+        }
+    }
+
+    fn iter_init(&mut self, slot: usize, kind: u32, name: Option<Vec<u8>>) -> Reply {
+        let refused = |status| Reply::IterInit {
+            status,
+            iter: 0,
+            total: 0,
+        };
+        let kind = match proto::IterKind::from_u32(kind) {
+            Some(proto::IterKind::NameOnly) => IterationKind::NameOnly,
+            Some(proto::IterKind::OneGroup) => IterationKind::OneGroup,
+            Some(proto::IterKind::All) => IterationKind::All,
+            None => return refused(Status::InvalidParam),
+        };
+        let group = match name.as_deref().map(GroupName::new).transpose() {
+            Ok(g) => g,
+            Err(e) => return refused(status_of(e)),
+        };
+        let snapshot = match self.service.iterate(kind, group.as_ref()) {
+            Ok(s) => s,
+            Err(e) => return refused(status_of(e)),
+        };
+        let Some(ready) = self.ready_mut(slot) else {
+            return refused(Status::BadHandle);
+        };
+        if ready.iterations.len() >= MAX_ITERATIONS {
+            return refused(Status::NoResources);
+        }
+        let id = ready.next_iteration;
+        ready.next_iteration = ready.next_iteration.wrapping_add(1).max(1);
+        let total = snapshot.len() as u32;
+        ready.iterations.push((id, snapshot));
+        Reply::IterInit {
+            status: Status::Ok,
+            iter: id,
+            total,
+        }
+    }
+
+    fn iter_next(&mut self, slot: usize, iter: u32, index: u32) -> Reply {
+        let Some(ready) = self.ready_mut(slot) else {
+            return Reply::Status(Status::BadHandle);
+        };
+        let Some((_, snapshot)) = ready.iterations.iter().find(|(id, _)| *id == iter) else {
+            return Reply::IterNext {
+                status: Status::BadHandle,
+                entries: Vec::new(),
+            };
+        };
+        let start = (index as usize).min(snapshot.len());
+        let entries = snapshot[start..]
+            .iter()
+            .take(ITER_BATCH)
+            .map(|(g, m)| IterEntry {
+                name: g.as_bytes().to_vec(),
+                node: m.node,
+                pid: m.pid,
+            })
+            .collect();
+        Reply::IterNext {
+            status: Status::Ok,
+            entries,
+        }
+    }
+
+    fn ready_mut(&mut self, slot: usize) -> Option<&mut Ready> {
+        self.slots.get_mut(slot)?.as_mut()?.ready.as_mut()
+    }
+
+    fn reply(&mut self, slot: usize, reply: Reply) {
+        if let Some(s) = self.slots[slot].as_ref() {
+            // A client that does not read its replies gets EAGAIN here after 200 KiB of
+            // them; it is broken and will notice the closed socket.
+            if let Err(e) = s.socket.send(&reply.encode(), &[]) {
+                tracing::debug!(error = %e, "reply not delivered");
+            }
+        }
+    }
+
+    fn reply_welcome(&mut self, slot: usize, status: Status, fds: &[BorrowedFd<'_>]) {
+        let welcome = Welcome {
+            status,
+            version: proto::PROTOCOL_VERSION,
+            node_id: self.service.local_node(),
+            max_message_bytes: 0,
+        };
+        if let Some(s) = self.slots[slot].as_ref() {
+            let _ = s.socket.send(&welcome.encode(), fds);
+        }
+    }
+
+    /// Ends a session: PROCDOWN for its member (if any), socket closed.
+    fn close(&mut self, slot: usize, node: &mut Node, now: Instant, why: &str) {
+        let Some(session) = self.slots[slot].take() else {
+            return;
+        };
+        if session.ready.is_some() {
+            self.service
+                .disconnect(session.conn, &mut TotemSubmit { node: &mut *node, now });
+            self.stats.sessions_closed += 1;
+            tracing::info!(conn = session.conn, pid = session.cred.pid, why, "client gone");
+        }
+    }
+
+    /// Closes the session in `slot` from outside (the engine saw an error on its poll).
+    pub fn drop_session(&mut self, slot: usize, node: &mut Node, now: Instant) {
+        self.close(slot, node, now, "socket poll error");
+    }
+
+    /// Takes multicasts from every session's submit ring into the service, as far as
+    /// Totem accepts them. Returns the number of records taken; sessions that broke
+    /// their ring are closed and their slots returned in `closed`.
+    pub fn poll_rings(&mut self, node: &mut Node, now: Instant, closed: &mut Vec<usize>) -> usize {
+        if self.throttled {
+            return 0;
+        }
+        let mut n = 0;
+        for slot in 0..self.slots.len() {
+            if self.slots[slot].as_ref().is_none_or(|s| s.ready.is_none()) {
+                continue;
+            }
+            let before = self.stats.client_messages;
+            if !self.drain_submit_inner(slot, node, now, false, closed) {
+                // Totem or the service pushed back: later sessions would be refused too.
+                n += (self.stats.client_messages - before) as usize;
+                break;
+            }
+            n += (self.stats.client_messages - before) as usize;
+        }
+        n
+    }
+
+    /// Drains `slot`'s submit ring; false when records remain (Totem pushed back).
+    fn drain_submit(&mut self, slot: usize, node: &mut Node, now: Instant, all: bool) -> bool {
+        let mut closed = Vec::new();
+        let ok = self.drain_submit_inner(slot, node, now, all, &mut closed);
+        ok && closed.is_empty()
+    }
+
+    fn drain_submit_inner(
+        &mut self,
+        slot: usize,
+        node: &mut Node,
+        now: Instant,
+        all: bool,
+        closed: &mut Vec<usize>,
+    ) -> bool {
+        // Per call, so one busy client cannot starve the others or the token.
+        const BUDGET: usize = 256;
+        let max_message = self.settings.cpg.max_message_bytes;
+        let mut taken = 0;
+        loop {
+            if !all && taken >= BUDGET {
+                return true;
+            }
+            let Some(session) = self.slots[slot].as_mut() else {
+                return true;
+            };
+            let conn = session.conn;
+            let Some(ready) = session.ready.as_mut() else {
+                return true;
+            };
+            let record = match ready.submit.peek() {
+                Ok(Some(r)) => r,
+                Ok(None) => return true,
+                Err(RingError::Corrupt(why)) => {
+                    tracing::warn!(conn, why, "corrupt submit ring; closing the session");
+                    self.stats.sessions_faulted += 1;
+                    self.close(slot, node, now, "corrupt submit ring");
+                    closed.push(slot);
+                    return true;
+                }
+            };
+            let mut totem = TotemSubmit { node: &mut *node, now };
+            let outcome = match record.kind {
+                proto::submit::MCAST_AGREED | proto::submit::MCAST_SAFE => {
+                    let g = if record.kind == proto::submit::MCAST_SAFE {
+                        Guarantee::Safe
+                    } else {
+                        Guarantee::Agreed
+                    };
+                    let len = record.payload.len();
+                    match self
+                        .service
+                        .mcast(conn, g, &[record.payload], &mut totem)
+                    {
+                        Ok(()) => Step::Taken(len),
+                        Err(CpgError::TryAgain) => Step::Blocked,
+                        // Not joined (compatible: accepted and dropped, CPG_SPEC §13.3) or
+                        // too big: the record is consumed either way.
+                        Err(_) => Step::Dropped,
+                    }
+                }
+                proto::submit::MCAST_PART => match PartHeader::read(record.payload) {
+                    Err(_) => Step::Fault("malformed message piece"),
+                    Ok((h, piece)) => {
+                        let g = match WireGuarantee::from_cpg(h.a) {
+                            Some(WireGuarantee::Safe) => Guarantee::Safe,
+                            Some(WireGuarantee::Agreed) => Guarantee::Agreed,
+                            None => Guarantee::Agreed,
+                        };
+                        part(
+                            &mut ready.assembly,
+                            &mut self.service,
+                            conn,
+                            g,
+                            h,
+                            piece,
+                            max_message,
+                            &mut totem,
+                        )
+                    }
+                },
+                _ => Step::Fault("unknown submit record"),
+            };
+            match outcome {
+                Step::Taken(len) => {
+                    ready.submit.consume();
+                    self.stats.client_messages += 1;
+                    self.stats.client_bytes += len as u64;
+                    taken += 1;
+                }
+                Step::Piece | Step::Dropped => {
+                    ready.submit.consume();
+                    taken += 1;
+                }
+                Step::Blocked => {
+                    self.stats.try_again += 1;
+                    return false;
+                }
+                Step::Fault(why) => {
+                    tracing::warn!(conn, why, "closing the session");
+                    self.stats.sessions_faulted += 1;
+                    self.close(slot, node, now, why);
+                    closed.push(slot);
+                    return true;
+                }
+            }
+        }
+    }
+
+    /// Feeds one Totem event to the service.
+    pub fn handle_totem_event(&mut self, event: Event, node: &mut Node, now: Instant) {
+        self.service
+            .handle_totem_event(event, &mut TotemSubmit { node: &mut *node, now });
+    }
+
+    /// Retries what the service owes Totem, moves the service's events into the
+    /// sessions' rings and publishes them. Returns the number of events moved; faulted
+    /// sessions are closed and their slots returned in `closed`.
+    pub fn flush_events(&mut self, node: &mut Node, now: Instant, closed: &mut Vec<usize>) -> usize {
+        self.service.poll(&mut TotemSubmit { node: &mut *node, now });
+        let limits = self.settings.backlog;
+        let mut n = 0;
+        for slot in 0..self.slots.len() {
+            let Some(ready) = self.ready_mut(slot) else {
+                continue;
+            };
+            match ready.drain_backlog() {
+                Ok(moved) => n += moved,
+                Err(e) => self.fault(slot, e, node, now, closed),
+            }
+        }
+        while let Some((conn, event)) = self.service.poll_event() {
+            n += 1;
+            self.stats.events_to_clients += 1;
+            let Some(slot) = self
+                .slots
+                .iter()
+                .position(|s| s.as_ref().is_some_and(|s| s.conn == conn))
+            else {
+                continue;
+            };
+            let Some(ready) = self.ready_mut(slot) else {
+                continue;
+            };
+            if let Err(e) = ready.push_event(event, limits) {
+                self.fault(slot, e, node, now, closed);
+            }
+        }
+        let mut throttled = false;
+        for slot in 0..self.slots.len() {
+            if let Some(ready) = self.ready_mut(slot) {
+                ready.publish();
+                throttled |= ready.backlog_bytes() > limits.max_bytes / 2
+                    || ready.backlog_len() > limits.max_events / 2;
+            }
+        }
+        if throttled != self.throttled {
+            tracing::debug!(throttled, "local senders held back by a slow receiver");
+        }
+        self.throttled = throttled;
+        n
+    }
+
+    fn fault(
+        &mut self,
+        slot: usize,
+        fault: SessionFault,
+        node: &mut Node,
+        now: Instant,
+        closed: &mut Vec<usize>,
+    ) {
+        tracing::warn!(slot, error = %fault, "closing the session");
+        self.stats.sessions_faulted += 1;
+        self.close(slot, node, now, "fault");
+        closed.push(slot);
+    }
+
+    /// Before the engine sleeps: announce it on every submit ring. False if a ring
+    /// already has records (do not sleep).
+    pub fn prepare_sleep(&mut self) -> bool {
+        let mut may_sleep = true;
+        for slot in 0..self.slots.len() {
+            if let Some(ready) = self.ready_mut(slot) {
+                if !ready.submit.prepare_sleep() {
+                    may_sleep = false;
+                }
+            }
+        }
+        if !may_sleep {
+            self.cancel_sleep();
+        }
+        may_sleep
+    }
+
+    pub fn cancel_sleep(&mut self) {
+        for slot in 0..self.slots.len() {
+            if let Some(ready) = self.ready_mut(slot) {
+                ready.submit.cancel_sleep();
+            }
+        }
+    }
+
+    /// Closes every session (engine shutdown) and removes the socket file.
+    pub fn shutdown(&mut self, node: &mut Node, now: Instant) {
+        for slot in 0..self.slots.len() {
+            self.close(slot, node, now, "engine shutting down");
+        }
+        let _ = std::fs::remove_file(&self.settings.socket_path);
+    }
+}
+
+/// What became of one submit record.
+enum Step {
+    Taken(usize),
+    Piece,
+    Dropped,
+    Blocked,
+    Fault(&'static str),
+}
+
+/// One piece of a large message: appended to the session's assembly; the last one
+/// submits the whole message.
+#[allow(clippy::too_many_arguments)]
+fn part(
+    assembly: &mut Option<Assembly>,
+    service: &mut Service,
+    conn: cpg::ConnId,
+    guarantee: Guarantee,
+    h: PartHeader,
+    piece: &[u8],
+    max_message: usize,
+    totem: &mut TotemSubmit<'_>,
+) -> Step {
+    if h.flags & PART_FIRST != 0 {
+        let Ok(total) = usize::try_from(h.total_len) else {
+            return Step::Fault("message length");
+        };
+        if total > max_message {
+            return Step::Fault("message larger than the maximum");
+        }
+        *assembly = Some(Assembly {
+            guarantee,
+            total_len: total,
+            buf: BytesMut::with_capacity(total),
+        });
+    }
+    let Some(a) = assembly.as_mut() else {
+        return Step::Fault("message piece without a first piece");
+    };
+    if a.buf.len() + piece.len() > a.total_len || h.total_len != a.total_len as u64 {
+        return Step::Fault("message pieces exceed the announced length");
+    }
+    if h.flags & PART_LAST == 0 {
+        a.buf.extend_from_slice(piece);
+        return Step::Piece;
+    }
+    if a.buf.len() + piece.len() != a.total_len {
+        return Step::Fault("message pieces short of the announced length");
+    }
+    let len = a.total_len;
+    let result = service.mcast(conn, a.guarantee, &[&a.buf, piece], totem);
+    match result {
+        Ok(()) => {
+            *assembly = None;
+            Step::Taken(len)
+        }
+        Err(CpgError::TryAgain) => Step::Blocked,
+        Err(_) => {
+            *assembly = None;
+            Step::Dropped
+        }
+    }
+}
+
+/// The `cs_error_t` a client sees for a service error.
+pub fn status_of(e: CpgError) -> Status {
+    match e {
+        CpgError::TryAgain => Status::TryAgain,
+        CpgError::Exist => Status::Exist,
+        CpgError::NotExist => Status::NotExist,
+        CpgError::Busy => Status::Busy,
+        CpgError::NameTooLong => Status::NameTooLong,
+        CpgError::InvalidParam => Status::InvalidParam,
+        CpgError::TooBig => Status::TooBig,
+        CpgError::TooManyMembers => Status::NoSpace,
+        CpgError::BadHandle => Status::BadHandle,
+        #[allow(unreachable_patterns)]
+        _ => Status::Library,
+    }
+}

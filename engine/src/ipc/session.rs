@@ -1,0 +1,301 @@
+//! One client connection: its control socket, its shared region and the two ring ends
+//! the engine holds, and what the engine still owes it.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use ringcast_shm::proto::{
+    self, Confchg, DeliverHeader, PART_FIRST, PART_LAST, PartHeader, TotemConfchg, WireAddress,
+    event,
+};
+use ringcast_shm::socket::{PeerCred, SeqPacket};
+use ringcast_shm::{Consumer, EventFd, Producer, PushError, Region};
+
+use crate::cpg::{Address, ClientEvent, ConnId, GroupName, Member};
+use crate::totem::Guarantee;
+
+/// Most iterations one session may have open at once.
+pub const MAX_ITERATIONS: usize = 16;
+
+/// A message arriving in pieces on the submit ring.
+#[derive(Debug)]
+pub struct Assembly {
+    pub guarantee: Guarantee,
+    pub total_len: usize,
+    pub buf: BytesMut,
+}
+
+/// An event that did not fit in the event ring yet; `sent` bytes of a large delivery
+/// already went out as pieces.
+#[derive(Debug)]
+struct Backlogged {
+    event: ClientEvent,
+    sent: usize,
+}
+
+/// Why a session must be closed.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SessionFault {
+    /// The client's rings or records broke the protocol.
+    #[error("client broke the ring protocol: {0}")]
+    Protocol(&'static str),
+    /// The client does not consume its events and its backlog hit the limit.
+    #[error("client too slow: event backlog over its limit")]
+    Overrun,
+}
+
+#[derive(Debug)]
+pub struct Ready {
+    pub region: Arc<Region>,
+    pub submit: Consumer,
+    pub events: Producer,
+    pub client_wake: EventFd,
+    /// Events that did not fit in the ring, oldest first.
+    backlog: VecDeque<Backlogged>,
+    /// Payload bytes referenced by `backlog` (shared with Totem's buffers, so this
+    /// bounds what a slow client can pin, not a copy).
+    backlog_bytes: usize,
+    /// Records pushed since the last publish.
+    unpublished: bool,
+    pub assembly: Option<Assembly>,
+    /// Open iteration snapshots (`cpg_iteration_*`), at most [`MAX_ITERATIONS`].
+    pub iterations: Vec<(u32, Vec<(GroupName, Member)>)>,
+    pub next_iteration: u32,
+}
+
+#[derive(Debug)]
+pub struct Session {
+    pub conn: ConnId,
+    pub socket: SeqPacket,
+    pub cred: PeerCred,
+    /// Set once the handshake succeeded.
+    pub ready: Option<Ready>,
+    /// Index into the engine's session table (for io_uring user data).
+    pub slot: usize,
+}
+
+/// Limits of one session's event backlog.
+#[derive(Copy, Clone, Debug)]
+pub struct BacklogLimits {
+    pub max_events: usize,
+    pub max_bytes: usize,
+}
+
+impl Ready {
+    pub fn new(region: Arc<Region>, client_wake: EventFd) -> Option<Ready> {
+        let submit = region.submit_consumer()?;
+        let events = region.event_producer()?;
+        Some(Ready {
+            region,
+            submit,
+            events,
+            client_wake,
+            backlog: VecDeque::new(),
+            backlog_bytes: 0,
+            unpublished: false,
+            assembly: None,
+            iterations: Vec::new(),
+            next_iteration: 1,
+        })
+    }
+
+    pub fn backlog_bytes(&self) -> usize {
+        self.backlog_bytes
+    }
+
+    pub fn backlog_len(&self) -> usize {
+        self.backlog.len()
+    }
+
+    /// Queues `event` for the client: straight into the ring when nothing waits before
+    /// it, else behind the backlog.
+    pub fn push_event(
+        &mut self,
+        event: ClientEvent,
+        limits: BacklogLimits,
+    ) -> Result<(), SessionFault> {
+        if self.backlog.is_empty() {
+            let mut item = Backlogged { event, sent: 0 };
+            if self.try_write(&mut item)? {
+                return Ok(());
+            }
+            self.enqueue(item, limits)
+        } else {
+            self.enqueue(Backlogged { event, sent: 0 }, limits)
+        }
+    }
+
+    fn enqueue(&mut self, item: Backlogged, limits: BacklogLimits) -> Result<(), SessionFault> {
+        let bytes = event_bytes(&item.event);
+        if self.backlog.len() >= limits.max_events || self.backlog_bytes + bytes > limits.max_bytes
+        {
+            return Err(SessionFault::Overrun);
+        }
+        self.backlog_bytes += bytes;
+        self.backlog.push_back(item);
+        Ok(())
+    }
+
+    /// Moves backlogged events into the ring while they fit. Returns how many left.
+    pub fn drain_backlog(&mut self) -> Result<usize, SessionFault> {
+        let mut moved = 0;
+        while let Some(mut item) = self.backlog.pop_front() {
+            if self.try_write(&mut item)? {
+                self.backlog_bytes -= event_bytes(&item.event);
+                moved += 1;
+            } else {
+                self.backlog.push_front(item);
+                break;
+            }
+        }
+        Ok(moved)
+    }
+
+    /// Publishes what was pushed and wakes the client if it sleeps.
+    pub fn publish(&mut self) {
+        if self.unpublished {
+            self.unpublished = false;
+            if self.events.publish() {
+                self.client_wake.notify();
+            }
+        }
+    }
+
+    /// Writes as much of `item` as fits. True when it is entirely in the ring.
+    fn try_write(&mut self, item: &mut Backlogged) -> Result<bool, SessionFault> {
+        let max = self.events.max_record_len();
+        let done = match &item.event {
+            ClientEvent::Deliver {
+                sender,
+                guarantee,
+                payload,
+                ..
+            } => {
+                let g = wire_guarantee(*guarantee);
+                if DeliverHeader::BYTES + payload.len() <= max {
+                    let header = DeliverHeader {
+                        node: sender.node,
+                        pid: sender.pid,
+                        guarantee: g,
+                    };
+                    match self.events.try_push_with(
+                        event::DELIVER,
+                        DeliverHeader::BYTES + payload.len(),
+                        |buf| {
+                            header.write(&mut buf[..DeliverHeader::BYTES]);
+                            buf[DeliverHeader::BYTES..].copy_from_slice(payload);
+                        },
+                    ) {
+                        Ok(()) => true,
+                        Err(PushError::Full) => false,
+                        Err(PushError::TooBig) => unreachable!("checked against max_record_len"),
+                    }
+                } else {
+                    // Pieces: as large as the ring allows, at most half of it so that a
+                    // reader holding one piece never blocks the next.
+                    let piece_max = (max - PartHeader::BYTES).min(max / 2).max(1);
+                    loop {
+                        if item.sent == payload.len() {
+                            break true;
+                        }
+                        let n = piece_max.min(payload.len() - item.sent);
+                        let mut flags = 0;
+                        if item.sent == 0 {
+                            flags |= PART_FIRST;
+                        }
+                        if item.sent + n == payload.len() {
+                            flags |= PART_LAST;
+                        }
+                        let header = PartHeader {
+                            a: sender.node,
+                            b: sender.pid,
+                            flags,
+                            c: g,
+                            total_len: payload.len() as u64,
+                        };
+                        let piece = &payload[item.sent..item.sent + n];
+                        match self.events.try_push_with(
+                            event::DELIVER_PART,
+                            PartHeader::BYTES + n,
+                            |buf| {
+                                header.write(&mut buf[..PartHeader::BYTES]);
+                                buf[PartHeader::BYTES..].copy_from_slice(piece);
+                            },
+                        ) {
+                            Ok(()) => {
+                                item.sent += n;
+                                self.unpublished = true;
+                            }
+                            Err(_) => break false,
+                        }
+                    }
+                }
+            }
+            ClientEvent::Confchg {
+                group,
+                members,
+                left,
+                joined,
+            } => {
+                let c = Confchg {
+                    group: group.as_bytes().to_vec(),
+                    members: members.iter().map(wire_address).collect(),
+                    left: left.iter().map(wire_address).collect(),
+                    joined: joined.iter().map(wire_address).collect(),
+                };
+                self.push_encoded(event::CONFCHG, &c.encode(), max)?
+            }
+            ClientEvent::TotemConfchg { ring_id, members } => {
+                let t = TotemConfchg {
+                    rep: ring_id.rep,
+                    seq: ring_id.seq,
+                    members: members.clone(),
+                };
+                self.push_encoded(event::TOTEM_CONFCHG, &t.encode(), max)?
+            }
+        };
+        if done {
+            self.unpublished = true;
+        }
+        Ok(done)
+    }
+
+    fn push_encoded(&mut self, kind: u32, bytes: &[u8], max: usize) -> Result<bool, SessionFault> {
+        // Membership lists are bounded by the service's limits; a ring too small for
+        // one is a configuration error that the region spec validation rules out.
+        if bytes.len() > max {
+            return Err(SessionFault::Protocol("event larger than the event ring"));
+        }
+        Ok(self.events.try_push(kind, &[bytes]).is_ok())
+    }
+}
+
+/// Bytes an event pins while backlogged (payloads are shared `Bytes`).
+fn event_bytes(event: &ClientEvent) -> usize {
+    match event {
+        ClientEvent::Deliver { payload, .. } => payload.len() + 64,
+        ClientEvent::Confchg {
+            members,
+            left,
+            joined,
+            ..
+        } => 160 + 12 * (members.len() + left.len() + joined.len()),
+        ClientEvent::TotemConfchg { members, .. } => 32 + 4 * members.len(),
+    }
+}
+
+pub fn wire_guarantee(g: Guarantee) -> u32 {
+    match g {
+        Guarantee::Agreed => proto::WireGuarantee::Agreed.to_u32(),
+        Guarantee::Safe => proto::WireGuarantee::Safe.to_u32(),
+    }
+}
+
+fn wire_address(a: &Address) -> WireAddress {
+    WireAddress {
+        node: a.member.node,
+        pid: a.member.pid,
+        reason: a.reason.map_or(proto::reason::UNDEFINED, |r| r as u32),
+    }
+}
