@@ -4,8 +4,10 @@
 //! protocol code (`sim`).
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod cpg;
 pub mod daemon;
 pub mod io;
+pub mod ipc;
 pub mod sim;
 pub mod splitmix;
 pub mod totem;

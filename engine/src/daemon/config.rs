@@ -109,6 +109,46 @@ pub struct LoadSettings {
     pub count: u64,
 }
 
+/// Client sessions (`[ipc]`): who may connect and how big each session's shared region is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IpcConfig {
+    /// Users allowed to connect besides root and the engine's own user.
+    pub allowed_uids: Vec<u32>,
+    /// Groups whose members may connect.
+    pub allowed_gids: Vec<u32>,
+    /// Most client connections at once.
+    pub max_clients: usize,
+    /// Client → engine ring per session (power of two).
+    pub submit_ring_bytes: usize,
+    /// Engine → client ring per session (power of two).
+    pub event_ring_bytes: usize,
+    /// Events a slow client may leave unconsumed beyond its ring before it is cut off.
+    pub backlog_events: usize,
+    /// Payload bytes those events may pin.
+    pub backlog_bytes: usize,
+    /// Most members of one group (CPG_MEMBERS_MAX, enforced).
+    pub max_members_per_group: usize,
+    /// Most groups in the cluster.
+    pub max_groups: usize,
+}
+
+impl Default for IpcConfig {
+    fn default() -> IpcConfig {
+        IpcConfig {
+            allowed_uids: Vec::new(),
+            allowed_gids: Vec::new(),
+            max_clients: 64,
+            submit_ring_bytes: 1 << 20,
+            event_ring_bytes: 8 << 20,
+            backlog_events: 65_536,
+            backlog_bytes: 256 << 20,
+            max_members_per_group: 128,
+            max_groups: 4096,
+        }
+    }
+}
+
 /// Every setting, as read from the file and the flags (before checking).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -145,6 +185,7 @@ pub struct Settings {
     pub nodelist: Vec<NodeEntry>,
     pub totem: TotemSettings,
     pub load: LoadSettings,
+    pub ipc: IpcConfig,
 }
 
 impl Default for Settings {
@@ -170,6 +211,7 @@ impl Default for Settings {
             nodelist: Vec::new(),
             totem: TotemSettings::default(),
             load: LoadSettings::default(),
+            ipc: IpcConfig::default(),
         }
     }
 }
@@ -434,6 +476,39 @@ const MAX_DATAGRAM_BYTES: usize = 65_507;
 /// `totem::Config::validate`'s lower bound on a datagram.
 const MIN_DATAGRAM_BYTES: usize = 576;
 
+fn check_ipc(ipc: &IpcConfig) -> Result<(), SettingError> {
+    for (name, bytes) in [
+        ("ipc.submit_ring_bytes", ipc.submit_ring_bytes),
+        ("ipc.event_ring_bytes", ipc.event_ring_bytes),
+    ] {
+        if !bytes.is_power_of_two() || !(64 << 10..=1 << 30).contains(&bytes) {
+            return Err(invalid(name, "a power of two between 64 KiB and 1 GiB"));
+        }
+    }
+    if ipc.max_clients == 0 || ipc.max_clients > 65_536 {
+        return Err(invalid("ipc.max_clients", "between 1 and 65536"));
+    }
+    if ipc.max_members_per_group == 0 || ipc.max_members_per_group > 65_536 {
+        return Err(invalid("ipc.max_members_per_group", "between 1 and 65536"));
+    }
+    // The largest confchg (every member listed, plus one joined or left) must fit in
+    // one event record.
+    let confchg = 200 + 12 * (2 * ipc.max_members_per_group + 1);
+    if confchg > ipc.event_ring_bytes / 4 {
+        return Err(invalid(
+            "ipc.max_members_per_group",
+            "too many for ipc.event_ring_bytes",
+        ));
+    }
+    if ipc.max_groups == 0 {
+        return Err(invalid("ipc.max_groups", "at least 1"));
+    }
+    if ipc.backlog_events == 0 || ipc.backlog_bytes == 0 {
+        return Err(invalid("ipc.backlog_events", "backlog limits must be non-zero"));
+    }
+    Ok(())
+}
+
 /// Stable 32-bit hash of the cluster name (FNV-1a): the cluster id on the wire.
 pub fn cluster_id(name: &str) -> u32 {
     name.bytes().fold(0x811c_9dc5_u32, |hash, byte| {
@@ -596,6 +671,7 @@ impl DaemonConfig {
         }
 
         let totem = totem_config(s, nodes.len(), s.datagram_bytes - seal_overhead)?;
+        check_ipc(&s.ipc)?;
         if s.load.size_bytes != 0 {
             if s.load.size_bytes < super::load::HEADER_BYTES {
                 return Err(invalid(

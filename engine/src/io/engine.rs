@@ -30,6 +30,7 @@ use super::signal::{SIGINFO_BYTES, Waker, termination_fd};
 use super::stats::{Counter, StatsWriter};
 use crate::daemon::load::{Check, LoadChecker, LoadGenerator};
 use crate::daemon::{DaemonConfig, FileRingSeqStore, IdleStrategy};
+use crate::ipc::{Ipc, IpcSettings, session::BacklogLimits};
 use crate::totem::{
     ConfigurationKind, Destination, Event, Guarantee, Instant, Node, NodeId, NodeState,
     SubmitError, Transmit,
@@ -58,6 +59,17 @@ const KIND_RECV: u64 = 1;
 const KIND_SEND: u64 = 2;
 const KIND_SIGNAL: u64 = 3;
 const KIND_WAKE: u64 = 4;
+/// The client listening socket is readable (multishot poll).
+const KIND_ACCEPT: u64 = 5;
+/// A client socket is readable; index = generation << 24 | slot.
+const KIND_CLIENT: u64 = 6;
+/// Completion of a cancelled client poll (nothing to do).
+const KIND_CANCEL: u64 = 7;
+const SLOT_BITS: u32 = 24;
+
+fn client_index(slot: usize, generation: u32) -> usize {
+    ((generation as usize) << SLOT_BITS) | slot
+}
 
 fn user_data(kind: u64, index: usize) -> u64 {
     (kind << KIND_SHIFT) | index as u64
@@ -87,6 +99,9 @@ pub enum EngineError {
     /// Pinning to the configured cpu failed.
     #[error("cpu: cannot pin the engine thread to cpu {0}")]
     Pin(usize),
+    /// The client socket or sessions could not be set up.
+    #[error(transparent)]
+    Ipc(#[from] crate::ipc::IpcError),
 }
 
 fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> EngineError {
@@ -219,6 +234,10 @@ pub struct Engine {
     send_errors_logged: u32,
     /// Fault injection: datagrams from these nodes are dropped ([`Engine::reload_drop_rule`]).
     drop_from: Vec<NodeId>,
+    /// Client sessions and the CPG service.
+    ipc: Ipc,
+    /// Slots of sessions closed this iteration (their polls are cancelled).
+    closed: Vec<usize>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -373,7 +392,37 @@ impl Engine {
             stats = %config.stats_path.display(),
             "engine ready"
         );
+        let ipc_config = &s.ipc;
+        let ipc = Ipc::new(
+            IpcSettings {
+                socket_path: s.ipc_socket.clone(),
+                allowed_uids: ipc_config.allowed_uids.clone(),
+                allowed_gids: ipc_config.allowed_gids.clone(),
+                region: ringcast_shm::RegionSpec {
+                    submit_ring_bytes: ipc_config.submit_ring_bytes,
+                    event_ring_bytes: ipc_config.event_ring_bytes,
+                    pool_bytes: 0,
+                },
+                huge_pages: s.huge_pages,
+                max_clients: ipc_config.max_clients,
+                backlog: BacklogLimits {
+                    max_events: ipc_config.backlog_events,
+                    max_bytes: ipc_config.backlog_bytes,
+                },
+                cpg: crate::cpg::Limits {
+                    max_members_per_group: ipc_config.max_members_per_group,
+                    max_groups: ipc_config.max_groups,
+                    max_connections: ipc_config.max_clients,
+                    max_message_bytes: crate::cpg::max_payload_bytes(config.totem.max_message_bytes),
+                },
+            },
+            config.node_id,
+            waker.as_fd(),
+        )?;
+        tracing::info!(socket = %s.ipc_socket.display(), "clients connect here");
         Ok(Engine {
+            ipc,
+            closed: Vec::new(),
             ring,
             bufring,
             slots,
@@ -483,6 +532,63 @@ impl Engine {
         self.push(&entry);
     }
 
+    fn arm_accept(&mut self) {
+        let entry = opcode::PollAdd::new(Fd(self.ipc.listener_fd()), libc::POLLIN as u32)
+            .multi(true)
+            .build()
+            .user_data(user_data(KIND_ACCEPT, 0));
+        // A poll references no engine memory.
+        self.push(&entry);
+    }
+
+    fn arm_client(&mut self, slot: usize) {
+        let Some((generation, fd)) = self.ipc.session_fd(slot) else {
+            return;
+        };
+        let entry = opcode::PollAdd::new(Fd(fd), libc::POLLIN as u32)
+            .multi(true)
+            .build()
+            .user_data(user_data(KIND_CLIENT, client_index(slot, generation)));
+        // A poll references no engine memory.
+        self.push(&entry);
+    }
+
+    /// Cancels the socket polls of sessions the IPC layer closed (the poll holds a
+    /// reference to the socket, which is only really closed once it is gone).
+    fn cancel_closed_polls(&mut self) {
+        while let Some(slot) = self.closed.pop() {
+            let generation = self.ipc.generation(slot);
+            let target = user_data(KIND_CLIENT, client_index(slot, generation));
+            let entry = opcode::AsyncCancel::new(target)
+                .build()
+                .user_data(user_data(KIND_CANCEL, 0));
+            // A cancellation references no engine memory.
+            self.push(&entry);
+        }
+    }
+
+    fn on_client_readable(&mut self, now: Instant, index: usize, result: i32, flags: u32) {
+        let slot = index & ((1 << SLOT_BITS) - 1);
+        let generation = (index >> SLOT_BITS) as u32;
+        if !self.ipc.is_current(slot, generation) {
+            return;
+        }
+        if result < 0 {
+            if -result != libc::ECANCELED {
+                self.ipc.drop_session(slot, &mut self.node, now);
+                self.closed.push(slot);
+            }
+            return;
+        }
+        if !self.ipc.on_readable(slot, &mut self.node, now) {
+            self.closed.push(slot);
+            return;
+        }
+        if !cqueue::more(flags) {
+            self.arm_client(slot);
+        }
+    }
+
     /// Runs until SIGTERM/SIGINT, then leaves the ring and returns.
     pub fn run(&mut self) -> Result<(), EngineError> {
         if let Some(cpu) = self.config.settings.cpu {
@@ -496,6 +602,7 @@ impl Engine {
         }
         self.arm_signal();
         self.arm_wake();
+        self.arm_accept();
         let mut completions: Vec<(u64, i32, u32)> = Vec::with_capacity(SQ_ENTRIES as usize * 4);
         let mut idle_rounds = 0u32;
         loop {
@@ -524,7 +631,11 @@ impl Engine {
                 work += 1;
             }
             work += self.generate_load(now);
+            work += self.ipc.poll_rings(&mut self.node, now, &mut self.closed);
             work += self.drain_events();
+            let now = self.now();
+            work += self.ipc.flush_events(&mut self.node, now, &mut self.closed);
+            self.cancel_closed_polls();
             work += self.drain_transmits();
             self.publish_stats(now);
 
@@ -539,6 +650,7 @@ impl Engine {
                         "left before every datagram was sent"
                     );
                 }
+                self.ipc.shutdown(&mut self.node, now);
                 let _ = self.ring.submit();
                 tracing::info!("left the ring, exiting");
                 return Ok(());
@@ -571,9 +683,13 @@ impl Engine {
                         .min();
                         let wait =
                             deadline.map_or(MAX_SLEEP, |d| d.saturating_since(now).min(MAX_SLEEP));
-                        if !wait.is_zero() {
+                        // Clients wake the engine only after it announced its sleep on
+                        // their rings; a ring that filled meanwhile cancels the sleep.
+                        if !wait.is_zero() && self.ipc.prepare_sleep() {
                             self.stats.add(Counter::IdleSleeps, 1);
-                            self.flush(Some(wait))?;
+                            let slept = self.flush(Some(wait));
+                            self.ipc.cancel_sleep();
+                            slept?;
                         }
                     }
                 }
@@ -679,6 +795,16 @@ impl Engine {
                 self.arm_signal();
             }
             KIND_WAKE => self.arm_wake(),
+            KIND_ACCEPT => {
+                if !cqueue::more(flags) {
+                    self.arm_accept();
+                }
+                for slot in self.ipc.on_accept() {
+                    self.arm_client(slot);
+                }
+            }
+            KIND_CLIENT => self.on_client_readable(now, index, result, flags),
+            KIND_CANCEL => {}
             _ => debug_assert!(false, "unknown completion {data:#x}"),
         }
         Ok(())
@@ -795,16 +921,22 @@ impl Engine {
         submitted
     }
 
+    /// Counts and checks Totem's events, then hands them to the CPG service (all but
+    /// the load generator's own messages, which are not CPG messages).
     fn drain_events(&mut self) -> usize {
         let mut n = 0;
+        let now = self.now();
         while let Some(event) = self.node.poll_event() {
             n += 1;
-            match event {
+            let mut to_service = true;
+            match &event {
                 Event::Deliver(delivery) => {
                     self.stats.add(Counter::MessagesDelivered, 1);
                     self.stats
                         .add(Counter::BytesDelivered, delivery.payload.len() as u64);
-                    match self.checker.check(&delivery.payload) {
+                    let check = self.checker.check(&delivery.payload);
+                    to_service = check == Check::Foreign;
+                    match check {
                         Check::Foreign => {}
                         Check::InOrder => {
                             self.stats.add(Counter::LoadDelivered, 1);
@@ -846,6 +978,9 @@ impl Engine {
                         "membership"
                     );
                 }
+            }
+            if to_service {
+                self.ipc.handle_totem_event(event, &mut self.node, now);
             }
         }
         n
@@ -933,6 +1068,16 @@ impl Engine {
         st.set(Counter::FailedToReceive, s.failed_to_receive);
         st.set(Counter::RingsInstalled, s.rings_installed);
         st.set_send_queue_len(self.node.send_queue_len());
+        let c = self.ipc.stats();
+        st.set(Counter::ClientsConnected, self.ipc.sessions() as u64);
+        st.set(Counter::ClientsOpened, c.sessions_opened);
+        st.set(Counter::ClientsClosed, c.sessions_closed);
+        st.set(Counter::ClientsRefused, c.sessions_refused);
+        st.set(Counter::ClientsFaulted, c.sessions_faulted);
+        st.set(Counter::ClientMessages, c.client_messages);
+        st.set(Counter::ClientBytes, c.client_bytes);
+        st.set(Counter::ClientEvents, c.events_to_clients);
+        st.set(Counter::ClientTryAgain, c.try_again);
         let state = self.leaving_until.is_none().then(|| self.node.state());
         self.stats
             .set_ring(self.node.ring_id(), state, self.node.members());

@@ -151,6 +151,21 @@ counters! {
     DropUnknownDestination = "drop_unknown_destination",
     /// Dropped by the fault-injection rule (`<state_dir>/drop_nodes`, see `io::engine`).
     DropRule = "drop_rule",
+    /// Client sessions open now.
+    ClientsConnected = "clients_connected",
+    ClientsOpened = "clients_opened",
+    ClientsClosed = "clients_closed",
+    /// Connections refused (credentials, version, limits).
+    ClientsRefused = "clients_refused",
+    /// Sessions cut off for breaking the ring protocol or not consuming events.
+    ClientsFaulted = "clients_faulted",
+    /// Multicasts taken from clients' submit rings.
+    ClientMessages = "client_messages",
+    ClientBytes = "client_bytes",
+    /// Events written to clients' event rings.
+    ClientEvents = "client_events",
+    /// Times a client's multicast waited in its ring (Totem queue full or sync).
+    ClientTryAgain = "client_try_again",
 }
 
 /// `NodeState` as stored in the page (`u64::MAX` = left the ring).

@@ -170,6 +170,11 @@ impl Ipc {
         Some((self.generations[slot], s.socket.as_raw_fd()))
     }
 
+    /// The generation of whatever session last used `slot`.
+    pub fn generation(&self, slot: usize) -> u32 {
+        self.generations.get(slot).copied().unwrap_or(0)
+    }
+
     pub fn is_current(&self, slot: usize, generation: u32) -> bool {
         self.generations.get(slot) == Some(&generation)
             && self.slots.get(slot).is_some_and(|s| s.is_some())
@@ -223,23 +228,38 @@ impl Ipc {
             || self.settings.allowed_gids.contains(&gid)
     }
 
-    /// The socket of `slot` is readable: one request (or EOF). Returns false when the
-    /// session was closed (its poll must be cancelled).
+    /// The socket of `slot` is readable: every queued request (or EOF). Returns false
+    /// when the session was closed (its poll must be cancelled).
     pub fn on_readable(&mut self, slot: usize, node: &mut Node, now: Instant) -> bool {
+        // A client has at most one request outstanding; the bound only guards against
+        // one that ignores that.
+        for _ in 0..64 {
+            match self.one_request(slot, node, now) {
+                Some(true) => continue,
+                Some(false) => return false,
+                None => return true,
+            }
+        }
+        true
+    }
+
+    /// Handles one request. `None` when nothing is queued, `Some(false)` when the
+    /// session was closed.
+    fn one_request(&mut self, slot: usize, node: &mut Node, now: Instant) -> Option<bool> {
         let Some(session) = self.slots.get(slot).and_then(|s| s.as_ref()) else {
-            return false;
+            return Some(false);
         };
         let request = match session.socket.recv(&mut self.recv_buf) {
             Ok(Some((n, _fds))) => Request::decode(&self.recv_buf[..n]),
             Ok(None) => {
                 self.close(slot, node, now, "client closed");
-                return false;
+                return Some(false);
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return None,
             Err(e) => {
                 tracing::debug!(error = %e, "client socket error");
                 self.close(slot, node, now, "socket error");
-                return false;
+                return Some(false);
             }
         };
         let request = match request {
@@ -248,11 +268,11 @@ impl Ipc {
                 tracing::warn!(error = %e, "malformed request; closing the session");
                 self.stats.sessions_faulted += 1;
                 self.close(slot, node, now, "malformed request");
-                return false;
+                return Some(false);
             }
         };
         let ready = self.slots[slot].as_ref().is_some_and(|s| s.ready.is_some());
-        match (ready, request) {
+        Some(match (ready, request) {
             (false, Request::Hello { version, pid }) => self.hello(slot, version, pid, node, now),
             (false, _) | (true, Request::Hello { .. }) => {
                 self.reply(slot, Reply::Status(Status::BadHandle));
@@ -270,7 +290,7 @@ impl Ipc {
                 self.reply(slot, reply);
                 self.slots[slot].is_some()
             }
-        }
+        })
     }
 
     fn hello(&mut self, slot: usize, version: u32, pid: u32, node: &mut Node, now: Instant) -> bool {
