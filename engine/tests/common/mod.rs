@@ -1,0 +1,246 @@
+//! The real-process test harness shared by the daemon and client tests: `ringcastd`
+//! processes on 127.0.0.x, each with its own port, state directory and client socket,
+//! short timers and the backoff idle strategy, killed when the test ends (also on
+//! panic).
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use ringcast_engine::io::stats::{Snapshot, StatsReader, state_name};
+
+pub const DAEMON: &str = env!("CARGO_BIN_EXE_ringcastd");
+pub const STATUS: &str = env!("CARGO_BIN_EXE_ringcast");
+pub const TOKEN_MS: u64 = 300;
+/// Generous for a loaded 2-core machine; membership itself takes token + consensus.
+pub const FORM_TIMEOUT: Duration = Duration::from_secs(20);
+
+pub fn addr(id: u32) -> String {
+    format!("127.0.0.{id}")
+}
+
+/// One running daemon; killed (SIGKILL) when dropped.
+pub struct Daemon {
+    pub child: Child,
+}
+
+impl Daemon {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: sends a signal to our own child's pid (still unreaped, so not reused).
+        unsafe { libc::kill(self.pid(), signal) };
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A cluster of `n` configured nodes (ids 1..=n on 127.0.0.id:port).
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub port: u16,
+    pub n: u32,
+    pub key: Option<PathBuf>,
+    pub extra: Vec<String>,
+    pub daemons: Vec<Option<Daemon>>,
+}
+
+impl Cluster {
+    pub fn new(name: &str, port: u16, n: u32) -> Cluster {
+        let dir = std::env::temp_dir().join(format!("ringcast-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Cluster {
+            dir,
+            port,
+            n,
+            key: None,
+            extra: Vec::new(),
+            daemons: (0..=n).map(|_| None).collect(),
+        }
+    }
+
+    pub fn with_key(mut self) -> Cluster {
+        let key = self.dir.join("authkey");
+        let status = Command::new(DAEMON)
+            .arg("--gen-key")
+            .arg(&key)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        self.key = Some(key);
+        self
+    }
+
+    /// Where node `id`'s engine listens for clients.
+    pub fn socket(&self, id: u32) -> PathBuf {
+        self.state_dir(id).join("ringcast.sock")
+    }
+
+    pub fn state_dir(&self, id: u32) -> PathBuf {
+        self.dir.join(format!("n{id}"))
+    }
+
+    pub fn args(&self, id: u32) -> Vec<String> {
+        let mut args = vec![
+            "--node-id".into(),
+            id.to_string(),
+            "--port".into(),
+            self.port.to_string(),
+            "--cluster-name".into(),
+            format!("test-{}", self.port),
+            "--token-ms".into(),
+            TOKEN_MS.to_string(),
+            "--token-coefficient-ms".into(),
+            "0".into(),
+            "--idle".into(),
+            "backoff".into(),
+            "--state-dir".into(),
+            self.state_dir(id).display().to_string(),
+            "--log-level".into(),
+            "info".into(),
+            "--ipc-socket".into(),
+            self.socket(id).display().to_string(),
+        ];
+        for node in 1..=self.n {
+            args.push("--node".into());
+            args.push(format!("{node}={}", addr(node)));
+        }
+        if let Some(key) = &self.key {
+            args.push("--key-file".into());
+            args.push(key.display().to_string());
+        }
+        args.extend(self.extra.iter().cloned());
+        args
+    }
+
+    pub fn start(&mut self, id: u32) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("log{id}")))
+            .unwrap();
+        let child = Command::new(DAEMON)
+            .args(self.args(id))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn ringcastd");
+        self.daemons[id as usize] = Some(Daemon { child });
+    }
+
+    pub fn start_all(&mut self) {
+        for id in 1..=self.n {
+            self.start(id);
+        }
+    }
+
+    pub fn daemon(&mut self, id: u32) -> &mut Daemon {
+        self.daemons[id as usize].as_mut().expect("running")
+    }
+
+    pub fn kill9(&mut self, id: u32) {
+        let mut daemon = self.daemons[id as usize].take().expect("running");
+        daemon.signal(libc::SIGKILL);
+        daemon.wait_exit(Duration::from_secs(5)).expect("killed");
+    }
+
+    /// The node's stats page, once it exists and belongs to the running process.
+    pub fn status(&self, id: u32) -> Option<Snapshot> {
+        let daemon = self.daemons[id as usize].as_ref()?;
+        let path = self.state_dir(id).join(format!("stats_{id}"));
+        let snapshot = StatsReader::open(&path).ok()?.snapshot();
+        (snapshot.pid == daemon.child.id()).then_some(snapshot)
+    }
+
+    /// Waits until every listed node is operational in one ring of exactly `members`.
+    pub fn wait_ring(&self, members: &[u32], timeout: Duration) -> Result<Duration, String> {
+        let start = Instant::now();
+        loop {
+            let statuses: Vec<Option<Snapshot>> =
+                members.iter().map(|id| self.status(*id)).collect();
+            let formed = statuses.iter().all(|s| {
+                s.as_ref().is_some_and(|s| {
+                    state_name(s.state) == "operational"
+                        && s.members == members
+                        && Some(s.ring_id) == statuses[0].as_ref().map(|f| f.ring_id)
+                })
+            });
+            if formed {
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() > timeout {
+                let seen: Vec<String> = statuses
+                    .iter()
+                    .zip(members)
+                    .map(|(s, id)| match s {
+                        Some(s) => format!(
+                            "node {id}: {} ring {} members {:?}",
+                            state_name(s.state),
+                            s.ring_id,
+                            s.members
+                        ),
+                        None => format!("node {id}: no stats page"),
+                    })
+                    .collect();
+                return Err(format!(
+                    "no ring {members:?} after {timeout:?}: {}; logs in {}",
+                    seen.join("; "),
+                    self.dir.display()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn counter(&self, id: u32, name: &str) -> u64 {
+        self.status(id)
+            .and_then(|s| s.counter(name))
+            .unwrap_or_else(|| panic!("node {id} has no counter {name}"))
+    }
+
+    pub fn log(&self, id: u32) -> String {
+        std::fs::read_to_string(self.dir.join(format!("log{id}"))).unwrap_or_default()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.daemons.clear();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+pub fn wait_for(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    condition()
+}
+

@@ -1,0 +1,585 @@
+//! Clients on real engines (issue 4, "Tests"): the `ringcast` crate talking to
+//! `ringcastd` processes through the control socket and the shared-memory rings.
+//! Other members are separate processes (`ringcast listen`), so that they have their
+//! own pids and can be killed with SIGKILL.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::os::fd::AsRawFd;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Cluster, FORM_TIMEOUT, STATUS, wait_for};
+use ringcast::{
+    Address, ConnectOptions, Cpg, Dispatch, Event, Guarantee, Handler, IterationKind, Status,
+    reason,
+};
+
+const EVENT_TIMEOUT: Duration = Duration::from_secs(20);
+
+fn connect(cluster: &Cluster, id: u32) -> Cpg {
+    let options = ConnectOptions {
+        socket: cluster.socket(id),
+        initial_totem_conf: false,
+    };
+    let deadline = Instant::now() + FORM_TIMEOUT;
+    loop {
+        match Cpg::connect(&options) {
+            Ok(cpg) => return cpg,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("connect to node {id}: {e}"),
+        }
+    }
+}
+
+/// Retries TRY_AGAIN (a sync in progress) the way CPG programs do.
+fn retry<T>(mut f: impl FnMut() -> ringcast::Result<T>) -> T {
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    loop {
+        match f() {
+            Ok(v) => return v,
+            Err(e) if e.is_try_again() && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+/// The next group event (totem confchgs skipped), or a panic after the timeout.
+fn next_group_event(cpg: &Cpg) -> Event {
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match cpg.next_event(Some(left)).expect("next_event") {
+            Some(Event::TotemConfchg { .. }) => continue,
+            Some(e) => return e,
+            None => panic!("no event within {EVENT_TIMEOUT:?}"),
+        }
+    }
+}
+
+/// Skips events until a confchg; returns (members, left, joined).
+fn next_confchg(cpg: &Cpg) -> (Vec<Address>, Vec<Address>, Vec<Address>) {
+    loop {
+        if let Event::Confchg {
+            members,
+            left,
+            joined,
+            ..
+        } = next_group_event(cpg)
+        {
+            return (members, left, joined);
+        }
+    }
+}
+
+fn member_pairs(list: &[Address]) -> Vec<(u32, u32, u32)> {
+    list.iter().map(|a| (a.node, a.pid, a.reason)).collect()
+}
+
+/// `ringcast listen GROUP` as a separate member process; prints one line per event.
+struct Listener {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Listener {
+    fn spawn(cluster: &Cluster, id: u32, group: &str) -> Listener {
+        let mut child = Command::new(STATUS)
+            .args(["listen", group, "--socket"])
+            .arg(cluster.socket(id))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn ringcast listen");
+        let stdout = child.stdout.take().expect("piped");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Listener { child, lines }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Lines until one contains `needle` (panics after the timeout).
+    fn wait_line(&self, needle: &str) -> Vec<String> {
+        let deadline = Instant::now() + EVENT_TIMEOUT;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let hit = line.contains(needle);
+                    seen.push(line);
+                    if hit {
+                        return seen;
+                    }
+                }
+                Err(_) => panic!("listener never printed {needle:?}; saw {seen:?}"),
+            }
+        }
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// CPG_SPEC §5.2 (the joiner gets its own join confchg), §5.3 (LEAVE and PROCDOWN,
+/// the leaver gets its own leave confchg), §5.4 (self-delivery, per-sender FIFO),
+/// §13.2 (a leave resets the connection: it can join again).
+#[test]
+fn join_send_leave_and_procdown_on_one_host() {
+    let mut cluster = Cluster::new("cpg1", 47100, 1);
+    cluster.start_all();
+    cluster.wait_ring(&[1], FORM_TIMEOUT).unwrap();
+    let me = std::process::id();
+    let a = connect(&cluster, 1);
+    assert_eq!(a.local_node().unwrap(), 1);
+    retry(|| a.join(b"g1"));
+    let (members, left, joined) = next_confchg(&a);
+    assert_eq!(member_pairs(&members), vec![(1, me, 0)]);
+    assert!(left.is_empty());
+    assert_eq!(member_pairs(&joined), vec![(1, me, reason::JOIN)]);
+
+    // A second member, in its own process.
+    let mut other = Listener::spawn(&cluster, 1, "g1");
+    let other_pid = other.pid();
+    let (members, _, joined) = next_confchg(&a);
+    let mut expected = vec![(1, me, 0), (1, other_pid, 0)];
+    expected.sort();
+    assert_eq!(member_pairs(&members), expected);
+    assert_eq!(member_pairs(&joined), vec![(1, other_pid, reason::JOIN)]);
+    assert_eq!(
+        a.membership(b"g1").unwrap().len(),
+        2,
+        "membership_get lists both"
+    );
+
+    // Self-delivery in per-sender FIFO order; the other member receives them too.
+    for i in 0..200u32 {
+        retry(|| a.mcast(Guarantee::Agreed, format!("m{i}").as_bytes()));
+    }
+    for i in 0..200u32 {
+        match next_group_event(&a) {
+            Event::Deliver {
+                node, pid, msg, group,
+            } => {
+                assert_eq!((node, pid), (1, me));
+                assert_eq!(group, b"g1");
+                assert_eq!(msg, format!("m{i}").as_bytes());
+            }
+            other => panic!("expected message {i}, got {other:?}"),
+        }
+    }
+    other.wait_line("m199");
+
+    // kill -9 of a member: PROCDOWN.
+    other.kill9();
+    let (members, left, joined) = next_confchg(&a);
+    assert_eq!(member_pairs(&members), vec![(1, me, 0)]);
+    assert_eq!(member_pairs(&left), vec![(1, other_pid, reason::PROCDOWN)]);
+    assert!(joined.is_empty());
+
+    // Leave: the leaver gets its own confchg, then can join again (quirk fixed).
+    assert_eq!(
+        a.leave(b"other").unwrap_err().status(),
+        Status::NotExist,
+        "leave validates the name (CPG_SPEC §13.7)"
+    );
+    retry(|| a.leave(b"g1"));
+    let (members, left, _) = next_confchg(&a);
+    assert!(members.is_empty());
+    assert_eq!(member_pairs(&left), vec![(1, me, reason::LEAVE)]);
+    retry(|| a.join(b"g1"));
+    let (_, _, joined) = next_confchg(&a);
+    assert_eq!(member_pairs(&joined), vec![(1, me, reason::JOIN)]);
+    assert_eq!(
+        a.join(b"g2").unwrap_err().status(),
+        Status::Exist,
+        "one group per handle (CPG_SPEC §3 cpg_join)"
+    );
+    assert_eq!(
+        a.join(b"").unwrap_err().status(),
+        Status::InvalidParam,
+        "empty names are refused (CPG_SPEC §13 / §5.3)"
+    );
+    assert_eq!(
+        a.join(&[b'x'; 129]).unwrap_err().status(),
+        Status::NameTooLong
+    );
+    let groups = a.iterate(IterationKind::NameOnly, None).unwrap();
+    assert_eq!(groups.len(), 1);
+    assert_eq!(groups[0].group, b"g1");
+    a.finalize().unwrap();
+    assert_eq!(a.local_node().unwrap_err().status(), Status::BadHandle);
+}
+
+struct Counting {
+    delivered: usize,
+    confchgs: usize,
+}
+
+impl Handler for Counting {
+    fn deliver(&mut self, cpg: &Cpg, _group: &[u8], _node: u32, _pid: u32, _msg: &[u8]) {
+        // Callbacks may call the handle (CPG_SPEC §12).
+        assert_eq!(cpg.local_node().unwrap(), 1);
+        self.delivered += 1;
+    }
+    fn confchg(
+        &mut self,
+        cpg: &Cpg,
+        group: &[u8],
+        _members: &[Address],
+        _left: &[Address],
+        _joined: &[Address],
+    ) {
+        assert!(!cpg.membership(group).unwrap().is_empty());
+        self.confchgs += 1;
+    }
+}
+
+fn readable(fd: i32, timeout_ms: i32) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    unsafe { libc::poll(&mut pfd, 1, timeout_ms) > 0 }
+}
+
+/// CPG_SPEC §4: the four dispatch modes, and the fd readable exactly when events wait.
+#[test]
+fn dispatch_modes_and_the_pollable_fd() {
+    let mut cluster = Cluster::new("cpg2", 47110, 1);
+    cluster.start_all();
+    cluster.wait_ring(&[1], FORM_TIMEOUT).unwrap();
+    let cpg = connect(&cluster, 1);
+    let mut h = Counting {
+        delivered: 0,
+        confchgs: 0,
+    };
+    // Nothing pending yet (a totem confchg may be: drain first).
+    cpg.dispatch(Dispatch::All, &mut h).unwrap();
+    assert!(!readable(cpg.as_raw_fd(), 0), "fd idle when nothing is pending");
+    assert_eq!(
+        cpg.dispatch(Dispatch::OneNonBlocking, &mut h)
+            .unwrap_err()
+            .status(),
+        Status::TryAgain
+    );
+    retry(|| cpg.join(b"modes"));
+    // One waits for the join confchg.
+    cpg.dispatch(Dispatch::One, &mut h).unwrap();
+    assert_eq!(h.confchgs, 1);
+    for i in 0..10u8 {
+        retry(|| cpg.mcast(Guarantee::Safe, &[i; 100]));
+    }
+    assert!(
+        readable(cpg.as_raw_fd(), 10_000),
+        "fd readable once deliveries are pending"
+    );
+    wait_for(EVENT_TIMEOUT, || {
+        cpg.dispatch(Dispatch::All, &mut h).unwrap();
+        h.delivered == 10
+    });
+    assert_eq!(h.delivered, 10);
+    assert!(!readable(cpg.as_raw_fd(), 0), "fd idle after ALL drained");
+    // OneNonBlocking handles one at a time.
+    retry(|| cpg.mcast(Guarantee::Agreed, b"x"));
+    assert!(readable(cpg.as_raw_fd(), 10_000));
+    cpg.dispatch(Dispatch::OneNonBlocking, &mut h).unwrap();
+    assert_eq!(h.delivered, 11);
+    // Blocking returns when the handle is finalized from another thread.
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            std::thread::sleep(Duration::from_millis(300));
+            cpg.finalize().unwrap();
+        });
+        let mut h2 = Counting {
+            delivered: 0,
+            confchgs: 0,
+        };
+        let err = cpg.dispatch(Dispatch::Blocking, &mut h2).unwrap_err();
+        assert_eq!(err.status(), Status::BadHandle);
+    });
+}
+
+/// Issue 4 "Back-pressure": with the engine stopped, a sender fills its ring and gets
+/// TRY_AGAIN; nothing accepted is lost once the engine runs again.
+#[test]
+fn a_full_ring_gives_try_again_and_loses_nothing() {
+    let mut cluster = Cluster::new("cpg3", 47120, 1);
+    cluster.start_all();
+    cluster.wait_ring(&[1], FORM_TIMEOUT).unwrap();
+    let cpg = connect(&cluster, 1);
+    retry(|| cpg.join(b"bp"));
+    next_confchg(&cpg);
+    cluster.daemon(1).signal(libc::SIGSTOP);
+    let mut accepted = 0u32;
+    let refused = loop {
+        match cpg.mcast(Guarantee::Agreed, &accepted.to_le_bytes().repeat(256)) {
+            Ok(()) => accepted += 1,
+            Err(e) => break e,
+        }
+        assert!(accepted < 1_000_000, "the ring never filled");
+    };
+    cluster.daemon(1).signal(libc::SIGCONT);
+    assert_eq!(refused.status(), Status::TryAgain);
+    assert!(accepted > 100, "only {accepted} fitted");
+    for i in 0..accepted {
+        match next_group_event(&cpg) {
+            Event::Deliver { msg, .. } => {
+                assert_eq!(&msg[..4], &i.to_le_bytes(), "message {i} of {accepted}")
+            }
+            other => panic!("expected message {i}, got {other:?}"),
+        }
+    }
+}
+
+/// Issue 4 "a hostile client that scribbles on its rings": it is cut off; the engine
+/// and the other clients carry on.
+#[test]
+fn a_client_scribbling_on_its_rings_is_cut_off() {
+    use ringcast_shm::proto::{Request, Welcome};
+    use ringcast_shm::socket::SeqPacket;
+
+    let mut cluster = Cluster::new("cpg4", 47130, 1);
+    cluster.start_all();
+    cluster.wait_ring(&[1], FORM_TIMEOUT).unwrap();
+    let good = connect(&cluster, 1);
+    retry(|| good.join(b"h"));
+    next_confchg(&good);
+
+    for round in 0..20u64 {
+        let socket = SeqPacket::connect(&cluster.socket(1)).unwrap();
+        socket.set_read_timeout(Some(EVENT_TIMEOUT)).unwrap();
+        socket
+            .send(
+                &Request::Hello {
+                    version: ringcast_shm::proto::PROTOCOL_VERSION,
+                    pid: 1,
+                }
+                .encode(),
+                &[],
+            )
+            .unwrap();
+        let mut buf = vec![0u8; 65536];
+        let (n, fds) = socket.recv(&mut buf).unwrap().unwrap();
+        assert_eq!(
+            Welcome::decode(&buf[..n]).unwrap().status,
+            ringcast_shm::proto::Status::Ok
+        );
+        let region = std::fs::File::from(fds.into_iter().next().unwrap());
+        let len = region.metadata().unwrap().len() as usize;
+        // SAFETY: a shared mapping of the region file; the engine may write it at the
+        // same time, which is exactly the hostile case under test (we only write bytes).
+        let mut map = unsafe { memmap2::MmapMut::map_mut(&region) }.unwrap();
+        // Garbage everywhere but the header (round 0..9) or everywhere (10..19).
+        let start = if round < 10 { 4096 } else { 0 };
+        let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ round;
+        for byte in &mut map[start..len.min(start + (4 << 20))] {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *byte = x as u8;
+        }
+        // Ask for a join (the engine drains the ring first and finds the garbage).
+        let _ = socket.send(
+            &Request::Join {
+                flags: 0,
+                name: b"h".to_vec(),
+            }
+            .encode(),
+            &[],
+        );
+        let _ = socket.recv(&mut buf);
+        drop(map);
+    }
+    // Garbage on the socket as well.
+    for round in 0..20u8 {
+        let socket = SeqPacket::connect(&cluster.socket(1)).unwrap();
+        let _ = socket.send(&[round; 37], &[]);
+    }
+
+    // The engine is up and the good client still works.
+    for i in 0..50u32 {
+        retry(|| good.mcast(Guarantee::Agreed, &i.to_le_bytes()));
+    }
+    for i in 0..50u32 {
+        match next_group_event(&good) {
+            Event::Deliver { msg, .. } => assert_eq!(msg, i.to_le_bytes()),
+            Event::Confchg { left, joined, .. } => {
+                panic!("no hostile client may have joined: {left:?} {joined:?}")
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(cluster.wait_ring(&[1], Duration::from_secs(5)).is_ok());
+    assert!(
+        wait_for(Duration::from_secs(5), || cluster.counter(1, "clients_faulted") >= 10),
+        "faulted sessions counted: {}",
+        cluster.counter(1, "clients_faulted")
+    );
+}
+
+/// A big message with a checksum in its first 8 bytes (FNV-1a of the rest).
+fn checksummed(len: usize, seed: u64) -> Vec<u8> {
+    let mut msg = vec![0u8; len];
+    let mut x = seed | 1;
+    for chunk in msg[8..].chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let b = x.to_le_bytes();
+        chunk.copy_from_slice(&b[..chunk.len()]);
+    }
+    let sum = fnv(&msg[8..]);
+    msg[..8].copy_from_slice(&sum.to_le_bytes());
+    msg
+}
+
+fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+/// Three engines (issue 4): one member per node sees the others join (NODEUP-free
+/// startup: joins), every member delivers the same messages in the same order, a
+/// 64 MiB message arrives intact, a killed engine's member is reported NODEDOWN,
+/// and a healed partition reports NODEUP.
+#[test]
+fn three_engines_order_nodedown_nodeup_and_64_mib() {
+    let mut cluster = Cluster::new("cpg5", 47140, 3);
+    cluster.start_all();
+    cluster.wait_ring(&[1, 2, 3], FORM_TIMEOUT).unwrap();
+    let me = std::process::id();
+    let clients: Vec<Cpg> = (1..=3).map(|id| connect(&cluster, id)).collect();
+    for c in &clients {
+        retry(|| c.join(b"tri"));
+    }
+    // Every client eventually sees all three members.
+    for c in &clients {
+        let deadline = Instant::now() + EVENT_TIMEOUT;
+        loop {
+            let (members, _, _) = next_confchg(c);
+            if members.len() == 3 {
+                break;
+            }
+            assert!(Instant::now() < deadline);
+        }
+    }
+    // Each sends 300 messages; everyone delivers the same 900 in the same order.
+    for (k, c) in clients.iter().enumerate() {
+        for i in 0..300u32 {
+            let msg = [k as u8, (i >> 8) as u8, i as u8];
+            retry(|| c.mcast(Guarantee::Agreed, &msg));
+        }
+    }
+    let mut orders: Vec<Vec<Vec<u8>>> = Vec::new();
+    for c in &clients {
+        let mut order = Vec::new();
+        while order.len() < 900 {
+            match next_group_event(c) {
+                Event::Deliver { msg, node, pid, .. } => {
+                    assert_eq!(pid, me);
+                    assert_eq!(u32::from(msg[0]) + 1, node);
+                    order.push(msg);
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        orders.push(order);
+    }
+    assert_eq!(orders[0], orders[1]);
+    assert_eq!(orders[0], orders[2]);
+    for k in 0..3u8 {
+        let mine: Vec<u32> = orders[0]
+            .iter()
+            .filter(|m| m[0] == k)
+            .map(|m| (u32::from(m[1]) << 8) | u32::from(m[2]))
+            .collect();
+        assert_eq!(mine, (0..300).collect::<Vec<_>>(), "FIFO of sender {k}");
+    }
+
+    // 64 MiB from node 1, checksummed, to everyone.
+    let big = checksummed(64 << 20, 7);
+    retry(|| clients[0].mcast(Guarantee::Agreed, &big));
+    for c in &clients {
+        match next_group_event(c) {
+            Event::Deliver { msg, node, .. } => {
+                assert_eq!(node, 1);
+                assert_eq!(msg.len(), 64 << 20);
+                assert_eq!(
+                    u64::from_le_bytes(msg[..8].try_into().unwrap()),
+                    fnv(&msg[8..]),
+                    "64 MiB message corrupted"
+                );
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    drop(big);
+
+    // kill -9 of engine 3: its member is NODEDOWN for the others.
+    cluster.kill9(3);
+    for c in &clients[..2] {
+        let (members, left, _) = next_confchg(c);
+        assert_eq!(members.len(), 2);
+        assert_eq!(member_pairs(&left), vec![(3, me, reason::NODEDOWN)]);
+    }
+
+    // Partition 1 | 2 (the engines' drop rule), then heal: NODEDOWN, then NODEUP.
+    let drop_from = |cluster: &mut Cluster, id: u32, nodes: &[u32]| {
+        let list: Vec<String> = nodes.iter().map(u32::to_string).collect();
+        std::fs::write(cluster.state_dir(id).join("drop_nodes"), list.join(",")).unwrap();
+        cluster.daemon(id).signal(libc::SIGUSR1);
+    };
+    drop_from(&mut cluster, 1, &[2]);
+    drop_from(&mut cluster, 2, &[1]);
+    for (k, c) in clients[..2].iter().enumerate() {
+        let other = 2 - k as u32;
+        let (members, left, _) = next_confchg(c);
+        assert_eq!(member_pairs(&members), vec![(k as u32 + 1, me, 0)]);
+        assert_eq!(member_pairs(&left), vec![(other, me, reason::NODEDOWN)]);
+    }
+    drop_from(&mut cluster, 1, &[]);
+    drop_from(&mut cluster, 2, &[]);
+    for (k, c) in clients[..2].iter().enumerate() {
+        let other = 2 - k as u32;
+        let (members, _, joined) = next_confchg(c);
+        assert_eq!(members.len(), 2);
+        assert_eq!(member_pairs(&joined), vec![(other, me, reason::NODEUP)]);
+    }
+    // And they still agree on order afterwards.
+    retry(|| clients[0].mcast(Guarantee::Agreed, b"after"));
+    for c in &clients[..2] {
+        match next_group_event(c) {
+            Event::Deliver { msg, .. } => assert_eq!(msg, b"after"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    drop(clients);
+}
