@@ -473,6 +473,8 @@ fn fnv(bytes: &[u8]) -> u64 {
 #[test]
 fn three_engines_order_nodedown_nodeup_and_64_mib() {
     let mut cluster = Cluster::new("cpg5", 47140, 3);
+    // Large datagrams: the 64 MiB message should take a second, not a minute.
+    cluster.extra = vec!["--datagram-bytes".into(), "65000".into()];
     cluster.start_all();
     cluster.wait_ring(&[1, 2, 3], FORM_TIMEOUT).unwrap();
     let me = std::process::id();
