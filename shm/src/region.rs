@@ -155,6 +155,15 @@ struct Mapping {
     file: File,
 }
 
+impl Mapping {
+    fn header(&self) -> &RegionHeader {
+        // SAFETY: every mapping is at least DATA_OFFSET > size_of::<RegionHeader>() bytes
+        // (create sizes it from a Layout, open checks the file size first) and page aligned;
+        // the header is all atomics, so a shared reference tolerates the peer's writes.
+        unsafe { &*self.map.as_mut_ptr().cast::<RegionHeader>() }
+    }
+}
+
 /// One engine–client shared region. `Send + Sync`; may be shared as `Arc<Region>`.
 pub struct Region {
     mapping: Arc<Mapping>,
@@ -333,13 +342,13 @@ impl Region {
                 bytes: file_bytes,
                 source,
             })?;
-        let mut region = Region {
-            mapping: Arc::new(Mapping { map, file }),
-            layout: Layout::new(&RegionSpec::default(), false)?,
+        let mapping = Arc::new(Mapping { map, file });
+        let layout = parse_header(mapping.header(), file_bytes)?;
+        Ok(Region {
+            mapping,
+            layout,
             ends_taken: AtomicU8::new(0),
-        };
-        region.layout = parse_header(region.header(), file_bytes)?;
-        Ok(region)
+        })
     }
 
     fn base(&self) -> *mut u8 {
@@ -347,10 +356,7 @@ impl Region {
     }
 
     fn header(&self) -> &RegionHeader {
-        // SAFETY: every mapping is at least DATA_OFFSET > size_of::<RegionHeader>() bytes
-        // (create sizes it from a Layout, open checks the file size) and page aligned; the
-        // header is all atomics, so a shared reference tolerates the peer's writes.
-        unsafe { &*self.base().cast::<RegionHeader>() }
+        self.mapping.header()
     }
 
     /// The region's fd, to pass to the client (SCM_RIGHTS).

@@ -95,6 +95,9 @@ impl EventFd {
             // SAFETY: one valid pollfd, count 1.
             let n = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
             if n > 0 {
+                if pfd.revents & libc::POLLNVAL != 0 {
+                    return Err(io::Error::from_raw_os_error(libc::EBADF));
+                }
                 return Ok(pfd.revents & libc::POLLIN != 0);
             }
             if n == 0 {
