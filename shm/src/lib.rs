@@ -11,6 +11,46 @@
 //! holds nonsense yields [`RingError`] (the engine then drops that client), never a panic or
 //! an access outside the mapping.
 //!
+//! ```
+//! use ringcast_shm::{EventFd, HugePages, PoolAllocator, Region, RegionSpec};
+//!
+//! // Engine: one region per client connection; its fd goes to the client (SCM_RIGHTS).
+//! let engine = Region::create("client-42", &RegionSpec::default(), HugePages::Try)?;
+//! let mut submit_rx = engine.submit_consumer().unwrap();
+//! let wake_engine = EventFd::new()?; // also sent to the client
+//!
+//! // Client: maps the received fd (here a duplicate) and takes its ring ends.
+//! let mut client = Region::open(engine.fd().try_clone_to_owned()?)?;
+//! client.set_client_pid(std::process::id());
+//! let mut submit_tx = client.submit_producer().unwrap();
+//! let mut pool = PoolAllocator::new(client.pool_len(), 4096);
+//!
+//! // Zero-copy send: payload into the pool, descriptor onto the submit ring.
+//! let buf = pool.alloc(5).unwrap();
+//! client.pool_slice_mut(&buf).copy_from_slice(b"hello");
+//! let desc = [buf.offset().to_le_bytes(), buf.len().to_le_bytes()].concat();
+//! submit_tx.try_push(1, &[&desc]).unwrap();
+//! if submit_tx.publish() {
+//!     wake_engine.notify()?; // the engine had announced it was going to sleep
+//! }
+//!
+//! // Engine: read the descriptor, then the payload in place (bounds-checked, untrusted).
+//! let record = submit_rx.peek()?.unwrap();
+//! let offset = u64::from_le_bytes(record.payload[..8].try_into().unwrap());
+//! let len = u64::from_le_bytes(record.payload[8..].try_into().unwrap());
+//! assert_eq!(engine.pool_slice(offset, len), Some(&b"hello"[..]));
+//! submit_rx.consume();
+//!
+//! // Engine with nothing to do: announce sleep, re-check, block on the eventfd.
+//! if submit_rx.prepare_sleep() {
+//!     wake_engine.wait(Some(std::time::Duration::from_millis(1)))?;
+//!     submit_rx.cancel_sleep();
+//!     wake_engine.drain()?;
+//! }
+//! pool.free(buf)?; // once the engine says it is done with the buffer
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! `unsafe` lives in [`ring`] (atomics and byte copies through pointers into the mapping)
 //! and [`region`]/[`wake`] (FFI: memfd, fcntl, eventfd, poll); every block says why it holds.
 #![deny(unsafe_op_in_unsafe_fn)]
