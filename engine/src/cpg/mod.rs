@@ -1179,3 +1179,6 @@ fn submit(totem: &mut impl Submit, payload: Bytes, guarantee: Guarantee) -> Resu
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod sim_tests;
