@@ -39,7 +39,8 @@ pub struct Config {
     pub miss_count_const: u32,
     /// Largest datagram the transport carries, headers included.
     pub max_datagram_bytes: usize,
-    /// Largest application message; larger ones are refused at submit.
+    /// Largest application message; larger ones are refused at submit. The default,
+    /// 64 MiB + 4 KiB, carries a 64 MiB CPG payload with its CPG header.
     pub max_message_bytes: usize,
     /// Bytes of application messages that may wait in the send queue.
     pub send_queue_bytes: usize,
@@ -47,7 +48,18 @@ pub struct Config {
     pub max_nodes: usize,
     /// Seed of the node's own jitter (send_join); any value.
     pub seed: u64,
+    /// Hold application messages after each new regular configuration until the user
+    /// calls [`Node::sync_done`](super::Node::sync_done) for that ring; meanwhile only
+    /// messages given to [`Node::submit_sync`](super::Node::submit_sync) are sent
+    /// (Corosync's "waiting for sync" queue, CPG_SPEC.md §9.6 "Entering OPERATIONAL"
+    /// step 4). The CPG service needs it; a user that never calls `sync_done` must
+    /// leave it off.
+    pub sync_barrier: bool,
 }
+
+/// Default largest application message: a 64 MiB CPG payload plus room for the CPG
+/// header (at most a few hundred bytes).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = (64 << 20) + 4096;
 
 /// Corosync's bounds on datagrams: a UDP payload cannot exceed 65,507 bytes.
 pub const MAX_DATAGRAM_BYTES: usize = 65_507;
@@ -89,10 +101,11 @@ impl Config {
             window_size: 50,
             miss_count_const: 5,
             max_datagram_bytes: 1500,
-            max_message_bytes: 64 << 20,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             send_queue_bytes: 128 << 20,
             max_nodes: 384,
             seed: u64::from(node_id),
+            sync_barrier: false,
         }
     }
 
@@ -227,6 +240,8 @@ mod tests {
             assert_eq!(c.join.as_millis(), 50);
             assert_eq!(c.merge.as_millis(), 200);
             assert_eq!((c.max_messages, c.window_size), (17, 50));
+            assert_eq!(c.max_message_bytes, (64 << 20) + 4096);
+            assert!(!c.sync_barrier);
             c.validate().unwrap();
         }
     }

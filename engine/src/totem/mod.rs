@@ -13,7 +13,7 @@ mod node;
 mod ring;
 mod time;
 
-pub use config::{Config, ConfigError};
+pub use config::{Config, ConfigError, DEFAULT_MAX_MESSAGE_BYTES};
 pub use node::{Node, NodeState, Stats};
 pub use time::Instant;
 

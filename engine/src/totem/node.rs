@@ -145,6 +145,12 @@ pub struct Node {
     events: VecDeque<Event>,
 
     send_queue: SendQueue,
+    /// Messages of the synchronisation that follows a configuration change: they go
+    /// before `send_queue`, and alone while `waiting_for_sync`.
+    sync_queue: SendQueue,
+    /// `Config::sync_barrier` is on and the user has not yet called `sync_done` for
+    /// the ring installed last: `send_queue` waits.
+    waiting_for_sync: bool,
     reassembler: Reassembler,
     max_payload: usize,
     max_rtr: usize,
@@ -210,6 +216,8 @@ impl Node {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             send_queue: SendQueue::new(config.send_queue_bytes, config.max_message_bytes),
+            sync_queue: SendQueue::new(config.max_message_bytes, config.max_message_bytes),
+            waiting_for_sync: config.sync_barrier,
             reassembler: Reassembler::new(config.max_message_bytes),
             max_payload: config.max_datagram_bytes - MCAST_OVERHEAD,
             max_rtr,
@@ -272,6 +280,16 @@ impl Node {
     /// Application messages waiting to be sent.
     pub fn send_queue_len(&self) -> usize {
         self.send_queue.len()
+    }
+
+    /// Synchronisation messages waiting to be sent (see [`Node::submit_sync`]).
+    pub fn sync_queue_len(&self) -> usize {
+        self.sync_queue.len()
+    }
+
+    /// Whether application messages wait for [`Node::sync_done`].
+    pub fn waiting_for_sync(&self) -> bool {
+        self.waiting_for_sync
     }
 
     /// One datagram arrived. Bad or foreign packets are counted and dropped.
@@ -353,6 +371,36 @@ impl Node {
     ) -> Result<(), SubmitError> {
         self.send_queue
             .push(payload, guarantee == Guarantee::Safe)?;
+        if !self.waiting_for_sync {
+            self.wake(now);
+        }
+        Ok(())
+    }
+
+    /// Queues a message of the synchronisation that follows a configuration change
+    /// (with `Config::sync_barrier`, the only messages sent until [`Node::sync_done`]).
+    /// Agreed delivery; bounded by `max_message_bytes` of waiting messages.
+    pub fn submit_sync(&mut self, now: Instant, payload: Bytes) -> Result<(), SubmitError> {
+        self.sync_queue.push(payload, false)?;
+        self.wake(now);
+        Ok(())
+    }
+
+    /// The user has finished synchronising on `ring_id`: application messages may go.
+    /// Ignored unless `ring_id` is the ring installed last, so that a sync finished
+    /// late (after the next ring was installed) cannot open that next ring early.
+    pub fn sync_done(&mut self, now: Instant, ring_id: RingId) {
+        if !self.waiting_for_sync || ring_id != self.regular.ring_id {
+            return;
+        }
+        self.waiting_for_sync = false;
+        if !self.send_queue.is_empty() {
+            self.wake(now);
+        }
+    }
+
+    /// Something was queued: an idle ring must pass the token again.
+    fn wake(&mut self, now: Instant) {
         if self.state == NodeState::Operational {
             if self.tok.holding.is_some() {
                 self.tok.seq_unchanged = 0;
@@ -367,7 +415,6 @@ impl Node {
                 self.send(Destination::All, &packet);
             }
         }
-        Ok(())
     }
 
     /// Announces a clean departure (CPG_SPEC.md §9.2 "Leave message"): the others fail
@@ -449,11 +496,19 @@ impl Node {
         let queued = match (&self.state, &self.next) {
             (NodeState::Recovery, Some(next)) => next.recovery_queue.len(),
             _ => {
-                if self.send_queue.is_empty() {
+                let packets = |q: &SendQueue| {
+                    if q.is_empty() {
+                        0
+                    } else {
+                        q.bytes().div_ceil(self.max_payload).max(1)
+                    }
+                };
+                let sendable = if self.waiting_for_sync {
                     0
                 } else {
-                    self.send_queue.bytes().div_ceil(self.max_payload).max(1)
-                }
+                    packets(&self.send_queue)
+                };
+                packets(&self.sync_queue) + sendable
             }
         };
         u32::try_from(queued).unwrap_or(u32::MAX)
@@ -742,7 +797,8 @@ impl Node {
         let hold = self.state == NodeState::Operational
             && self.is_rep()
             && self.tok.seq_unchanged > self.config.seqno_unchanged_const
-            && self.send_queue.is_empty();
+            && self.sync_queue.is_empty()
+            && (self.waiting_for_sync || self.send_queue.is_empty());
         if hold {
             self.tok.holding = Some(token);
             self.timers.hold = Some(now + self.config.hold);
@@ -778,7 +834,17 @@ impl Node {
     fn next_mcast(&mut self, seq: u64) -> Option<Mcast> {
         match self.state {
             NodeState::Operational => {
-                let (payload, safe) = self.send_queue.next_payload(self.max_payload)?;
+                // A message cut into fragments finishes before another one starts
+                // (receivers reassemble per origin); the sync queue goes first.
+                let normal_first = self.send_queue.is_partial() && !self.waiting_for_sync;
+                let from_sync = !normal_first && !self.sync_queue.is_empty();
+                let (payload, safe) = if from_sync {
+                    self.sync_queue.next_payload(self.max_payload)?
+                } else if self.waiting_for_sync {
+                    return None;
+                } else {
+                    self.send_queue.next_payload(self.max_payload)?
+                };
                 Some(Mcast {
                     sender: self.me,
                     ring_id: self.regular.ring_id,
@@ -1341,6 +1407,10 @@ impl Node {
         // 4. A message cut by the change is dropped everywhere and sent again whole.
         self.reassembler.reset();
         self.send_queue.restart_partial();
+        self.sync_queue.restart_partial();
+        // CPG_SPEC.md §9.6 "Entering OPERATIONAL" step 4: application messages wait
+        // until the user has synchronised on the new ring.
+        self.waiting_for_sync = self.config.sync_barrier;
 
         // 5. The regular configuration.
         let joined: Vec<NodeId> = new_members

@@ -167,6 +167,12 @@ impl SendQueue {
         Some((out.freeze(), safe))
     }
 
+    /// Whether the head message has been handed out in part: its remaining fragments
+    /// must go before anything else from this origin, or receivers lose it.
+    pub fn is_partial(&self) -> bool {
+        self.sent > 0
+    }
+
     /// A message of which some fragments were sent starts again from its first byte.
     pub fn restart_partial(&mut self) {
         self.sent = 0;

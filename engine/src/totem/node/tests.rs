@@ -434,3 +434,110 @@ fn submit_refuses_what_does_not_fit() {
     );
     assert_eq!(node.send_queue_len(), 2);
 }
+
+/// CPG_SPEC.md §9.6 "Entering OPERATIONAL" step 4 (Corosync's "waiting for sync"
+/// queue): with `sync_barrier`, application messages queued before or after a new
+/// ring wait until `sync_done` names that ring, while `submit_sync` messages go at once;
+/// so every synchronisation message is ordered before them on every node.
+#[test]
+fn sync_barrier_holds_application_messages_until_sync_done() {
+    let mut c = Cluster::with(2, |id| {
+        let mut config = config(id);
+        config.sync_barrier = true;
+        config
+    });
+    c.run(Duration::from_secs(3));
+    for id in 1..=2 {
+        assert_eq!(c.node(id).members(), &[1, 2]);
+        assert!(c.node(id).waiting_for_sync(), "node {id}");
+    }
+    let now = c.now;
+    c.node(1)
+        .submit(now, Bytes::from_static(b"app"), Guarantee::Agreed)
+        .unwrap();
+    c.run(Duration::from_millis(300));
+    assert!(c.deliveries(1).is_empty() && c.deliveries(2).is_empty());
+    let now = c.now;
+    c.node(1)
+        .submit_sync(now, Bytes::from_static(b"sync1"))
+        .unwrap();
+    c.node(2)
+        .submit_sync(now, Bytes::from_static(b"sync2"))
+        .unwrap();
+    c.run(Duration::from_millis(300));
+    assert_eq!(c.deliveries(1).len(), 2);
+    assert_eq!(c.deliveries(1), c.deliveries(2));
+    // A sync finished for another ring does not open this one.
+    let stale = RingId { rep: 1, seq: 1 };
+    assert_ne!(stale, c.node(1).ring_id());
+    c.node(1).sync_done(now, stale);
+    c.run(Duration::from_millis(300));
+    assert_eq!(c.deliveries(2).len(), 2);
+    let ring = c.node(1).ring_id();
+    let now = c.now;
+    c.node(1).sync_done(now, ring);
+    assert!(!c.node(1).waiting_for_sync());
+    c.run(Duration::from_millis(300));
+    for id in 1..=2 {
+        let got: Vec<Bytes> = c.deliveries(id).into_iter().map(|(_, p)| p).collect();
+        assert_eq!(got.len(), 3, "node {id}");
+        assert_eq!(got[2], Bytes::from_static(b"app"), "node {id}");
+    }
+}
+
+/// A message cut into fragments is finished before a sync message starts (receivers
+/// reassemble per origin), and after a new ring both start again whole, sync first.
+#[test]
+fn sync_barrier_never_interleaves_fragments() {
+    let mut c = Cluster::with(2, |id| {
+        let mut config = config(id);
+        config.sync_barrier = true;
+        config
+    });
+    c.run(Duration::from_secs(3));
+    let (now, ring) = (c.now, c.node(1).ring_id());
+    c.node(1).sync_done(now, ring);
+    c.node(2).sync_done(now, ring);
+    let big: Vec<u8> = (0..200_000u32).map(|i| (i * 13 + 1) as u8).collect();
+    let originated = c.node(1).stats().messages_originated;
+    c.node(1)
+        .submit(now, Bytes::from(big.clone()), Guarantee::Agreed)
+        .unwrap();
+    // Move datagrams one at a time until node 1 has sent part of the big message.
+    for _ in 0..10_000 {
+        if c.node(1).stats().messages_originated > originated {
+            break;
+        }
+        let node = c.node(1);
+        let mut out: Vec<Transmit> = std::iter::from_fn(|| node.poll_transmit()).collect();
+        let node2 = c.node(2);
+        out.extend(std::iter::from_fn(|| node2.poll_transmit()));
+        for t in out {
+            let to: Vec<NodeId> = match t.destination {
+                Destination::All => vec![1, 2],
+                Destination::Node(n) => vec![n],
+            };
+            for n in to {
+                c.node(n).handle_packet(now, &t.payload);
+            }
+        }
+    }
+    let sent = c.node(1).stats().messages_originated - originated;
+    assert!(
+        sent > 0 && sent < 20,
+        "part of the big message is out ({sent} datagrams)"
+    );
+    assert!(c.node(1).send_queue.is_partial());
+    c.node(1)
+        .submit_sync(now, Bytes::from_static(b"sync"))
+        .unwrap();
+    c.run(Duration::from_secs(1));
+    for id in 1..=2 {
+        let got = c.deliveries(id);
+        assert_eq!(got.len(), 2, "node {id}");
+        assert!(got.iter().any(|(_, p)| p[..] == big[..]), "node {id}");
+        assert!(got.iter().any(|(_, p)| &p[..] == b"sync"), "node {id}");
+    }
+    assert_eq!(c.node(1).stats().chunks_malformed, 0);
+    assert_eq!(c.node(2).stats().chunks_malformed, 0);
+}
