@@ -489,7 +489,7 @@ impl Cpg {
 
     fn publish(&self, producer: &mut Producer) {
         if producer.publish() {
-            self.engine_wake.notify();
+            let _ = self.engine_wake.notify();
         }
     }
 
@@ -708,7 +708,7 @@ impl Cpg {
         let t = timeout.map_or(nap, |t| t.min(nap));
         let r = poll_readable(self.poll_fd.as_raw_fd(), Some(t));
         receiver.events.cancel_sleep();
-        self.wake.drain();
+        let _ = self.wake.drain();
         r.map_err(|e| Error::from_io(&e, "poll"))?;
         if receiver.events.is_empty() && self.engine_gone() {
             return Err(Error::with_detail(Status::Library, "engine gone"));
@@ -723,9 +723,9 @@ impl Cpg {
         let Ok(mut receiver) = self.receiver.try_lock() else {
             return;
         };
-        self.wake.drain();
+        let _ = self.wake.drain();
         if !receiver.events.prepare_sleep() {
-            self.wake.notify();
+            let _ = self.wake.notify();
         }
     }
 
@@ -905,7 +905,7 @@ impl Cpg {
     /// get `TryAgain`). Corosync always reports `Disabled`; the C ABI keeps that.
     pub fn flow_control_state(&self) -> FlowControl {
         let producer = lock(&self.submit);
-        let cap = self.region.layout().submit_ring_bytes;
+        let cap = self.region.layout().submit.data_bytes;
         if producer.free_bytes() < cap / 4 {
             FlowControl::Enabled
         } else {
@@ -932,7 +932,7 @@ impl Cpg {
     pub fn finalize(&self) -> Result<()> {
         let reply = self.request(&Request::Finalize);
         self.finalized.store(true, Ordering::Release);
-        self.wake.notify();
+        let _ = self.wake.notify();
         match reply {
             Ok(r) if r.status() == Status::Ok => Ok(()),
             Ok(r) => Err(Error::new(r.status())),

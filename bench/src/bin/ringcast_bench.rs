@@ -362,14 +362,14 @@ fn raw_ring(size: usize, count: u64) -> RunResult {
             Ok(()) => {
                 sent += 1;
                 if producer.publish() {
-                    wake.notify();
+                    let _ = wake.notify();
                 }
             }
             Err(_) => std::thread::yield_now(),
         }
     }
     if producer.publish() {
-        wake.notify();
+        let _ = wake.notify();
     }
     line.clear();
     out.read_line(&mut line).expect("consumer result");
@@ -419,7 +419,7 @@ fn raw_consumer(args: &Args) {
                 if consumer.prepare_sleep() {
                     let _ = wake.wait(Some(Duration::from_millis(100)));
                     consumer.cancel_sleep();
-                    wake.drain();
+                    let _ = wake.drain();
                 }
             }
         }

@@ -783,6 +783,9 @@ fn totem_config(
     if let Some(v) = t.send_queue_bytes {
         config.send_queue_bytes = v;
     }
+    // The CPG service runs its sync (joinlists) ahead of application messages after
+    // every configuration change, as Corosync's totempg does (CPG_SPEC §5.5).
+    config.sync_barrier = true;
     // Jitter differs per node and per start.
     config.seed = u64::from(s.node_id) ^ u64::from(std::process::id()).rotate_left(32);
     config.validate()?;

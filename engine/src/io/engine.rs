@@ -413,7 +413,10 @@ impl Engine {
                     max_members_per_group: ipc_config.max_members_per_group,
                     max_groups: ipc_config.max_groups,
                     max_connections: ipc_config.max_clients,
-                    max_message_bytes: crate::cpg::max_payload_bytes(config.totem.max_message_bytes),
+                    max_message_bytes: config
+                        .totem
+                        .max_message_bytes
+                        .saturating_sub(crate::cpg::MCAST_HEADER_MAX),
                 },
             },
             config.node_id,

@@ -33,21 +33,9 @@ use ringcast_shm::proto::{
 use ringcast_shm::socket::SeqPacket;
 use ringcast_shm::{EventFd, HugePages, Region, RegionSpec, RingError};
 
-use crate::cpg::{self, CpgError, GroupName, IterationKind, Service, Submit};
-use crate::totem::{Event, Guarantee, Instant, Node, NodeId, SubmitError};
+use crate::cpg::{self, CpgError, GroupName, IterationKind, Service, TotemSubmit};
+use crate::totem::{Event, Guarantee, Instant, Node, NodeId};
 use session::{Assembly, BacklogLimits, MAX_ITERATIONS, Ready, Session, SessionFault};
-
-/// Feeds the CPG service's messages into Totem at `now`.
-pub struct TotemSubmit<'a> {
-    pub node: &'a mut Node,
-    pub now: Instant,
-}
-
-impl Submit for TotemSubmit<'_> {
-    fn submit(&mut self, payload: bytes::Bytes, guarantee: Guarantee) -> Result<(), SubmitError> {
-        self.node.submit(self.now, payload, guarantee)
-    }
-}
 
 /// What the IPC layer needs from the configuration.
 #[derive(Clone, Debug)]
@@ -299,18 +287,11 @@ impl Ipc {
         };
         let cred = session.cred;
         let conn = session.conn;
-        let refuse = |ipc: &mut Ipc, status: Status, why: &str| {
-            ipc.stats.sessions_refused += 1;
-            tracing::warn!(pid = cred.pid, uid = cred.uid, why, "client refused");
-            ipc.reply_welcome(slot, status, &[]);
-            ipc.close(slot, node, now, why);
-            false
-        };
         if version != proto::PROTOCOL_VERSION {
-            return refuse(self, Status::Version, "protocol version mismatch");
+            return self.refuse(slot, Status::Version, "protocol version mismatch", node, now);
         }
         if !self.allowed(cred.uid, cred.gid) {
-            return refuse(self, Status::Access, "user not allowed");
+            return self.refuse(slot, Status::Access, "user not allowed", node, now);
         }
         // The pid the client reports is only a label in membership lists; the kernel's
         // is what we trust when they differ (a client inside another pid namespace).
@@ -324,18 +305,18 @@ impl Ipc {
             Ok(r) => Arc::new(r),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot create a client region");
-                return refuse(self, Status::NoMemory, "region creation failed");
+                return self.refuse(slot, Status::NoMemory, "region creation failed", node, now);
             }
         };
         let wake = match EventFd::new() {
             Ok(w) => w,
             Err(e) => {
                 tracing::warn!(error = %e, "eventfd");
-                return refuse(self, Status::NoResources, "eventfd failed");
+                return self.refuse(slot, Status::NoResources, "eventfd failed", node, now);
             }
         };
         if let Err(e) = self.service.connect(conn, pid) {
-            return refuse(self, status_of(e), "service refused the connection");
+            return self.refuse(slot, status_of(e), "service refused the connection", node, now);
         }
         let fds = [region.fd(), wake.as_fd(), self.engine_wake.as_fd()];
         let welcome = Welcome {
@@ -368,6 +349,23 @@ impl Ipc {
             "client connected"
         );
         true
+    }
+
+    fn refuse(
+        &mut self,
+        slot: usize,
+        status: Status,
+        why: &str,
+        node: &mut Node,
+        now: Instant,
+    ) -> bool {
+        if let Some(s) = self.slots[slot].as_ref() {
+            tracing::warn!(pid = s.cred.pid, uid = s.cred.uid, why, "client refused");
+        }
+        self.stats.sessions_refused += 1;
+        self.reply_welcome(slot, status, &[]);
+        self.close(slot, node, now, why);
+        false
     }
 
     fn request(&mut self, slot: usize, request: Request, node: &mut Node, now: Instant) -> Reply {
@@ -855,17 +853,5 @@ fn part(
 
 /// The `cs_error_t` a client sees for a service error.
 pub fn status_of(e: CpgError) -> Status {
-    match e {
-        CpgError::TryAgain => Status::TryAgain,
-        CpgError::Exist => Status::Exist,
-        CpgError::NotExist => Status::NotExist,
-        CpgError::Busy => Status::Busy,
-        CpgError::NameTooLong => Status::NameTooLong,
-        CpgError::InvalidParam => Status::InvalidParam,
-        CpgError::TooBig => Status::TooBig,
-        CpgError::TooManyMembers => Status::NoSpace,
-        CpgError::BadHandle => Status::BadHandle,
-        #[allow(unreachable_patterns)]
-        _ => Status::Library,
-    }
+    Status::from_u32(e.cs_error()).unwrap_or(Status::Library)
 }

@@ -157,7 +157,7 @@ impl Ready {
         if self.unpublished {
             self.unpublished = false;
             if self.events.publish() {
-                self.client_wake.notify();
+                let _ = self.client_wake.notify();
             }
         }
     }
@@ -296,6 +296,6 @@ fn wire_address(a: &Address) -> WireAddress {
     WireAddress {
         node: a.member.node,
         pid: a.member.pid,
-        reason: a.reason.map_or(proto::reason::UNDEFINED, |r| r as u32),
+        reason: a.reason as u32,
     }
 }
