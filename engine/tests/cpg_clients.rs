@@ -396,8 +396,13 @@ fn a_client_scribbling_on_its_rings_is_cut_off() {
         // SAFETY: a shared mapping of the region file; the engine may write it at the
         // same time, which is exactly the hostile case under test (we only write bytes).
         let mut map = unsafe { memmap2::MmapMut::map_mut(&region) }.unwrap();
-        // Garbage everywhere but the header (round 0..9) or everywhere (10..19).
-        let start = if round < 10 { 4096 } else { 0 };
+        // Garbage over the rings (control blocks and data, round 0..9) or over
+        // everything, the header included (10..19).
+        let start = if round < 10 {
+            ringcast_shm::layout::SUBMIT_CTRL_OFFSET
+        } else {
+            0
+        };
         let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ round;
         for byte in &mut map[start..len.min(start + (4 << 20))] {
             x ^= x << 13;

@@ -236,8 +236,6 @@ pub struct Engine {
     drop_from: Vec<NodeId>,
     /// Client sessions and the CPG service.
     ipc: Ipc,
-    /// Slots of sessions closed this iteration (their polls are cancelled).
-    closed: Vec<usize>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -425,7 +423,6 @@ impl Engine {
         tracing::info!(socket = %s.ipc_socket.display(), "clients connect here");
         Ok(Engine {
             ipc,
-            closed: Vec::new(),
             ring,
             bufring,
             slots,
@@ -559,8 +556,8 @@ impl Engine {
     /// Cancels the socket polls of sessions the IPC layer closed (the poll holds a
     /// reference to the socket, which is only really closed once it is gone).
     fn cancel_closed_polls(&mut self) {
-        while let Some(slot) = self.closed.pop() {
-            let generation = self.ipc.generation(slot);
+        let closed: Vec<(usize, u32)> = self.ipc.take_closed().collect();
+        for (slot, generation) in closed {
             let target = user_data(KIND_CLIENT, client_index(slot, generation));
             let entry = opcode::AsyncCancel::new(target)
                 .build()
@@ -579,12 +576,10 @@ impl Engine {
         if result < 0 {
             if -result != libc::ECANCELED {
                 self.ipc.drop_session(slot, &mut self.node, now);
-                self.closed.push(slot);
             }
             return;
         }
         if !self.ipc.on_readable(slot, &mut self.node, now) {
-            self.closed.push(slot);
             return;
         }
         if !cqueue::more(flags) {
@@ -634,10 +629,10 @@ impl Engine {
                 work += 1;
             }
             work += self.generate_load(now);
-            work += self.ipc.poll_rings(&mut self.node, now, &mut self.closed);
+            work += self.ipc.poll_rings(&mut self.node, now);
             work += self.drain_events();
             let now = self.now();
-            work += self.ipc.flush_events(&mut self.node, now, &mut self.closed);
+            work += self.ipc.flush_events(&mut self.node, now);
             self.cancel_closed_polls();
             work += self.drain_transmits();
             self.publish_stats(now);

@@ -96,6 +96,9 @@ pub struct Ipc {
     recv_buf: Box<[u8]>,
     /// True while any backlog is over half its limit (local senders are held back).
     throttled: bool,
+    /// (slot, generation) of sessions closed since [`Ipc::take_closed`]: their socket
+    /// polls must be cancelled (the generation, because the slot may already be reused).
+    closed: Vec<(usize, u32)>,
 }
 
 impl Ipc {
@@ -137,6 +140,7 @@ impl Ipc {
             stats: IpcStats::default(),
             recv_buf: vec![0u8; MAX_SOCKET_MESSAGE_BYTES].into_boxed_slice(),
             throttled: false,
+            closed: Vec::new(),
         })
     }
 
@@ -158,9 +162,9 @@ impl Ipc {
         Some((self.generations[slot], s.socket.as_raw_fd()))
     }
 
-    /// The generation of whatever session last used `slot`.
-    pub fn generation(&self, slot: usize) -> u32 {
-        self.generations.get(slot).copied().unwrap_or(0)
+    /// Sessions closed since the last call, as (slot, generation).
+    pub fn take_closed(&mut self) -> std::vec::Drain<'_, (usize, u32)> {
+        self.closed.drain(..)
     }
 
     pub fn is_current(&self, slot: usize, generation: u32) -> bool {
@@ -541,6 +545,7 @@ impl Ipc {
         let Some(session) = self.slots[slot].take() else {
             return;
         };
+        self.closed.push((slot, self.generations[slot]));
         if session.ready.is_some() {
             self.service
                 .disconnect(session.conn, &mut TotemSubmit { node: &mut *node, now });
@@ -556,8 +561,8 @@ impl Ipc {
 
     /// Takes multicasts from every session's submit ring into the service, as far as
     /// Totem accepts them. Returns the number of records taken; sessions that broke
-    /// their ring are closed and their slots returned in `closed`.
-    pub fn poll_rings(&mut self, node: &mut Node, now: Instant, closed: &mut Vec<usize>) -> usize {
+    /// their ring are closed (see [`Ipc::take_closed`]).
+    pub fn poll_rings(&mut self, node: &mut Node, now: Instant) -> usize {
         if self.throttled {
             return 0;
         }
@@ -567,7 +572,7 @@ impl Ipc {
                 continue;
             }
             let before = self.stats.client_messages;
-            if !self.drain_submit_inner(slot, node, now, false, closed) {
+            if !self.drain_submit_inner(slot, node, now, false) {
                 // Totem or the service pushed back: later sessions would be refused too.
                 n += (self.stats.client_messages - before) as usize;
                 break;
@@ -579,9 +584,8 @@ impl Ipc {
 
     /// Drains `slot`'s submit ring; false when records remain (Totem pushed back).
     fn drain_submit(&mut self, slot: usize, node: &mut Node, now: Instant, all: bool) -> bool {
-        let mut closed = Vec::new();
-        let ok = self.drain_submit_inner(slot, node, now, all, &mut closed);
-        ok && closed.is_empty()
+        let ok = self.drain_submit_inner(slot, node, now, all);
+        ok && self.slots[slot].is_some()
     }
 
     fn drain_submit_inner(
@@ -590,7 +594,6 @@ impl Ipc {
         node: &mut Node,
         now: Instant,
         all: bool,
-        closed: &mut Vec<usize>,
     ) -> bool {
         // Per call, so one busy client cannot starve the others or the token.
         const BUDGET: usize = 256;
@@ -614,7 +617,6 @@ impl Ipc {
                     tracing::warn!(conn, why, "corrupt submit ring; closing the session");
                     self.stats.sessions_faulted += 1;
                     self.close(slot, node, now, "corrupt submit ring");
-                    closed.push(slot);
                     return true;
                 }
             };
@@ -679,7 +681,6 @@ impl Ipc {
                     tracing::warn!(conn, why, "closing the session");
                     self.stats.sessions_faulted += 1;
                     self.close(slot, node, now, why);
-                    closed.push(slot);
                     return true;
                 }
             }
@@ -694,8 +695,8 @@ impl Ipc {
 
     /// Retries what the service owes Totem, moves the service's events into the
     /// sessions' rings and publishes them. Returns the number of events moved; faulted
-    /// sessions are closed and their slots returned in `closed`.
-    pub fn flush_events(&mut self, node: &mut Node, now: Instant, closed: &mut Vec<usize>) -> usize {
+    /// sessions are closed (see [`Ipc::take_closed`]).
+    pub fn flush_events(&mut self, node: &mut Node, now: Instant) -> usize {
         self.service.poll(&mut TotemSubmit { node: &mut *node, now });
         let limits = self.settings.backlog;
         let mut n = 0;
@@ -705,7 +706,7 @@ impl Ipc {
             };
             match ready.drain_backlog() {
                 Ok(moved) => n += moved,
-                Err(e) => self.fault(slot, e, node, now, closed),
+                Err(e) => self.fault(slot, e, node, now),
             }
         }
         while let Some((conn, event)) = self.service.poll_event() {
@@ -722,7 +723,7 @@ impl Ipc {
                 continue;
             };
             if let Err(e) = ready.push_event(event, limits) {
-                self.fault(slot, e, node, now, closed);
+                self.fault(slot, e, node, now);
             }
         }
         let mut throttled = false;
@@ -746,12 +747,10 @@ impl Ipc {
         fault: SessionFault,
         node: &mut Node,
         now: Instant,
-        closed: &mut Vec<usize>,
     ) {
         tracing::warn!(slot, error = %fault, "closing the session");
         self.stats.sessions_faulted += 1;
         self.close(slot, node, now, "fault");
-        closed.push(slot);
     }
 
     /// Before the engine sleeps: announce it on every submit ring. False if a ring
