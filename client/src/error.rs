@@ -49,9 +49,7 @@ impl Error {
         let status = match e.raw_os_error() {
             Some(libc::EBADF) => Status::BadHandle,
             Some(libc::ENOMEM) => Status::NoMemory,
-            Some(libc::EAGAIN | libc::ENOBUFS | libc::ENOMSG | libc::ETIMEDOUT) => {
-                Status::TryAgain
-            }
+            Some(libc::EAGAIN | libc::ENOBUFS | libc::ENOMSG | libc::ETIMEDOUT) => Status::TryAgain,
             Some(libc::EINVAL) => Status::InvalidParam,
             Some(libc::EACCES) => Status::Access,
             Some(libc::EINTR) => Status::Interrupt,

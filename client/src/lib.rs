@@ -305,11 +305,13 @@ impl Cpg {
             .recv(&mut buf)
             .map_err(|e| Error::from_io(&e, "welcome"))?
             .ok_or_else(|| Error::with_detail(Status::Library, "engine closed the connection"))?;
-        let welcome = Welcome::decode(&buf[..n]).map_err(|e| {
-            Error::with_detail(Status::Library, format!("malformed welcome: {e}"))
-        })?;
+        let welcome = Welcome::decode(&buf[..n])
+            .map_err(|e| Error::with_detail(Status::Library, format!("malformed welcome: {e}")))?;
         if welcome.status != Status::Ok {
-            return Err(Error::with_detail(welcome.status, "engine refused the connection"));
+            return Err(Error::with_detail(
+                welcome.status,
+                "engine refused the connection",
+            ));
         }
         if welcome.version != proto::PROTOCOL_VERSION {
             return Err(Error::new(Status::Version));
@@ -370,7 +372,10 @@ impl Cpg {
             Ok(Some((n, _))) => n,
             Ok(None) => return Err(Error::with_detail(Status::Library, "engine gone")),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                return Err(Error::with_detail(Status::Timeout, "no reply from the engine"));
+                return Err(Error::with_detail(
+                    Status::Timeout,
+                    "no reply from the engine",
+                ));
             }
             Err(e) => return Err(Error::from_io(&e, "reply")),
         };
@@ -503,7 +508,8 @@ impl Cpg {
         len: usize,
         parts: &[&[u8]],
     ) -> Result<()> {
-        let piece_max = (producer.max_record_len() - PartHeader::BYTES).min(producer.max_record_len() / 2);
+        let piece_max =
+            (producer.max_record_len() - PartHeader::BYTES).min(producer.max_record_len() / 2);
         let g = if guarantee.is_safe() {
             WireGuarantee::Safe
         } else {
@@ -746,7 +752,10 @@ impl Cpg {
                 return Ok(false);
             }
             Err(RingError::Corrupt(why)) => {
-                return Err(Error::with_detail(Status::Library, format!("event ring: {why}")));
+                return Err(Error::with_detail(
+                    Status::Library,
+                    format!("event ring: {why}"),
+                ));
             }
         };
         let bad = |what: &str| Error::with_detail(Status::Library, format!("bad {what} event"));
@@ -804,7 +813,10 @@ impl Cpg {
                 f(self, Borrowed::Totem(&t));
             }
             event::CLOSED => {
-                return Err(Error::with_detail(Status::Library, "engine closed the session"));
+                return Err(Error::with_detail(
+                    Status::Library,
+                    "engine closed the session",
+                ));
             }
             _ => return Err(bad("unknown")),
         }

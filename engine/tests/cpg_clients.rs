@@ -183,7 +183,10 @@ fn join_send_leave_and_procdown_on_one_host() {
     for i in 0..200u32 {
         match next_group_event(&a) {
             Event::Deliver {
-                node, pid, msg, group,
+                node,
+                pid,
+                msg,
+                group,
             } => {
                 assert_eq!((node, pid), (1, me));
                 assert_eq!(group, b"g1");
@@ -282,7 +285,10 @@ fn dispatch_modes_and_the_pollable_fd() {
     };
     // Nothing pending yet (a totem confchg may be: drain first).
     cpg.dispatch(Dispatch::All, &mut h).unwrap();
-    assert!(!readable(cpg.as_raw_fd(), 0), "fd idle when nothing is pending");
+    assert!(
+        !readable(cpg.as_raw_fd(), 0),
+        "fd idle when nothing is pending"
+    );
     assert_eq!(
         cpg.dispatch(Dispatch::OneNonBlocking, &mut h)
             .unwrap_err()
@@ -443,7 +449,9 @@ fn a_client_scribbling_on_its_rings_is_cut_off() {
     }
     assert!(cluster.wait_ring(&[1], Duration::from_secs(5)).is_ok());
     assert!(
-        wait_for(Duration::from_secs(5), || cluster.counter(1, "clients_faulted") >= 10),
+        wait_for(Duration::from_secs(5), || cluster
+            .counter(1, "clients_faulted")
+            >= 10),
         "faulted sessions counted: {}",
         cluster.counter(1, "clients_faulted")
     );

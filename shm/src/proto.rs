@@ -267,16 +267,34 @@ const OP_FINALIZE: u32 = 9;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
     /// First message of a session; answered by [`Welcome`].
-    Hello { version: u32, pid: u32 },
+    Hello {
+        version: u32,
+        pid: u32,
+    },
     /// `cpg_join`; `flags` are the model flags (bit 0: deliver the initial totem conf).
-    Join { flags: u32, name: Vec<u8> },
-    Leave { name: Vec<u8> },
-    Membership { name: Vec<u8> },
+    Join {
+        flags: u32,
+        name: Vec<u8>,
+    },
+    Leave {
+        name: Vec<u8>,
+    },
+    Membership {
+        name: Vec<u8>,
+    },
     LocalGet,
-    IterInit { kind: u32, name: Option<Vec<u8>> },
+    IterInit {
+        kind: u32,
+        name: Option<Vec<u8>>,
+    },
     /// Entries `index..` of iteration `iter`, up to [`ITER_BATCH`].
-    IterNext { iter: u32, index: u32 },
-    IterFinalize { iter: u32 },
+    IterNext {
+        iter: u32,
+        index: u32,
+    },
+    IterFinalize {
+        iter: u32,
+    },
     /// Leave the engine: PROCDOWN if still joined, then the engine closes the session.
     Finalize,
 }
@@ -482,7 +500,10 @@ impl Reply {
                 iter,
                 total,
             } => {
-                w.u32(R_ITER_INIT).u32(*status as u32).u32(*iter).u32(*total);
+                w.u32(R_ITER_INIT)
+                    .u32(*status as u32)
+                    .u32(*iter)
+                    .u32(*total);
             }
             Reply::IterNext { status, entries } => {
                 w.u32(R_ITER_NEXT)

@@ -28,7 +28,10 @@ use hdrhistogram::Histogram;
 use ringcast::{ConnectOptions, Cpg, Dispatch, Guarantee, Handler};
 
 #[derive(Parser, Debug)]
-#[command(name = "ringcast-bench", about = "ringcast client throughput and latency")]
+#[command(
+    name = "ringcast-bench",
+    about = "ringcast client throughput and latency"
+)]
 struct Args {
     /// A running engine's socket; default: start a private engine.
     #[arg(long)]
@@ -286,7 +289,11 @@ fn throughput(socket: &Path, size: usize, receivers: usize, count: u64) -> RunRe
         let fields: Vec<&str> = line.split_whitespace().collect();
         assert_eq!(fields.first(), Some(&"done"), "receiver said {line:?}");
         assert_eq!(fields[1].parse::<u64>().ok(), Some(count));
-        assert_eq!(fields[3].parse::<u64>().ok(), Some(own.sum), "payload sums differ");
+        assert_eq!(
+            fields[3].parse::<u64>().ok(),
+            Some(own.sum),
+            "payload sums differ"
+        );
         child.wait().expect("receiver exit");
     }
     let elapsed = start.elapsed().as_secs_f64();
@@ -395,7 +402,8 @@ fn raw_consumer(args: &Args) {
     // SAFETY: the parent passed these descriptors to us by inheritance.
     let region_fd = unsafe { OwnedFd::from_raw_fd(args.fd.expect("--fd")) };
     // SAFETY: as above.
-    let wake = EventFd::from_owned(unsafe { OwnedFd::from_raw_fd(args.wake_fd.expect("--wake-fd")) });
+    let wake =
+        EventFd::from_owned(unsafe { OwnedFd::from_raw_fd(args.wake_fd.expect("--wake-fd")) });
     let region = Region::open(region_fd).expect("open region");
     let mut consumer = region.event_consumer().expect("consumer");
     println!("ready");
@@ -445,7 +453,12 @@ fn orchestrate(args: Args) {
     let (sizes, receivers, messages, samples) = if args.test {
         (vec![64, 70_000], 2, 200u64, 200u64)
     } else {
-        (args.sizes.clone(), args.receivers, args.messages, args.samples)
+        (
+            args.sizes.clone(),
+            args.receivers,
+            args.messages,
+            args.samples,
+        )
     };
     let engine = if args.socket.is_none() {
         Some(start_engine())
@@ -458,10 +471,16 @@ fn orchestrate(args: Args) {
         .or_else(|| engine.as_ref().map(|e| e.socket.clone()))
         .expect("socket");
     println!("# ringcast-bench on {}", machine());
-    println!("# copies of a payload on the host per message: sender's write into shm (1, the production),");
-    println!("#   engine submit ring -> Totem queue (1), Totem packet packing (1), one per local receiver (event ring)");
+    println!(
+        "# copies of a payload on the host per message: sender's write into shm (1, the production),"
+    );
+    println!(
+        "#   engine submit ring -> Totem queue (1), Totem packet packing (1), one per local receiver (event ring)"
+    );
     println!();
-    println!("| size | receivers | ringcast msg/s | ringcast MB/s | raw ring msg/s | raw ring MB/s | ratio |");
+    println!(
+        "| size | receivers | ringcast msg/s | ringcast MB/s | raw ring msg/s | raw ring MB/s | ratio |"
+    );
     println!("|---:|---:|---:|---:|---:|---:|---:|");
     for &size in &sizes {
         let count = messages.min(((2u64 << 30) / size as u64).max(50));

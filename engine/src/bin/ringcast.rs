@@ -131,7 +131,10 @@ impl Handler for Printer {
         );
     }
     fn totem_confchg(&mut self, _cpg: &Cpg, ring_id: RingId, members: &[u32]) {
-        println!("totem ring={}.{} nodes={members:?}", ring_id.rep, ring_id.seq);
+        println!(
+            "totem ring={}.{} nodes={members:?}",
+            ring_id.rep, ring_id.seq
+        );
     }
 }
 
@@ -192,7 +195,11 @@ fn send(socket: PathBuf, group: String, message: String, safe: bool) -> ExitCode
     if let Err(e) = cpg.join(group.as_bytes()) {
         return fail("join", e);
     }
-    let guarantee = if safe { Guarantee::Safe } else { Guarantee::Agreed };
+    let guarantee = if safe {
+        Guarantee::Safe
+    } else {
+        Guarantee::Agreed
+    };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         match cpg.mcast(guarantee, message.as_bytes()) {

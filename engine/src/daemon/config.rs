@@ -504,7 +504,10 @@ fn check_ipc(ipc: &IpcConfig) -> Result<(), SettingError> {
         return Err(invalid("ipc.max_groups", "at least 1"));
     }
     if ipc.backlog_events == 0 || ipc.backlog_bytes == 0 {
-        return Err(invalid("ipc.backlog_events", "backlog limits must be non-zero"));
+        return Err(invalid(
+            "ipc.backlog_events",
+            "backlog limits must be non-zero",
+        ));
     }
     Ok(())
 }

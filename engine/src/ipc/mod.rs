@@ -285,14 +285,27 @@ impl Ipc {
         })
     }
 
-    fn hello(&mut self, slot: usize, version: u32, pid: u32, node: &mut Node, now: Instant) -> bool {
+    fn hello(
+        &mut self,
+        slot: usize,
+        version: u32,
+        pid: u32,
+        node: &mut Node,
+        now: Instant,
+    ) -> bool {
         let Some(session) = self.slots[slot].as_ref() else {
             return false;
         };
         let cred = session.cred;
         let conn = session.conn;
         if version != proto::PROTOCOL_VERSION {
-            return self.refuse(slot, Status::Version, "protocol version mismatch", node, now);
+            return self.refuse(
+                slot,
+                Status::Version,
+                "protocol version mismatch",
+                node,
+                now,
+            );
         }
         if !self.allowed(cred.uid, cred.gid) {
             return self.refuse(slot, Status::Access, "user not allowed", node, now);
@@ -320,7 +333,13 @@ impl Ipc {
             }
         };
         if let Err(e) = self.service.connect(conn, pid) {
-            return self.refuse(slot, status_of(e), "service refused the connection", node, now);
+            return self.refuse(
+                slot,
+                status_of(e),
+                "service refused the connection",
+                node,
+                now,
+            );
         }
         let fds = [region.fd(), wake.as_fd(), self.engine_wake.as_fd()];
         let welcome = Welcome {
@@ -336,7 +355,13 @@ impl Ipc {
             unreachable!("a fresh region hands out each ring end once");
         };
         if !matches!(sent, Some(Ok(()))) {
-            self.service.disconnect(conn, &mut TotemSubmit { node: &mut *node, now });
+            self.service.disconnect(
+                conn,
+                &mut TotemSubmit {
+                    node: &mut *node,
+                    now,
+                },
+            );
             self.close(slot, node, now, "welcome not delivered");
             return false;
         }
@@ -389,7 +414,10 @@ impl Ipc {
                     Ok(g) => g,
                     Err(e) => return Reply::Status(status_of(e)),
                 };
-                let mut totem = TotemSubmit { node: &mut *node, now };
+                let mut totem = TotemSubmit {
+                    node: &mut *node,
+                    now,
+                };
                 Reply::Status(
                     match self.service.join(conn, &group, flags & 1 != 0, &mut totem) {
                         Ok(()) => Status::Ok,
@@ -405,7 +433,10 @@ impl Ipc {
                     Ok(g) => g,
                     Err(e) => return Reply::Status(status_of(e)),
                 };
-                let mut totem = TotemSubmit { node: &mut *node, now };
+                let mut totem = TotemSubmit {
+                    node: &mut *node,
+                    now,
+                };
                 Reply::Status(match self.service.leave(conn, &group, &mut totem) {
                     Ok(()) => Status::Ok,
                     Err(e) => status_of(e),
@@ -547,10 +578,20 @@ impl Ipc {
         };
         self.closed.push((slot, self.generations[slot]));
         if session.ready.is_some() {
-            self.service
-                .disconnect(session.conn, &mut TotemSubmit { node: &mut *node, now });
+            self.service.disconnect(
+                session.conn,
+                &mut TotemSubmit {
+                    node: &mut *node,
+                    now,
+                },
+            );
             self.stats.sessions_closed += 1;
-            tracing::info!(conn = session.conn, pid = session.cred.pid, why, "client gone");
+            tracing::info!(
+                conn = session.conn,
+                pid = session.cred.pid,
+                why,
+                "client gone"
+            );
         }
     }
 
@@ -620,7 +661,10 @@ impl Ipc {
                     return true;
                 }
             };
-            let mut totem = TotemSubmit { node: &mut *node, now };
+            let mut totem = TotemSubmit {
+                node: &mut *node,
+                now,
+            };
             let outcome = match record.kind {
                 proto::submit::MCAST_AGREED | proto::submit::MCAST_SAFE => {
                     let g = if record.kind == proto::submit::MCAST_SAFE {
@@ -629,10 +673,7 @@ impl Ipc {
                         Guarantee::Agreed
                     };
                     let len = record.payload.len();
-                    match self
-                        .service
-                        .mcast(conn, g, &[record.payload], &mut totem)
-                    {
+                    match self.service.mcast(conn, g, &[record.payload], &mut totem) {
                         Ok(()) => Step::Taken(len),
                         Err(CpgError::TryAgain) => Step::Blocked,
                         // Not joined (compatible: accepted and dropped, CPG_SPEC §13.3) or
@@ -689,15 +730,23 @@ impl Ipc {
 
     /// Feeds one Totem event to the service.
     pub fn handle_totem_event(&mut self, event: Event, node: &mut Node, now: Instant) {
-        self.service
-            .handle_totem_event(event, &mut TotemSubmit { node: &mut *node, now });
+        self.service.handle_totem_event(
+            event,
+            &mut TotemSubmit {
+                node: &mut *node,
+                now,
+            },
+        );
     }
 
     /// Retries what the service owes Totem, moves the service's events into the
     /// sessions' rings and publishes them. Returns the number of events moved; faulted
     /// sessions are closed (see [`Ipc::take_closed`]).
     pub fn flush_events(&mut self, node: &mut Node, now: Instant) -> usize {
-        self.service.poll(&mut TotemSubmit { node: &mut *node, now });
+        self.service.poll(&mut TotemSubmit {
+            node: &mut *node,
+            now,
+        });
         let limits = self.settings.backlog;
         let mut n = 0;
         for slot in 0..self.slots.len() {
@@ -741,13 +790,7 @@ impl Ipc {
         n
     }
 
-    fn fault(
-        &mut self,
-        slot: usize,
-        fault: SessionFault,
-        node: &mut Node,
-        now: Instant,
-    ) {
+    fn fault(&mut self, slot: usize, fault: SessionFault, node: &mut Node, now: Instant) {
         tracing::warn!(slot, error = %fault, "closing the session");
         self.stats.sessions_faulted += 1;
         self.close(slot, node, now, "fault");

@@ -243,4 +243,3 @@ pub fn wait_for(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool 
     }
     condition()
 }
-
