@@ -117,6 +117,9 @@ pub struct IpcConfig {
     pub allowed_uids: Vec<u32>,
     /// Groups whose members may connect.
     pub allowed_gids: Vec<u32>,
+    /// Back each client's region with huge pages when the host has them reserved (one
+    /// warning, then normal pages, when it has not).
+    pub huge_pages: bool,
     /// Most client connections at once.
     pub max_clients: usize,
     /// Client → engine ring per session (power of two).
@@ -138,6 +141,7 @@ impl Default for IpcConfig {
         IpcConfig {
             allowed_uids: Vec::new(),
             allowed_gids: Vec::new(),
+            huge_pages: true,
             max_clients: 64,
             submit_ring_bytes: 1 << 20,
             event_ring_bytes: 8 << 20,

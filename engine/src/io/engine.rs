@@ -401,7 +401,7 @@ impl Engine {
                     event_ring_bytes: ipc_config.event_ring_bytes,
                     pool_bytes: 0,
                 },
-                huge_pages: s.huge_pages,
+                huge_pages: ipc_config.huge_pages,
                 max_clients: ipc_config.max_clients,
                 backlog: BacklogLimits {
                     max_events: ipc_config.backlog_events,
