@@ -36,8 +36,14 @@
 //! that barrier may get them ordered on the new ring before the last JOINLIST: they are
 //! then held and applied right after activation, in order; if the sync is aborted by
 //! yet another configuration first, they are applied at that point instead, before the
-//! next sync starts (the next joinlists then reconcile any difference, but members may
-//! briefly see views that differ between nodes — the reason to use the barrier).
+//! next sync starts. The next joinlists then reconcile the tables, but until then
+//! members may see views that differ between nodes, and a member may miss a message
+//! that the sender-node filter drops on its node only: use the barrier. (Measured in
+//! the simulator without it: 100 seeds kept order and converged, and 361 messages
+//! were dropped by that filter; with it, none.)
+//!
+//! A JOINLIST holds this node's members, at most `Limits::max_connections`, so it fits
+//! one Totem message of [`Limits::totem_message_bytes`] (asserted).
 
 mod codec;
 
@@ -641,10 +647,13 @@ impl Service {
     /// The client went away (EOF or finalize). A connection that joined (or is joining)
     /// and is not leaving gets a PROCDOWN (CPG_SPEC.md §5.3); if Totem cannot take it
     /// now, or a sync is running, it is owed and `poll` sends it. It is never lost.
+    /// Events still queued for it are dropped (CPG_SPEC.md §3 `cpg_finalize`: "pending
+    /// events are lost"), so a connection id used again never sees them.
     pub fn disconnect(&mut self, conn: ConnId, totem: &mut impl Submit) {
         let Some(c) = self.conns.remove(&conn) else {
             return;
         };
+        self.events.retain(|(id, _)| *id != conn);
         let Some(group) = c.group else {
             return;
         };

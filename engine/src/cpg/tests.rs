@@ -267,8 +267,8 @@ impl Cluster {
         }
     }
 
-    /// Orders and delivers one message (round robin over senders), if any can go.
-    fn step(&mut self) -> bool {
+    /// The next message to order (round robin over senders): partition, sender, payload.
+    fn next_message(&mut self) -> Option<(usize, NodeId, Bytes)> {
         for pi in 0..self.parts.len() {
             let n = self.parts[pi].members.len();
             for k in 0..n {
@@ -276,13 +276,21 @@ impl Cluster {
                 let sender = self.parts[pi].members[at];
                 if let Some((payload, _)) = self.node(sender).totem.next() {
                     self.parts[pi].cursor = (at + 1) % n;
-                    let (ring, members) = (self.parts[pi].ring, self.parts[pi].members.clone());
-                    self.deliver(ring, &members, sender, payload);
-                    return true;
+                    return Some((pi, sender, payload));
                 }
             }
         }
-        false
+        None
+    }
+
+    /// Orders and delivers one message, if any can go.
+    fn step(&mut self) -> bool {
+        let Some((pi, sender, payload)) = self.next_message() else {
+            return false;
+        };
+        let (ring, members) = (self.parts[pi].ring, self.parts[pi].members.clone());
+        self.deliver(ring, &members, sender, payload);
+        true
     }
 
     fn settle(&mut self) {
@@ -295,6 +303,29 @@ impl Cluster {
             }
             if !self.step() {
                 return;
+            }
+        }
+        panic!("the fake ring did not settle");
+    }
+
+    /// Delivers everything without draining the services' client events.
+    fn settle_without_draining(&mut self) {
+        for _ in 0..100_000 {
+            let Some((pi, sender, payload)) = self.next_message() else {
+                return;
+            };
+            let (ring, members) = (self.parts[pi].ring, self.parts[pi].members.clone());
+            for m in members {
+                let node = self.node(m);
+                node.service.handle_totem_event(
+                    Event::Deliver(Delivery {
+                        sender,
+                        ring_id: ring,
+                        guarantee: Guarantee::Agreed,
+                        payload: payload.clone(),
+                    }),
+                    &mut node.totem,
+                );
             }
         }
         panic!("the fake ring did not settle");
@@ -637,6 +668,24 @@ fn disconnect_sends_procdown_unless_leaving() {
         )]
     );
     assert_eq!(c.service(1).membership(&name("g")), vec![member(2, 200)]);
+}
+
+/// CPG_SPEC.md §3 `cpg_finalize`: events still queued for a connection that goes away
+/// are dropped, so a reused connection id never gets them.
+#[test]
+fn disconnect_drops_the_events_still_queued() {
+    let mut c = Cluster::new(1, true);
+    c.joined(1, 10, 100, "g");
+    c.connect(1, 11, 101);
+    c.join(1, 11, "g").unwrap();
+    c.settle_without_draining();
+    let node = c.node(1);
+    node.service.disconnect(10, &mut node.totem);
+    let mut left = Vec::new();
+    while let Some((conn, _)) = node.service.poll_event() {
+        left.push(conn);
+    }
+    assert_eq!(left, vec![11], "only the connection still there");
 }
 
 /// CPG_SPEC.md §5.3: a PROCDOWN that Totem cannot take now is owed, retried by `poll`,
