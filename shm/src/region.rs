@@ -751,6 +751,17 @@ mod tests {
     }
 
     #[test]
+    fn ends_move_between_threads_and_regions_are_shared() {
+        fn send<T: Send>() {}
+        fn send_sync<T: Send + Sync>() {}
+        send::<Producer>();
+        send::<Consumer>();
+        send_sync::<Region>();
+        send_sync::<std::sync::Arc<Region>>();
+        send_sync::<crate::EventFd>();
+    }
+
+    #[test]
     #[cfg_attr(miri, ignore)]
     fn pool_slice_is_bounds_checked() {
         let region = Region::create("test-pool", &small_spec(), HugePages::Never).unwrap();

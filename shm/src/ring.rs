@@ -153,7 +153,12 @@ fn record_bytes(len: u64) -> u64 {
     RECORD_HEADER_BYTES as u64 + len.next_multiple_of(RECORD_ALIGN as u64)
 }
 
-/// The writing end of a ring. One per ring per process; `Send`, not `Sync`.
+/// The writing end of a ring. One per ring per process; `Send`, not `Sync`:
+///
+/// ```compile_fail,E0277
+/// fn sync<T: Sync>() {}
+/// sync::<ringcast_shm::Producer>();
+/// ```
 pub struct Producer {
     mem: RingMem,
     /// End of the records written so far (published or not); a multiple of 8,
@@ -377,7 +382,12 @@ impl Producer {
     }
 }
 
-/// The reading end of a ring. One per ring per process; `Send`, not `Sync`.
+/// The reading end of a ring. One per ring per process; `Send`, not `Sync`:
+///
+/// ```compile_fail,E0277
+/// fn sync<T: Sync>() {}
+/// sync::<ringcast_shm::Consumer>();
+/// ```
 pub struct Consumer {
     mem: RingMem,
     /// Position of the next record to read; a multiple of 8.

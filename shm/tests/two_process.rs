@@ -12,7 +12,8 @@
 //! - `killed_mid_stream`: the child pushes forever; the parent SIGKILLs it mid-stream and
 //!   then drains what was published: every record is whole and in sequence, the ring is
 //!   not corrupt, and the dead client's heartbeat stops.
-//! - `RINGCAST_SHM_BENCH=<records>` adds a throughput run with 64-byte payloads (print only).
+//! - `RINGCAST_SHM_BENCH=<records>` adds a throughput run with 64-byte payloads (print only;
+//!   `RINGCAST_SHM_BENCH_SPINS=<n>`: empty polls the consumer spins through before sleeping).
 //!
 //! Every wait is bounded: the child and the parent give up after `DEADLINE`.
 
@@ -30,6 +31,7 @@ const WAKE_FD: &str = "RINGCAST_SHM_TEST_WAKE_FD";
 const RECORDS: &str = "RINGCAST_SHM_TEST_RECORDS";
 const PAYLOAD: &str = "RINGCAST_SHM_TEST_PAYLOAD";
 const BENCH: &str = "RINGCAST_SHM_BENCH";
+const BENCH_SPINS: &str = "RINGCAST_SHM_BENCH_SPINS";
 
 /// Longest any side of a test waits for the other.
 const DEADLINE: Duration = Duration::from_secs(120);
@@ -210,6 +212,26 @@ fn child_producer() {
     region.set_client_closed();
 }
 
+/// What the consumer expects and how hard it checks and waits.
+#[derive(Clone, Copy, Debug)]
+struct Reading {
+    payload: Payload,
+    /// Compare every byte (else only kind, length and sequence number).
+    verify_bytes: bool,
+    /// Empty polls to spin through before announcing sleep.
+    spins_before_sleep: u32,
+}
+
+impl Reading {
+    fn verified(payload: Payload) -> Reading {
+        Reading {
+            payload,
+            verify_bytes: true,
+            spins_before_sleep: 0,
+        }
+    }
+}
+
 #[derive(Default, Debug)]
 struct ConsumeStats {
     records: u64,
@@ -226,14 +248,19 @@ struct ConsumeStats {
 fn consume(
     rx: &mut Consumer,
     wake: &EventFd,
-    payload: Payload,
+    how: Reading,
     first_seq: u64,
     until: u64,
-    verify_bytes: bool,
     mut alive: impl FnMut(u64) -> bool,
 ) -> ConsumeStats {
+    let Reading {
+        payload,
+        verify_bytes,
+        spins_before_sleep,
+    } = how;
     let deadline = Instant::now() + DEADLINE;
     let mut stats = ConsumeStats::default();
+    let mut empty_streak = 0u32;
     let mut expected = Vec::new();
     let mut seq = first_seq;
     while seq < until {
@@ -254,6 +281,7 @@ fn consume(
                 }
                 stats.bytes += rec.payload.len() as u64;
                 rx.consume();
+                empty_streak = 0;
                 seq += 1;
                 stats.records += 1;
             }
@@ -265,6 +293,11 @@ fn consume(
                     if rx.peek().expect("ring not corrupt").is_none() {
                         break;
                     }
+                    continue;
+                }
+                if empty_streak < spins_before_sleep {
+                    empty_streak += 1;
+                    std::hint::spin_loop();
                     continue;
                 }
                 if rx.prepare_sleep() {
@@ -311,7 +344,14 @@ fn stress() {
     let max = (64 << 10) / 2 - 8;
     let payload = Payload::Varying { max };
     let mut child = spawn_producer(&region, &wake, RECORDS_TOTAL, payload);
-    let stats = consume(&mut rx, &wake, payload, 0, RECORDS_TOTAL, true, |_| true);
+    let stats = consume(
+        &mut rx,
+        &wake,
+        Reading::verified(payload),
+        0,
+        RECORDS_TOTAL,
+        |_| true,
+    );
     let status = wait_exit(&mut child);
     assert!(status.success(), "child failed: {status}");
     assert_eq!(stats.records, RECORDS_TOTAL);
@@ -347,7 +387,14 @@ fn killed(backlog: bool) {
         max: (16 << 10) / 2 - 8,
     };
     let mut child = spawn_producer(&region, &wake, 0, payload);
-    let before = consume(&mut rx, &wake, payload, 0, BEFORE_KILL, true, |_| true);
+    let before = consume(
+        &mut rx,
+        &wake,
+        Reading::verified(payload),
+        0,
+        BEFORE_KILL,
+        |_| true,
+    );
     assert_eq!(before.records, BEFORE_KILL);
     let (status, after) = if backlog {
         let deadline = Instant::now() + DEADLINE;
@@ -358,9 +405,14 @@ fn killed(backlog: bool) {
         std::thread::sleep(Duration::from_millis(10));
         child.kill().expect("SIGKILL the child");
         let status = wait_exit(&mut child);
-        let after = consume(&mut rx, &wake, payload, BEFORE_KILL, u64::MAX, true, |_| {
-            false
-        });
+        let after = consume(
+            &mut rx,
+            &wake,
+            Reading::verified(payload),
+            BEFORE_KILL,
+            u64::MAX,
+            |_| false,
+        );
         assert!(
             after.records > 0,
             "published records survive their producer"
@@ -378,9 +430,14 @@ fn killed(backlog: bool) {
                 status
             }
         });
-        let after = consume(&mut rx, &wake, payload, BEFORE_KILL, u64::MAX, true, |_| {
-            !dead.load(Ordering::Acquire)
-        });
+        let after = consume(
+            &mut rx,
+            &wake,
+            Reading::verified(payload),
+            BEFORE_KILL,
+            u64::MAX,
+            |_| !dead.load(Ordering::Acquire),
+        );
         (killer.join().expect("killer thread"), after)
     };
     assert!(!status.success(), "child was killed: {status}");
@@ -415,15 +472,23 @@ fn bench(records: u64) {
     let payload = Payload::Fixed(64);
     let mut child = spawn_producer(&region, &wake, records, payload);
     // Time from the first record to the last, so process start-up is not counted.
-    let first = consume(&mut rx, &wake, payload, 0, 1, false, |_| true);
+    // Empty polls spun through before sleeping (an idle strategy's spin phase).
+    let spins: u32 = std::env::var(BENCH_SPINS).map_or(0, |s| s.parse().expect(BENCH_SPINS));
+    let first = consume(&mut rx, &wake, Reading::verified(payload), 0, 1, |_| true);
+    let how = Reading {
+        payload,
+        verify_bytes: false,
+        spins_before_sleep: spins,
+    };
     let started = Instant::now();
-    let stats = consume(&mut rx, &wake, payload, 1, records, false, |_| true);
+    let stats = consume(&mut rx, &wake, how, 1, records, |_| true);
     let elapsed = started.elapsed();
     assert!(wait_exit(&mut child).success());
     assert_eq!(first.records + stats.records, records);
     println!(
         "bench: {} records of 64 B through a 1 MiB ring in {:.3?}: {:.0} records/s \
-         ({} sleeps, {} timeouts, {} empty polls; publish every {PUBLISH_BATCH})",
+         ({} sleeps, {} timeouts, {} empty polls, {spins} spins before sleeping; \
+         publish every {PUBLISH_BATCH})",
         stats.records,
         elapsed,
         stats.records as f64 / elapsed.as_secs_f64(),
