@@ -76,6 +76,9 @@ struct Cluster {
     extra: Vec<String>,
     /// Every node writes a delivery log (`deliveries<id>` in `dir`).
     delivery_logs: bool,
+    /// Node `id` runs in network namespace `<netns><id>` ([`Netns`]) at
+    /// [`NETNS_SUBNET`]`.id` instead of on 127.0.0.`id`.
+    netns: Option<String>,
     daemons: Vec<Option<Daemon>>,
 }
 
@@ -91,6 +94,7 @@ impl Cluster {
             key: None,
             extra: Vec::new(),
             delivery_logs: false,
+            netns: None,
             daemons: (0..=n).map(|_| None).collect(),
         }
     }
@@ -133,7 +137,7 @@ impl Cluster {
         ];
         for node in 1..=self.n {
             args.push("--node".into());
-            args.push(format!("{node}={}", addr(node)));
+            args.push(format!("{node}={}", self.addr(node)));
         }
         if let Some(key) = &self.key {
             args.push("--key-file".into());
@@ -147,6 +151,13 @@ impl Cluster {
         args
     }
 
+    fn addr(&self, id: u32) -> String {
+        match self.netns {
+            None => addr(id),
+            Some(_) => format!("{NETNS_SUBNET}.{id}"),
+        }
+    }
+
     fn delivery_log(&self, id: u32) -> PathBuf {
         self.dir.join(format!("deliveries{id}"))
     }
@@ -157,7 +168,16 @@ impl Cluster {
             .append(true)
             .open(self.dir.join(format!("log{id}")))
             .unwrap();
-        let child = Command::new(DAEMON)
+        let mut command = match &self.netns {
+            None => Command::new(DAEMON),
+            // `ip netns exec` execs the daemon: the child's pid is the daemon's.
+            Some(prefix) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", &format!("{prefix}{id}"), DAEMON]);
+                command
+            }
+        };
+        let child = command
             .args(self.args(id))
             .stdout(Stdio::null())
             .stderr(log)
@@ -761,4 +781,162 @@ fn multicast_transport_forms_a_ring() {
     for id in 1..=2 {
         assert_eq!(cluster.counter(id, "send_errors"), 0);
     }
+}
+
+/// Node addresses in network namespaces: `<NETNS_SUBNET>.<id>/24`.
+const NETNS_SUBNET: &str = "10.77.0";
+
+/// Runs `ip` with `args`; its stderr on failure.
+fn ip(args: &[&str]) -> Result<(), String> {
+    let output = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip: {e}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
+    }
+}
+
+/// Network namespaces for one test, named after the test process: a switch namespace
+/// `<prefix>sw` with a bridge, and one namespace `<prefix><id>` per node whose `v<id>`
+/// is a veth to port `p<id>` of the bridge. Nothing is created in the host's namespace;
+/// everything is deleted on drop (also when the test panics).
+struct Netns {
+    prefix: String,
+    created: Vec<String>,
+}
+
+impl Netns {
+    /// The namespaces for nodes 1..=n, or why they cannot be made (not root, no `ip`,
+    /// no netns support).
+    fn create(n: u32) -> Result<Netns, String> {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err("not root".into());
+        }
+        let mut netns = Netns {
+            prefix: format!("rcns{}x", std::process::id()),
+            created: Vec::new(),
+        };
+        let switch = netns.switch();
+        netns.add(&switch)?;
+        ip(&["-n", &switch, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &switch, "link", "set", "br0", "up"])?;
+        for id in 1..=n {
+            let node = netns.node(id);
+            netns.add(&node)?;
+            let (v, p) = (format!("v{id}"), format!("p{id}"));
+            ip(&[
+                "link", "add", &v, "netns", &node, "type", "veth", "peer", "name", &p, "netns",
+                &switch,
+            ])?;
+            ip(&["-n", &switch, "link", "set", &p, "master", "br0"])?;
+            ip(&["-n", &switch, "link", "set", &p, "up"])?;
+            let address = format!("{NETNS_SUBNET}.{id}/24");
+            ip(&["-n", &node, "addr", "add", &address, "dev", &v])?;
+            ip(&["-n", &node, "link", "set", &v, "up"])?;
+            ip(&["-n", &node, "link", "set", "lo", "up"])?;
+        }
+        Ok(netns)
+    }
+
+    fn add(&mut self, name: &str) -> Result<(), String> {
+        ip(&["netns", "add", name])?;
+        self.created.push(name.to_owned());
+        Ok(())
+    }
+
+    fn switch(&self) -> String {
+        format!("{}sw", self.prefix)
+    }
+
+    fn node(&self, id: u32) -> String {
+        format!("{}{id}", self.prefix)
+    }
+
+    /// Pulls (or plugs back) node `id`'s cable: its bridge port goes down (up).
+    fn set_port(&self, id: u32, up: bool) {
+        let state = if up { "up" } else { "down" };
+        ip(&[
+            "-n",
+            &self.switch(),
+            "link",
+            "set",
+            &format!("p{id}"),
+            state,
+        ])
+        .unwrap();
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Deleting a namespace removes its veth ends and bridge with it.
+        for name in self.created.drain(..).rev() {
+            if let Err(e) = ip(&["netns", "del", &name]) {
+                eprintln!("cleanup: {e}");
+            }
+        }
+    }
+}
+
+fn netns_names() -> String {
+    Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+/// Issue 3: three engines "in network namespaces that the test creates and removes";
+/// "a partition (netns with the veth taken down) → two rings; heal → one ring again"
+/// (CPG_SPEC.md §9.5 "Loss", §9.6 "Merge detection"), with generated messages checked
+/// across all three logs. Skipped, saying so, without root or network namespaces.
+#[test]
+fn network_namespaces_partition_by_link_down_and_heal() {
+    let netns = match Netns::create(3) {
+        Ok(netns) => netns,
+        Err(why) => {
+            println!("skipped: network namespaces unavailable: {why}");
+            eprintln!("skipped: network namespaces unavailable: {why}");
+            return;
+        }
+    };
+    let prefix = netns.prefix.clone();
+    let mut cluster = Cluster::new("netns", 22_000, 3).with_key();
+    cluster.netns = Some(prefix.clone());
+    with_checked_load(&mut cluster, 100);
+    cluster.start_all();
+    cluster.wait_ring(&[1, 2, 3], FORM_TIMEOUT).unwrap();
+    cluster.wait_load_flows(3, 50);
+
+    netns.set_port(3, false);
+    cluster.wait_ring(&[1, 2], FORM_TIMEOUT).unwrap();
+    cluster.wait_ring(&[3], FORM_TIMEOUT).unwrap();
+    cluster.wait_load_flows(3, 50);
+    cluster.wait_load_flows(1, 50);
+
+    netns.set_port(3, true);
+    cluster.wait_ring(&[1, 2, 3], FORM_TIMEOUT).unwrap();
+    cluster.wait_load_flows(3, 50);
+    cluster.stop_load_and_settle(&[1, 2, 3]);
+    cluster.check_guarantees(&[1, 2]);
+    for id in 1..=3 {
+        assert_eq!(cluster.counter(id, "drop_auth"), 0, "node {id}");
+    }
+
+    drop(cluster);
+    drop(netns);
+    let left: Vec<String> = netns_names()
+        .lines()
+        .filter(|l| l.starts_with(&prefix))
+        .map(str::to_owned)
+        .collect();
+    assert!(left.is_empty(), "namespaces left behind: {left:?}");
 }
