@@ -719,11 +719,13 @@ impl Engine {
             return;
         };
         let (source, payload_range) = {
+            // Counted first: every datagram in packets_in lands in exactly one drop
+            // counter or in packets_accepted.
+            self.stats.add(Counter::PacketsIn, 1);
             let Ok(out) = RecvMsgOut::parse(buf, &self.recv_msghdrs[socket]) else {
                 self.stats.add(Counter::DropTruncated, 1);
                 return;
             };
-            self.stats.add(Counter::PacketsIn, 1);
             self.stats
                 .add(Counter::BytesIn, out.payload_data().len() as u64);
             if out.is_payload_truncated() || out.is_name_data_truncated() {
@@ -747,22 +749,13 @@ impl Engine {
         let payload = &mut buf[payload_range];
         let packet = match &mut self.opener {
             None => Bytes::copy_from_slice(payload),
-            // Before any cryptography: a datagram from one node's address that claims to
-            // be another's must not move that other node's replay window.
-            Some(_) if Opener::claimed_sender(payload).is_some_and(|claimed| claimed != from) => {
-                self.stats.add(Counter::DropSenderMismatch, 1);
-                return;
-            }
-            Some(opener) => match opener.open(payload) {
-                Ok((sender, _)) if sender != from => {
-                    self.stats.add(Counter::DropSenderMismatch, 1);
-                    return;
-                }
-                Ok((_, plain)) => Bytes::copy_from_slice(plain),
+            Some(opener) => match opener.open_from(payload, from) {
+                Ok(plain) => Bytes::copy_from_slice(plain),
                 Err(e) => {
                     let counter = match e {
                         OpenError::Auth => Counter::DropAuth,
                         OpenError::Replay => Counter::DropReplay,
+                        OpenError::SenderMismatch => Counter::DropSenderMismatch,
                         OpenError::Truncated | OpenError::NotSealed | OpenError::TooManySenders => {
                             Counter::DropNotSealed
                         }
