@@ -6,7 +6,7 @@ CARGO    ?= cargo
 #   make sim SIM_ARGS="--seed 1234"
 SIM_ARGS ?= --seeds 1000 --nodes 2-16
 
-.PHONY: all build run test fmt-check clippy unit-test bench sim cluster tune-check clean help
+.PHONY: all build run test fmt-check clippy unit-test bench bench-engine sim cluster tune-check clean help
 
 all: build
 
@@ -15,6 +15,7 @@ help:
 	@echo "make test        rustfmt check, clippy -D warnings, every test (includes a multi-minute simulator run)"
 	@echo "make sim         run the deterministic simulator: SIM_ARGS='$(SIM_ARGS)'"
 	@echo "make bench       Totem core cost benchmark (core_cost)"
+	@echo "make bench-engine  ordered throughput of 1, 3, 5 ringcastd engines on loopback (load generator)"
 	@echo "make cluster     not yet implemented (issue 3)"
 	@echo "make tune-check  not yet implemented"
 
@@ -38,6 +39,13 @@ unit-test:
 
 bench:
 	$(CARGO) run --release -p ringcast-bench --bin core_cost
+
+# Arguments for `make bench-engine`, e.g. ENGINE_BENCH_ARGS="--nodes 3 --sizes 64 --seconds 5".
+ENGINE_BENCH_ARGS ?=
+
+bench-engine:
+	$(CARGO) build --release -p ringcast-engine --bin ringcastd
+	$(CARGO) run --release -p ringcast-bench --bin engine_throughput -- $(ENGINE_BENCH_ARGS)
 
 sim:
 	$(CARGO) run --release -p ringcast-engine --bin ringcast-sim -- $(SIM_ARGS)

@@ -37,7 +37,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::totem::{self, NodeId};
-use crate::wire::seal;
+use crate::wire::{self, seal};
 
 /// How `Destination::All` reaches every node.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -190,6 +190,10 @@ pub struct Settings {
     pub totem: TotemSettings,
     pub load: LoadSettings,
     pub ipc: IpcConfig,
+    /// Test feature: append every submit of the load generator, every delivery and
+    /// every configuration change to this file (see `daemon::delivery_log`). Off when
+    /// unset.
+    pub delivery_log: Option<PathBuf>,
 }
 
 impl Default for Settings {
@@ -216,6 +220,7 @@ impl Default for Settings {
             totem: TotemSettings::default(),
             load: LoadSettings::default(),
             ipc: IpcConfig::default(),
+            delivery_log: None,
         }
     }
 }
@@ -301,6 +306,9 @@ pub struct ConfigFlags {
     /// Load generator: stop after this many messages (`load.count`).
     #[arg(long, value_name = "N")]
     pub load_count: Option<u64>,
+    /// Test feature: log every delivery and configuration change to FILE (`delivery_log`).
+    #[arg(long, value_name = "FILE")]
+    pub delivery_log: Option<PathBuf>,
     /// Any setting: `--set totem.join_ms=60`, `--set nodelist=[{id=1,address="10.0.0.1"}]`.
     #[arg(long = "set", short = 's', value_name = "KEY=VALUE")]
     pub set: Vec<String>,
@@ -400,6 +408,9 @@ impl ConfigFlags {
         if let Some(v) = self.load_count {
             put("load.count", int(v))?;
         }
+        if let Some(v) = &self.delivery_log {
+            put("delivery_log", path(v))?;
+        }
         for assignment in &self.set {
             let (key, value) = assignment
                 .split_once('=')
@@ -473,6 +484,8 @@ pub struct DaemonConfig {
     pub ring_seq_path: PathBuf,
     /// The shared-memory stats page of this node.
     pub stats_path: PathBuf,
+    /// The longest datagram this node must receive whole ([`recv_datagram_bytes`]).
+    pub recv_datagram_bytes: usize,
 }
 
 /// Largest UDP payload over IPv4.
@@ -514,6 +527,28 @@ fn check_ipc(ipc: &IpcConfig) -> Result<(), SettingError> {
         ));
     }
     Ok(())
+}
+
+// The longest control packet Totem can send (a commit token of `MAX_MEMBERS`), sealed,
+// must still fit in one UDP datagram, or a ring that large could never form.
+const _: () =
+    assert!(wire::packet::MAX_CONTROL_PACKET_BYTES + seal::OVERHEAD <= MAX_DATAGRAM_BYTES);
+
+/// The longest datagram a node of a cluster of `nodes` configured nodes must be able to
+/// receive whole: a datagram of `datagram_bytes`, or a control packet of a ring of every
+/// configured node when that is longer (joins and commit tokens grow with the ring and
+/// are not split: a commit token outgrows 1500 bytes above 28 members), plus the seal
+/// when `sealed`. Only configured nodes are heard from (the engine drops the rest), so a
+/// legitimate control packet never lists more members than that; for `MAX_MEMBERS`
+/// nodes this is `wire::MAX_CONTROL_PACKET_BYTES` plus the seal.
+pub fn recv_datagram_bytes(datagram_bytes: usize, nodes: usize, sealed: bool) -> usize {
+    use crate::wire::packet::{commit_len, join_len, token_len};
+    let nodes = nodes.min(wire::MAX_MEMBERS);
+    let control = commit_len(nodes)
+        .max(join_len(nodes, nodes))
+        .max(token_len(wire::MAX_RTR_ENTRIES));
+    let seal = if sealed { seal::OVERHEAD } else { 0 };
+    datagram_bytes.max(control + seal)
 }
 
 /// Stable 32-bit hash of the cluster name (FNV-1a): the cluster id on the wire.
@@ -694,7 +729,10 @@ impl DaemonConfig {
             }
         }
 
+        let recv_datagram_bytes =
+            recv_datagram_bytes(s.datagram_bytes, nodes.len(), s.key_file.is_some());
         Ok(DaemonConfig {
+            recv_datagram_bytes,
             cluster_id: cluster_id(&s.cluster_name),
             node_id: s.node_id,
             own_addr,
@@ -930,6 +968,40 @@ join_ms = 40
                 .starts_with("multicast_group:")
         );
         assert!(error_of(&["--set", "recv_buffers=3"]).starts_with("recv_buffers:"));
+    }
+
+    /// Issue 3: the receive buffers hold every control packet of the configured ring,
+    /// up to `wire::MAX_CONTROL_PACKET_BYTES` (a commit token of 384 members), and every
+    /// datagram of `datagram_bytes`.
+    #[test]
+    fn receive_buffers_hold_every_control_packet() {
+        use crate::wire::packet::{commit_len, join_len};
+        for nodes in 1..=wire::MAX_MEMBERS {
+            for sealed in [false, true] {
+                let seal = if sealed { seal::OVERHEAD } else { 0 };
+                let bytes = recv_datagram_bytes(1500, nodes, sealed);
+                assert!(bytes >= 1500);
+                assert!(bytes >= commit_len(nodes) + seal, "{nodes} nodes");
+                assert!(bytes >= join_len(nodes, nodes) + seal, "{nodes} nodes");
+            }
+        }
+        assert_eq!(recv_datagram_bytes(1500, 5, true), 1500);
+        assert_eq!(
+            recv_datagram_bytes(1500, wire::MAX_MEMBERS, true),
+            wire::packet::MAX_CONTROL_PACKET_BYTES + seal::OVERHEAD
+        );
+        assert_eq!(recv_datagram_bytes(65_507, 3, false), 65_507);
+        let c = resolve(&["--key-file", "/nonexistent"]).unwrap();
+        assert_eq!(c.recv_datagram_bytes, 1500);
+        let mut args = vec!["--node-id".to_string(), "1".into()];
+        for id in 1..=40 {
+            args.push("--node".into());
+            args.push(format!("{id}=10.0.0.{id}"));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let c = resolve(&args).unwrap();
+        assert_eq!(c.recv_datagram_bytes, commit_len(40));
+        assert!(c.recv_datagram_bytes > 1500);
     }
 
     #[test]

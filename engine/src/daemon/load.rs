@@ -133,6 +133,32 @@ pub enum Check {
     OutOfOrder,
 }
 
+/// The header of a generated message.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Generated {
+    /// The node whose generator made it.
+    pub sender: NodeId,
+    /// That generator's start (one per engine start).
+    pub epoch: u64,
+    /// Its position in the generator's sequence, from 1.
+    pub seq: u64,
+}
+
+impl Generated {
+    /// Reads the header, or `None` when `payload` is not a generated message.
+    pub fn parse(payload: &[u8]) -> Option<Generated> {
+        let header = payload.get(..HEADER_BYTES)?;
+        let u32_at =
+            |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
+        let u64_at = |i: usize| u64::from(u32_at(i)) | (u64::from(u32_at(i + 4)) << 32);
+        (u32_at(0) == MAGIC).then(|| Generated {
+            sender: u32_at(4),
+            epoch: u64_at(8),
+            seq: u64_at(16),
+        })
+    }
+}
+
 /// Checks delivered generated messages, per sender.
 #[derive(Debug, Default)]
 pub struct LoadChecker {
@@ -142,16 +168,9 @@ pub struct LoadChecker {
 
 impl LoadChecker {
     pub fn check(&mut self, payload: &[u8]) -> Check {
-        let Some(header) = payload.get(..HEADER_BYTES) else {
+        let Some(Generated { sender, epoch, seq }) = Generated::parse(payload) else {
             return Check::Foreign;
         };
-        let u32_at =
-            |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
-        let u64_at = |i: usize| u64::from(u32_at(i)) | (u64::from(u32_at(i + 4)) << 32);
-        if u32_at(0) != MAGIC {
-            return Check::Foreign;
-        }
-        let (sender, epoch, seq) = (u32_at(4), u64_at(8), u64_at(16));
         if !self.last.contains_key(&sender) && self.last.len() >= MAX_SENDERS {
             return Check::Foreign;
         }

@@ -1,11 +1,12 @@
 //! What the `ringcastd` daemon needs around the protocol and the event loop: its
 //! configuration (TOML file, command-line overrides, built-in defaults), the persistent
-//! ring sequence and the internal load generator.
+//! ring sequence, the internal load generator and the delivery log (a test feature).
 //!
 //! No protocol logic lives here: everything Totem decides is in [`crate::totem`], and all
 //! IO (and all `unsafe`) is in [`crate::io`].
 
 pub mod config;
+pub mod delivery_log;
 pub mod load;
 pub mod ringseq;
 

@@ -28,6 +28,7 @@ use super::bufring::BufRing;
 use super::net::{NAME_BYTES, RawAddr, Sockets, parse_name};
 use super::signal::{SIGINFO_BYTES, Waker, termination_fd};
 use super::stats::{Counter, StatsWriter};
+use crate::daemon::delivery_log::DeliveryLog;
 use crate::daemon::load::{Check, LoadChecker, LoadGenerator};
 use crate::daemon::{DaemonConfig, FileRingSeqStore, IdleStrategy};
 use crate::ipc::{Ipc, IpcSettings, session::BacklogLimits};
@@ -220,6 +221,8 @@ pub struct Engine {
     load: Option<LoadGenerator>,
     load_started: bool,
     checker: LoadChecker,
+    /// Test feature: every submit, delivery and configuration change, to a file.
+    delivery_log: Option<DeliveryLog>,
 
     /// `Destination::All`: every node (udpu) or the group (multicast).
     all_dests: Vec<RawAddr>,
@@ -279,7 +282,9 @@ impl Engine {
         );
         features.check()?;
 
-        let buf_bytes = (16 + NAME_BYTES + s.datagram_bytes).next_multiple_of(64);
+        // Room for the recvmsg header, the source address and the longest datagram a
+        // configured node may send (control packets of large rings included).
+        let buf_bytes = (16 + NAME_BYTES + config.recv_datagram_bytes).next_multiple_of(64);
         let entries = if s.recv_buffers != 0 {
             s.recv_buffers as u16
         } else {
@@ -364,11 +369,18 @@ impl Engine {
                 payload: Bytes::new(),
             })
             .collect();
-        let load = LoadGenerator::new(
-            &s.load,
-            config.node_id,
-            seal::counter_from_clock(), // start time in ns: a fresh epoch per start
-        );
+        // Start time in ns: a fresh epoch per start.
+        let epoch = seal::counter_from_clock();
+        let load = LoadGenerator::new(&s.load, config.node_id, epoch);
+        let delivery_log = match &s.delivery_log {
+            None => None,
+            Some(path) => {
+                let log = DeliveryLog::open(path, config.node_id, epoch, Instant::ZERO)
+                    .map_err(io_error(format!("delivery_log {}", path.display())))?;
+                tracing::warn!(path = %path.display(), "delivery log on (a test feature)");
+                Some(log)
+            }
+        };
         if load.is_some() {
             tracing::info!(
                 size_bytes = s.load.size_bytes,
@@ -443,6 +455,7 @@ impl Engine {
             load,
             load_started: false,
             checker: LoadChecker::default(),
+            delivery_log,
             all_dests,
             node_dests,
             pending: VecDeque::new(),
@@ -630,12 +643,17 @@ impl Engine {
             }
             work += self.generate_load(now);
             work += self.ipc.poll_rings(&mut self.node, now);
-            work += self.drain_events();
+            work += self.drain_events(now);
             let now = self.now();
             work += self.ipc.flush_events(&mut self.node, now);
             self.cancel_closed_polls();
             work += self.drain_transmits();
             self.publish_stats(now);
+            if let Some(log) = &mut self.delivery_log {
+                if let Err(e) = log.tick(now) {
+                    log_failed(&mut self.delivery_log, &e);
+                }
+            }
 
             let flushed = self.sends_in_flight == 0 && self.pending.is_empty();
             if self
@@ -650,6 +668,11 @@ impl Engine {
                 }
                 self.ipc.shutdown(&mut self.node, now);
                 let _ = self.ring.submit();
+                if let Some(log) = &mut self.delivery_log {
+                    if let Err(e) = log.flush(now) {
+                        log_failed(&mut self.delivery_log, &e);
+                    }
+                }
                 tracing::info!("left the ring, exiting");
                 return Ok(());
             }
@@ -675,6 +698,7 @@ impl Engine {
                             self.node.poll_timeout(),
                             self.load.as_ref().and_then(|l| l.next_deadline(now)),
                             self.leaving_until,
+                            self.delivery_log.as_ref().and_then(DeliveryLog::next_flush),
                         ]
                         .into_iter()
                         .flatten()
@@ -785,6 +809,11 @@ impl Engine {
                 let complete = result as usize == SIGINFO_BYTES;
                 if complete && signo == libc::SIGUSR1 {
                     self.reload_drop_rule();
+                } else if complete && signo == libc::SIGUSR2 {
+                    // Tests and benchmarks end their load phase without stopping engines.
+                    if let Some(load) = self.load.take() {
+                        tracing::info!(generated = load.generated(), "load generator stopped");
+                    }
                 } else if complete && self.leaving_until.is_none() {
                     tracing::info!(signal = signo, "termination signal: leaving the ring");
                     self.node.leave(now);
@@ -814,11 +843,13 @@ impl Engine {
             return;
         };
         let (source, payload_range) = {
+            // Counted first: every datagram in packets_in lands in exactly one drop
+            // counter or in packets_accepted.
+            self.stats.add(Counter::PacketsIn, 1);
             let Ok(out) = RecvMsgOut::parse(buf, &self.recv_msghdrs[socket]) else {
                 self.stats.add(Counter::DropTruncated, 1);
                 return;
             };
-            self.stats.add(Counter::PacketsIn, 1);
             self.stats
                 .add(Counter::BytesIn, out.payload_data().len() as u64);
             if out.is_payload_truncated() || out.is_name_data_truncated() {
@@ -842,16 +873,13 @@ impl Engine {
         let payload = &mut buf[payload_range];
         let packet = match &mut self.opener {
             None => Bytes::copy_from_slice(payload),
-            Some(opener) => match opener.open(payload) {
-                Ok((sender, _)) if sender != from => {
-                    self.stats.add(Counter::DropSenderMismatch, 1);
-                    return;
-                }
-                Ok((_, plain)) => Bytes::copy_from_slice(plain),
+            Some(opener) => match opener.open_from(payload, from) {
+                Ok(plain) => Bytes::copy_from_slice(plain),
                 Err(e) => {
                     let counter = match e {
                         OpenError::Auth => Counter::DropAuth,
                         OpenError::Replay => Counter::DropReplay,
+                        OpenError::SenderMismatch => Counter::DropSenderMismatch,
                         OpenError::Truncated | OpenError::NotSealed | OpenError::TooManySenders => {
                             Counter::DropNotSealed
                         }
@@ -902,7 +930,14 @@ impl Engine {
                 break;
             };
             match self.node.submit(now, message.clone(), Guarantee::Agreed) {
-                Ok(()) => submitted += 1,
+                Ok(()) => {
+                    submitted += 1;
+                    if let Some(log) = &mut self.delivery_log {
+                        if let Err(e) = log.submitted(now, &message) {
+                            log_failed(&mut self.delivery_log, &e);
+                        }
+                    }
+                }
                 Err(SubmitError::TryAgain) => {
                     self.stats.add(Counter::SubmitTryAgain, 1);
                     load.refused(message);
@@ -919,13 +954,21 @@ impl Engine {
         submitted
     }
 
-    /// Counts and checks Totem's events, then hands them to the CPG service (all but
-    /// the load generator's own messages, which are not CPG messages).
-    fn drain_events(&mut self) -> usize {
+    /// Counts, logs and checks Totem's events, then hands them to the CPG service (all
+    /// but the load generator's own messages, which are not CPG messages).
+    fn drain_events(&mut self, now: Instant) -> usize {
         let mut n = 0;
-        let now = self.now();
         while let Some(event) = self.node.poll_event() {
             n += 1;
+            if let Some(log) = &mut self.delivery_log {
+                let result = match &event {
+                    Event::Deliver(delivery) => log.delivered(now, delivery),
+                    Event::Configuration(change) => log.configuration(now, change),
+                };
+                if let Err(e) = result {
+                    log_failed(&mut self.delivery_log, &e);
+                }
+            }
             let mut to_service = true;
             match &event {
                 Event::Deliver(delivery) => {
@@ -1057,6 +1100,10 @@ impl Engine {
         let s = self.node.stats();
         let st = &self.stats;
         st.set(Counter::DropDecode, s.packets_dropped);
+        st.set(
+            Counter::PacketsAccepted,
+            s.packets_received.saturating_sub(s.packets_dropped),
+        );
         st.set(Counter::TokensReceived, s.tokens_received);
         st.set(Counter::TokensDropped, s.tokens_dropped);
         st.set(Counter::TokenRotations, s.token_rotations);
@@ -1083,6 +1130,14 @@ impl Engine {
             self.last_heartbeat = now;
             self.stats.heartbeat();
         }
+    }
+}
+
+/// The delivery log could not be written: say so and stop writing it (its readers then
+/// find records missing rather than a log that looks complete).
+fn log_failed(log: &mut Option<DeliveryLog>, error: &std::io::Error) {
+    if let Some(failed) = log.take() {
+        tracing::error!(path = %failed.path().display(), %error, "delivery log failed; no longer written");
     }
 }
 

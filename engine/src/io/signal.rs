@@ -1,8 +1,8 @@
 //! Signals and wake-ups as file descriptors the event loop reads through io_uring:
-//! SIGTERM/SIGINT (leave and exit) and SIGUSR1 (reload the fault-injection drop rule)
-//! through a signalfd (the signals are blocked in every thread, so they are only ever
-//! consumed there), and an eventfd that other threads (later: client
-//! sessions) write to wake the engine.
+//! SIGTERM/SIGINT (leave and exit), SIGUSR1 (reload the fault-injection drop rule) and
+//! SIGUSR2 (stop the load generator) through a signalfd (the signals are blocked in
+//! every thread, so they are only ever consumed there), and an eventfd that other
+//! threads (later: client sessions) write to wake the engine.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
@@ -19,11 +19,13 @@ fn termination_set() -> libc::sigset_t {
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGUSR1);
+        libc::sigaddset(&mut set, libc::SIGUSR2);
         set
     }
 }
 
-/// Blocks SIGTERM, SIGINT and SIGUSR1 in the calling thread and every thread it spawns later.
+/// Blocks SIGTERM, SIGINT, SIGUSR1 and SIGUSR2 in the calling thread and every thread it
+/// spawns later.
 /// Call first thing in `main`, before any thread exists.
 pub fn block_termination_signals() -> std::io::Result<()> {
     let set = termination_set();
@@ -35,7 +37,7 @@ pub fn block_termination_signals() -> std::io::Result<()> {
     Ok(())
 }
 
-/// A signalfd for SIGTERM, SIGINT and SIGUSR1 (blocking reads; io_uring polls it).
+/// A signalfd for SIGTERM, SIGINT, SIGUSR1 and SIGUSR2 (blocking reads; io_uring polls it).
 pub fn termination_fd() -> std::io::Result<OwnedFd> {
     let set = termination_set();
     // SAFETY: a valid sigset; -1 asks for a new descriptor.

@@ -115,7 +115,7 @@ counters! {
     DropReplay = "drop_replay",
     /// Dropped: not sealed while this node uses a key (or malformed seal).
     DropNotSealed = "drop_not_sealed",
-    /// Dropped: the sealed sender id does not match the source address.
+    /// Dropped: the sender id a sealed datagram claims is not the source address's node.
     DropSenderMismatch = "drop_sender_mismatch",
     /// Dropped by Totem: bad magic, version, cluster id or layout.
     DropDecode = "drop_decode",
@@ -151,6 +151,9 @@ counters! {
     DropUnknownDestination = "drop_unknown_destination",
     /// Dropped by the fault-injection rule (`<state_dir>/drop_nodes`, see `io::engine`).
     DropRule = "drop_rule",
+    /// Decoded by Totem (which may still ignore it, e.g. a packet of another ring).
+    /// Every datagram received is counted once in here or in one `drop_*` counter.
+    PacketsAccepted = "packets_accepted",
     /// Client sessions open now.
     ClientsConnected = "clients_connected",
     ClientsOpened = "clients_opened",

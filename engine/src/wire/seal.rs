@@ -221,6 +221,10 @@ pub enum OpenError {
     /// More distinct senders than the opener tracks.
     #[error("too many senders")]
     TooManySenders,
+    /// It claims a sender other than the node whose address it came from
+    /// ([`Opener::open_from`]).
+    #[error("claims another sender than its source")]
+    SenderMismatch,
 }
 
 /// Per-sender replay window (RFC 6479 style bitmap).
@@ -304,6 +308,28 @@ impl Opener {
     /// Verifies `datagram` and decrypts it in place. Returns the sender and the Totem
     /// packet (a sub-slice of `datagram`). Nothing is trusted before the tag verified.
     pub fn open<'a>(&mut self, datagram: &'a mut [u8]) -> Result<(NodeId, &'a [u8]), OpenError> {
+        self.open_checked(datagram, None)
+    }
+
+    /// [`Opener::open`] for a datagram that came from the address of node `source`: one
+    /// that claims another sender is refused before any cryptography, so that it cannot
+    /// move that other sender's replay window (a captured datagram of node 2, sent on
+    /// from node 4's address before node 2's own copy arrives, would otherwise make the
+    /// real one look replayed).
+    pub fn open_from<'a>(
+        &mut self,
+        datagram: &'a mut [u8],
+        source: NodeId,
+    ) -> Result<&'a [u8], OpenError> {
+        self.open_checked(datagram, Some(source))
+            .map(|(_, plain)| plain)
+    }
+
+    fn open_checked<'a>(
+        &mut self,
+        datagram: &'a mut [u8],
+        source: Option<NodeId>,
+    ) -> Result<(NodeId, &'a [u8]), OpenError> {
         if datagram.len() < OVERHEAD {
             return Err(OpenError::Truncated);
         }
@@ -311,6 +337,9 @@ impl Opener {
             return Err(OpenError::NotSealed);
         }
         let sender = u32::from_le_bytes([datagram[4], datagram[5], datagram[6], datagram[7]]);
+        if source.is_some_and(|source| source != sender) {
+            return Err(OpenError::SenderMismatch);
+        }
         let mut counter_bytes = [0u8; 8];
         counter_bytes.copy_from_slice(&datagram[8..16]);
         let counter = u64::from_le_bytes(counter_bytes);
@@ -451,6 +480,27 @@ mod tests {
         }
         let mut d = Sealer::new(&key(1), 3, CLUSTER, 5).seal(b"x");
         assert_eq!(opener.open(&mut d), Err(OpenError::TooManySenders));
+    }
+
+    /// A datagram from node 4's address claiming node 2 is refused unopened and leaves
+    /// node 2's replay window alone: node 2's own copy still opens afterwards.
+    #[test]
+    fn a_claimed_sender_must_be_the_source() {
+        let mut node2 = Sealer::new(&key(1), 2, CLUSTER, 100);
+        let mut opener = Opener::new(&key(1), CLUSTER, 8);
+        let d = node2.seal(b"token");
+        assert_eq!(
+            opener.open_from(&mut d.clone(), 4),
+            Err(OpenError::SenderMismatch)
+        );
+        assert_eq!(opener.open_from(&mut d.clone(), 2), Ok(&b"token"[..]));
+        let mut clear = vec![0x52, 0x43, 1, 0];
+        clear.resize(64, 0);
+        assert_eq!(
+            opener.open_from(&mut clear, 4),
+            Err(OpenError::NotSealed),
+            "not sealed comes first"
+        );
     }
 
     #[test]

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use ringcast_engine::io::stats::{Snapshot, StatsReader, state_name};
 
+/// Node addresses in network namespaces: `<NETNS_SUBNET>.<id>/24`.
+pub const NETNS_SUBNET: &str = "10.77.0";
 pub const DAEMON: &str = env!("CARGO_BIN_EXE_ringcastd");
 pub const STATUS: &str = env!("CARGO_BIN_EXE_ringcast");
 pub const TOKEN_MS: u64 = 300;
@@ -61,6 +63,11 @@ pub struct Cluster {
     pub n: u32,
     pub key: Option<PathBuf>,
     pub extra: Vec<String>,
+    /// Every node writes a delivery log (`deliveries<id>` in `dir`).
+    pub delivery_logs: bool,
+    /// Node `id` runs in network namespace `<netns><id>` ([`Netns`]) at
+    /// [`NETNS_SUBNET`]`.id` instead of on 127.0.0.`id`.
+    pub netns: Option<String>,
     pub daemons: Vec<Option<Daemon>>,
 }
 
@@ -75,6 +82,8 @@ impl Cluster {
             n,
             key: None,
             extra: Vec::new(),
+            delivery_logs: false,
+            netns: None,
             daemons: (0..=n).map(|_| None).collect(),
         }
     }
@@ -124,14 +133,29 @@ impl Cluster {
         ];
         for node in 1..=self.n {
             args.push("--node".into());
-            args.push(format!("{node}={}", addr(node)));
+            args.push(format!("{node}={}", self.addr(node)));
         }
         if let Some(key) = &self.key {
             args.push("--key-file".into());
             args.push(key.display().to_string());
         }
+        if self.delivery_logs {
+            args.push("--delivery-log".into());
+            args.push(self.delivery_log(id).display().to_string());
+        }
         args.extend(self.extra.iter().cloned());
         args
+    }
+
+    pub fn addr(&self, id: u32) -> String {
+        match self.netns {
+            None => addr(id),
+            Some(_) => format!("{NETNS_SUBNET}.{id}"),
+        }
+    }
+
+    pub fn delivery_log(&self, id: u32) -> PathBuf {
+        self.dir.join(format!("deliveries{id}"))
     }
 
     pub fn start(&mut self, id: u32) {
@@ -140,7 +164,16 @@ impl Cluster {
             .append(true)
             .open(self.dir.join(format!("log{id}")))
             .unwrap();
-        let child = Command::new(DAEMON)
+        let mut command = match &self.netns {
+            None => Command::new(DAEMON),
+            // `ip netns exec` execs the daemon: the child's pid is the daemon's.
+            Some(prefix) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", &format!("{prefix}{id}"), DAEMON]);
+                command
+            }
+        };
+        let child = command
             .args(self.args(id))
             .stdout(Stdio::null())
             .stderr(log)
@@ -233,13 +266,18 @@ impl Drop for Cluster {
     }
 }
 
-pub fn wait_for(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+pub fn wait_for(timeout: Duration, condition: impl FnMut() -> bool) -> bool {
+    poll_until(timeout, Duration::from_millis(50), condition)
+}
+
+pub fn poll_until(timeout: Duration, every: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if condition() {
             return true;
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(every);
     }
     condition()
 }
+
