@@ -641,7 +641,14 @@ impl Cpg {
                 (Dispatch::OneNonBlocking, false) => return Err(Error::new(Status::TryAgain)),
                 (Dispatch::All | Dispatch::Blocking, true) => {}
                 (Dispatch::One | Dispatch::Blocking, false) => {
-                    self.wait(receiver, None)?;
+                    if let Err(e) = self.wait(receiver, None) {
+                        // Finalized from another thread (the engine then closed the
+                        // session): that is a bad handle, not a lost engine.
+                        if self.finalized.load(Ordering::Acquire) {
+                            return Err(Error::new(Status::BadHandle));
+                        }
+                        return Err(e);
+                    }
                 }
             }
         }

@@ -29,7 +29,7 @@ use super::net::{NAME_BYTES, RawAddr, Sockets, parse_name};
 use super::signal::{SIGINFO_BYTES, Waker, termination_fd};
 use super::stats::{Counter, StatsWriter};
 use crate::daemon::delivery_log::DeliveryLog;
-use crate::daemon::load::{Check, LoadChecker, LoadGenerator};
+use crate::daemon::load::{Check, Generated, LoadChecker, LoadGenerator};
 use crate::daemon::{DaemonConfig, FileRingSeqStore, IdleStrategy};
 use crate::ipc::{Ipc, IpcSettings, session::BacklogLimits};
 use crate::totem::{
@@ -961,8 +961,13 @@ impl Engine {
         while let Some(event) = self.node.poll_event() {
             n += 1;
             if let Some(log) = &mut self.delivery_log {
+                // Only the load generator's messages: the CPG service's own (joinlists,
+                // group messages) are not the generator's to check.
                 let result = match &event {
-                    Event::Deliver(delivery) => log.delivered(now, delivery),
+                    Event::Deliver(delivery) if Generated::parse(&delivery.payload).is_some() => {
+                        log.delivered(now, delivery)
+                    }
+                    Event::Deliver(_) => Ok(()),
                     Event::Configuration(change) => log.configuration(now, change),
                 };
                 if let Err(e) = result {

@@ -280,4 +280,3 @@ pub fn poll_until(timeout: Duration, every: Duration, mut condition: impl FnMut(
     }
     condition()
 }
-
