@@ -598,3 +598,70 @@ fn three_engines_order_nodedown_nodeup_and_64_mib() {
     }
     drop(clients);
 }
+
+/// The operator CLI (issue 4): `ringcast groups`, `listen`, `send`.
+#[test]
+fn the_cli_lists_groups_listens_and_sends() {
+    let mut cluster = Cluster::new("cpg6", 47150, 1);
+    cluster.start_all();
+    cluster.wait_ring(&[1], FORM_TIMEOUT).unwrap();
+    let listener = Listener::spawn(&cluster, 1, "cli");
+    listener.wait_line("confchg group=cli");
+    let groups = Command::new(STATUS)
+        .arg("groups")
+        .arg("--socket")
+        .arg(cluster.socket(1))
+        .output()
+        .unwrap();
+    assert!(groups.status.success());
+    let text = String::from_utf8_lossy(&groups.stdout);
+    assert!(text.contains("cli"), "{text}");
+    assert!(
+        text.contains(&format!("node 1 pid {}", listener.pid())),
+        "{text}"
+    );
+    let send = Command::new(STATUS)
+        .args(["send", "cli", "hello there", "--socket"])
+        .arg(cluster.socket(1))
+        .output()
+        .unwrap();
+    assert!(
+        send.status.success(),
+        "{}",
+        String::from_utf8_lossy(&send.stderr)
+    );
+    listener.wait_line("hello there");
+}
+
+/// CPG_SPEC §5.6: with DELIVER_INITIAL_TOTEM_CONF, a joiner gets its join confchg and
+/// then a totem confchg describing the current ring.
+#[test]
+fn initial_totem_conf_follows_the_join() {
+    let mut cluster = Cluster::new("cpg7", 47160, 1);
+    cluster.start_all();
+    cluster.wait_ring(&[1], FORM_TIMEOUT).unwrap();
+    let cpg = Cpg::connect(&ConnectOptions {
+        socket: cluster.socket(1),
+        initial_totem_conf: true,
+    })
+    .unwrap();
+    retry(|| cpg.join(b"itc"));
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    let mut saw_join = false;
+    loop {
+        assert!(Instant::now() < deadline, "no initial totem confchg");
+        match cpg.next_event(Some(EVENT_TIMEOUT)).unwrap() {
+            Some(Event::Confchg { joined, .. }) => {
+                assert_eq!(joined.len(), 1);
+                saw_join = true;
+            }
+            Some(Event::TotemConfchg { members, ring_id }) if saw_join => {
+                assert_eq!(members, vec![1]);
+                assert_eq!(ring_id.rep, 1);
+                break;
+            }
+            Some(_) => {}
+            None => panic!("no event"),
+        }
+    }
+}
