@@ -6,7 +6,7 @@ CARGO    ?= cargo
 #   make sim SIM_ARGS="--seed 1234"
 SIM_ARGS ?= --seeds 1000 --nodes 2-16
 
-.PHONY: all build run test fmt-check clippy unit-test bench bench-engine sim cluster tune-check clean help
+.PHONY: all build run test fmt-check clippy unit-test bench bench-client bench-engine sim cluster tune-check clean help
 
 all: build
 
@@ -14,7 +14,7 @@ help:
 	@echo "make run         build and start ringcastd with built-in defaults (single node, 127.0.0.1)"
 	@echo "make test        rustfmt check, clippy -D warnings, every test (includes a multi-minute simulator run)"
 	@echo "make sim         run the deterministic simulator: SIM_ARGS='$(SIM_ARGS)'"
-	@echo "make bench       Totem core cost benchmark (core_cost)"
+	@echo "make bench       Totem core cost (core_cost) and client throughput/latency (ringcast-bench)"
 	@echo "make bench-engine  ordered throughput of 1, 3, 5 ringcastd engines on loopback (load generator)"
 	@echo "make cluster     not yet implemented (issue 3)"
 	@echo "make tune-check  not yet implemented"
@@ -23,7 +23,11 @@ build:
 	$(CARGO) build --workspace --release
 
 run:
-	$(CARGO) build --release -p ringcast-engine --bin ringcastd
+	$(CARGO) build --release -p ringcast-engine --bin ringcastd --bin ringcast
+	@echo "ringcastd: single node on 127.0.0.1:5405, clients connect at /run/ringcast/ringcast.sock"
+	@echo "  in another shell: ./target/release/ringcast listen demo"
+	@echo "               and: ./target/release/ringcast send demo hello"
+	@echo "  counters:         ./target/release/ringcast status     (Ctrl-C stops the engine)"
 	exec ./target/release/ringcastd
 
 test: fmt-check clippy unit-test
@@ -37,8 +41,15 @@ clippy:
 unit-test:
 	$(CARGO) test --workspace
 
-bench:
+# Arguments for the client benchmark, e.g. CLIENT_BENCH_ARGS="--sizes 64 --receivers 2".
+CLIENT_BENCH_ARGS ?=
+
+bench: bench-client
 	$(CARGO) run --release -p ringcast-bench --bin core_cost
+
+bench-client:
+	$(CARGO) build --release -p ringcast-engine --bin ringcastd -p ringcast-bench --bin ringcast-bench
+	./target/release/ringcast-bench $(CLIENT_BENCH_ARGS)
 
 # Arguments for `make bench-engine`, e.g. ENGINE_BENCH_ARGS="--nodes 3 --sizes 64 --seconds 5".
 ENGINE_BENCH_ARGS ?=

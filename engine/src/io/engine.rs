@@ -432,7 +432,10 @@ impl Engine {
             config.node_id,
             waker.as_fd(),
         )?;
-        tracing::info!(socket = %s.ipc_socket.display(), "clients connect here");
+        tracing::info!(
+            socket = %s.ipc_socket.display(),
+            "clients connect here (RINGCAST_SOCKET for a non-default path); try `ringcast listen demo` and `ringcast send demo hello`"
+        );
         Ok(Engine {
             ipc,
             ring,
