@@ -10,12 +10,13 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::config::MAX_WINDOW;
+use super::events::EventQueue;
 use super::ring::{RingState, Stored};
 use super::{
     Config, ConfigError, ConfigurationChange, ConfigurationKind, Delivery, Destination, Event,
     Guarantee, Instant, NodeId, RingId, RingSeqStore, SubmitError, Transmit,
 };
-use crate::wire::pack::{Reassembler, SendQueue};
+use crate::wire::pack::{Part, Reassembler, SendQueue};
 use crate::wire::packet::MCAST_OVERHEAD;
 use crate::wire::{
     CommitEntry, CommitToken, Join, MAX_RTR_ENTRIES, Mcast, Packet, Recovered, Token,
@@ -142,7 +143,7 @@ pub struct Node {
     left: bool,
 
     transmits: VecDeque<Transmit>,
-    events: VecDeque<Event>,
+    events: EventQueue,
 
     send_queue: SendQueue,
     reassembler: Reassembler,
@@ -208,7 +209,7 @@ impl Node {
             rng: config.seed,
             left: false,
             transmits: VecDeque::new(),
-            events: VecDeque::new(),
+            events: EventQueue::default(),
             send_queue: SendQueue::new(config.send_queue_bytes, config.max_message_bytes),
             reassembler: Reassembler::new(config.max_message_bytes),
             max_payload: config.max_datagram_bytes - MCAST_OVERHEAD,
@@ -399,7 +400,7 @@ impl Node {
     }
 
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        self.events.pop()
     }
 
     /// The earliest deadline at which `handle_timeout` must be called.
@@ -467,20 +468,19 @@ impl Node {
         left: Vec<NodeId>,
         joined: Vec<NodeId>,
     ) {
-        self.events
-            .push_back(Event::Configuration(ConfigurationChange {
-                kind,
-                ring_id,
-                members,
-                left,
-                joined,
-            }));
+        self.events.push(Event::Configuration(ConfigurationChange {
+            kind,
+            ring_id,
+            members,
+            left,
+            joined,
+        }));
     }
 
     /// Delivers one ordered message: unpacks its application messages, completing
     /// fragmented ones. Carriers of recovered messages deliver nothing themselves.
     fn deliver_stored(
-        events: &mut VecDeque<Event>,
+        events: &mut EventQueue,
         reassembler: &mut Reassembler,
         stats: &mut Stats,
         ring_id: RingId,
@@ -496,15 +496,20 @@ impl Node {
         };
         let sender = message.origin;
         let mut delivered = 0;
-        let malformed = reassembler.push(sender, &message.payload, |payload| {
+        let mut batch = events.batch(&message.payload, sender, ring_id, guarantee);
+        let malformed = reassembler.push_parts(sender, &message.payload, |part| {
             delivered += 1;
-            events.push_back(Event::Deliver(Delivery {
-                sender,
-                ring_id,
-                guarantee,
-                payload,
-            }));
+            match part {
+                Part::Whole(range) => batch.push_range(range),
+                Part::Joined(payload) => batch.push_event(Event::Deliver(Delivery {
+                    sender,
+                    ring_id,
+                    guarantee,
+                    payload,
+                })),
+            }
         });
+        drop(batch);
         stats.messages_delivered += delivered;
         stats.chunks_malformed += malformed as u64;
     }
