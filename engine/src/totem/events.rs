@@ -62,6 +62,7 @@ impl EventQueue {
         }
     }
 
+    #[inline]
     pub fn pop(&mut self) -> Option<Event> {
         loop {
             let Item::Packed {

@@ -17,7 +17,7 @@ use super::{
     Guarantee, Instant, NodeId, RingId, RingSeqStore, SubmitError, Transmit,
 };
 use crate::wire::pack::{Part, Reassembler, SendQueue};
-use crate::wire::packet::MCAST_OVERHEAD;
+use crate::wire::packet::{MCAST_OVERHEAD, McastBuilder, McastFields};
 use crate::wire::{
     CommitEntry, CommitToken, Join, MAX_RTR_ENTRIES, Mcast, Packet, Recovered, Token,
 };
@@ -399,6 +399,7 @@ impl Node {
         self.transmits.pop_front()
     }
 
+    #[inline]
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop()
     }
@@ -647,25 +648,17 @@ impl Node {
         // New messages (step 10): application messages, or old-ring ones in recovery.
         let mut sent_now = 0u32;
         while allowed > 0 {
-            let Some(mcast) = self.next_mcast(token.seq + 1) else {
+            let Some(stored) = self.next_message(token.seq + 1) else {
                 break;
             };
             token.seq += 1;
             allowed -= 1;
             sent_now += 1;
-            let datagram = Packet::Mcast(mcast.clone()).encode(self.config.cluster_id);
             self.transmits.push_back(Transmit {
                 destination: Destination::All,
-                payload: datagram.clone(),
+                payload: stored.datagram.clone(),
             });
             self.stats.messages_originated += 1;
-            let stored = Stored {
-                origin: self.me,
-                safe: mcast.safe,
-                recovered: mcast.recovered,
-                payload: mcast.payload,
-                datagram,
-            };
             self.store_on_current_ring(token.seq, stored);
         }
 
@@ -779,38 +772,59 @@ impl Node {
         }
     }
 
-    /// The next message to originate with sequence `seq`, if any.
-    fn next_mcast(&mut self, seq: u64) -> Option<Mcast> {
+    /// The next message to originate with sequence `seq`, if any, with its datagram.
+    fn next_message(&mut self, seq: u64) -> Option<Stored> {
         match self.state {
             NodeState::Operational => {
-                let (payload, safe) = self.send_queue.next_payload(self.max_payload)?;
-                Some(Mcast {
+                if self.send_queue.is_empty() {
+                    return None;
+                }
+                // The payload is packed straight into the datagram.
+                let mut builder = McastBuilder::new(self.max_payload);
+                let safe = self
+                    .send_queue
+                    .append_payload(builder.datagram_mut(), self.max_payload)?;
+                let fields = McastFields {
                     sender: self.me,
                     ring_id: self.regular.ring_id,
                     seq,
                     origin: self.me,
                     safe,
+                };
+                let (datagram, payload) = builder.finish(self.config.cluster_id, fields);
+                Some(Stored {
+                    origin: self.me,
+                    safe,
                     recovered: None,
                     payload,
+                    datagram,
                 })
             }
             NodeState::Recovery => {
                 let old_ring = self.regular.ring_id;
                 let next = self.next.as_mut()?;
                 let (old_seq, old) = next.recovery_queue.pop_front()?;
-                Some(Mcast {
+                let recovered = Some(Recovered {
+                    ring_id: old_ring,
+                    seq: old_seq,
+                    origin: old.origin,
+                    safe: old.safe,
+                });
+                let mcast = Mcast {
                     sender: self.me,
                     ring_id: next.ring.ring_id,
                     seq,
                     origin: self.me,
                     safe: false,
-                    recovered: Some(Recovered {
-                        ring_id: old_ring,
-                        seq: old_seq,
-                        origin: old.origin,
-                        safe: old.safe,
-                    }),
+                    recovered,
+                    payload: old.payload.clone(),
+                };
+                Some(Stored {
+                    origin: self.me,
+                    safe: false,
+                    recovered,
                     payload: old.payload,
+                    datagram: Packet::Mcast(mcast).encode(self.config.cluster_id),
                 })
             }
             NodeState::Gather | NodeState::Commit => None,

@@ -119,8 +119,26 @@ impl SendQueue {
             max_payload >= MIN_PAYLOAD,
             "max_payload {max_payload} below {MIN_PAYLOAD}"
         );
-        let safe = self.queue.front()?.1;
+        if self.is_empty() {
+            return None;
+        }
         let mut out = BytesMut::with_capacity(max_payload);
+        let safe = self.append_payload(&mut out, max_payload)?;
+        Some((out.freeze(), safe))
+    }
+
+    /// [`SendQueue::next_payload`], appended to `out` (after what it holds already) so
+    /// that a caller can write the payload straight into its datagram.
+    ///
+    /// Panics if `max_payload < MIN_PAYLOAD` (a configuration bug, not input).
+    pub fn append_payload(&mut self, out: &mut BytesMut, max_payload: usize) -> Option<bool> {
+        assert!(
+            max_payload >= MIN_PAYLOAD,
+            "max_payload {max_payload} below {MIN_PAYLOAD}"
+        );
+        let safe = self.queue.front()?.1;
+        let base = out.len();
+        out.reserve(max_payload);
 
         // A fragmented head message goes on first: as Last if the rest fits, else as a
         // Middle that fills the whole payload.
@@ -128,15 +146,15 @@ impl SendQueue {
             let (message, _) = self.queue.front()?;
             let rest = &message[self.sent..];
             if chunk_len(rest.len(), Kind::Last) <= max_payload {
-                put_chunk(&mut out, Kind::Last, rest);
+                put_chunk(out, Kind::Last, rest);
                 self.pop_front();
             } else {
                 // `rest` does not fit with a Last header, and a Middle header of the same
                 // length is as long, so this Middle never carries the whole rest.
                 let len = fragment_len(max_payload, Kind::Middle, 0);
-                put_chunk(&mut out, Kind::Middle, &rest[..len]);
+                put_chunk(out, Kind::Middle, &rest[..len]);
                 self.sent += len;
-                return Some((out.freeze(), safe));
+                return Some(safe);
             }
         }
 
@@ -145,16 +163,17 @@ impl SendQueue {
             if *message_safe != safe {
                 break;
             }
-            let room = max_payload - out.len();
+            let used = out.len() - base;
+            let room = max_payload - used;
             if chunk_len(message.len(), Kind::Whole) <= room {
-                put_chunk(&mut out, Kind::Whole, message);
+                put_chunk(out, Kind::Whole, message);
                 self.pop_front();
-            } else if out.is_empty() {
+            } else if used == 0 {
                 // Too large even for an empty payload: its First fills this one.
                 let total = message.len();
                 let len = fragment_len(max_payload, Kind::First, total);
-                put_varint(&mut out, tag(len, Kind::First));
-                put_varint(&mut out, total as u64);
+                put_varint(out, tag(len, Kind::First));
+                put_varint(out, total as u64);
                 out.extend_from_slice(&message[..len]);
                 self.sent = len;
                 break;
@@ -163,8 +182,8 @@ impl SendQueue {
                 break;
             }
         }
-        debug_assert!(out.len() <= max_payload);
-        Some((out.freeze(), safe))
+        debug_assert!(out.len() - base <= max_payload);
+        Some(safe)
     }
 
     /// A message of which some fragments were sent starts again from its first byte.
@@ -621,6 +640,35 @@ mod tests {
             let mut pos = 0;
             assert_eq!(read_varint(&out, &mut pos), Some(value));
             assert_eq!(pos, out.len());
+        }
+    }
+
+    /// Appending to a buffer that already holds a datagram header packs the very payloads
+    /// `next_payload` makes.
+    #[test]
+    fn append_payload_packs_what_next_payload_packs() {
+        let mut rng = Rng(5);
+        for &max_payload in &PAYLOAD_SIZES {
+            let mut a = SendQueue::new(8 * MIB, MIB);
+            let mut b = SendQueue::new(8 * MIB, MIB);
+            for _ in 0..300 {
+                let len = [0, 1, 64, 500, 3000, 70_000][rng.below(6)];
+                let message = rng.bytes(len);
+                let safe = rng.below(4) == 0;
+                a.push(message.clone(), safe).unwrap();
+                b.push(message, safe).unwrap();
+            }
+            let prefix = [0xEE; 44];
+            while let Some((payload, safe)) = a.next_payload(max_payload) {
+                let mut out = BytesMut::new();
+                out.extend_from_slice(&prefix);
+                assert_eq!(b.append_payload(&mut out, max_payload), Some(safe));
+                assert_eq!(out[..prefix.len()], prefix);
+                assert_eq!(out[prefix.len()..], payload[..]);
+            }
+            let mut out = BytesMut::new();
+            assert_eq!(b.append_payload(&mut out, max_payload), None);
+            assert!(out.is_empty());
         }
     }
 
