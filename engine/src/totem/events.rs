@@ -79,8 +79,15 @@ impl EventQueue {
                 return Some(event);
             };
             let (sender, ring_id, guarantee) = (*sender, *ring_id, *guarantee);
-            let Some((start, end)) = self.ranges.pop_front().filter(|_| *count > 0) else {
-                // Not reached: the counts add up to the ranges held.
+            // Counts are never 0 and add up to the ranges held; should that ever not
+            // hold, the batch is dropped rather than a message misread.
+            let range = if *count > 0 {
+                self.ranges.pop_front()
+            } else {
+                None
+            };
+            let Some((start, end)) = range else {
+                debug_assert!(false, "an event batch without its ranges");
                 self.items.pop_front();
                 continue;
             };
