@@ -1171,17 +1171,11 @@ fn network_namespaces_partition_by_link_down_and_heal() {
 
 /// Issue 3, "Nothing in a datagram can make the engine panic", for sequence numbers at
 /// their largest: a join whose ring sequence is `u64::MAX`, from a node holding the key
-/// (or from any listed address in a cluster without one).
-///
-/// Ignored: a known Totem defect, outside the engine's IO layer. In debug builds the
-/// engine panics with "attempt to add with overflow" in `totem/node.rs`
-/// `check_consensus` (`max(ring_seq, max_ring_seq_seen) + 4`); release builds wrap. A
-/// commit token whose `token_seq` is `u64::MAX` does the same in `forward_commit_token`
-/// (`token_seq += 1`), found with a throwaway in-process fuzzer of `Node`. Found by the
-/// 100,000-datagram test, which therefore keeps its sequence numbers at or below 2^48.
-/// Run with `cargo test -p ringcast-engine --test daemon_cluster -- --ignored`.
+/// (or from any listed address in a cluster without one). Totem refuses packets with a
+/// sequence number above `totem::MAX_SEQ` (it used to overflow on them); found by the
+/// 100,000-datagram test, which keeps its sequence numbers at or below 2^48 so that
+/// its drop accounting stays a pure function of the wire decoder.
 #[test]
-#[ignore = "known Totem defect: sequence numbers near u64::MAX overflow (totem/node.rs)"]
 fn a_join_with_the_largest_ring_sequence_is_survived() {
     let port = 22_100;
     let mut cluster = Cluster::new("seq-max", port, 2).with_key();

@@ -9,6 +9,7 @@
 //! simulator and the io_uring engine drive the very same code.
 
 mod config;
+mod events;
 mod node;
 mod ring;
 mod time;

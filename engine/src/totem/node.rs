@@ -10,13 +10,14 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::config::MAX_WINDOW;
+use super::events::EventQueue;
 use super::ring::{RingState, Stored};
 use super::{
     Config, ConfigError, ConfigurationChange, ConfigurationKind, Delivery, Destination, Event,
     Guarantee, Instant, NodeId, RingId, RingSeqStore, SubmitError, Transmit,
 };
-use crate::wire::pack::{Reassembler, SendQueue};
-use crate::wire::packet::MCAST_OVERHEAD;
+use crate::wire::pack::{Part, Reassembler, SendQueue};
+use crate::wire::packet::{MCAST_OVERHEAD, McastBuilder, McastFields};
 use crate::wire::{
     CommitEntry, CommitToken, Join, MAX_RTR_ENTRIES, Mcast, Packet, Recovered, Token,
 };
@@ -142,7 +143,7 @@ pub struct Node {
     left: bool,
 
     transmits: VecDeque<Transmit>,
-    events: VecDeque<Event>,
+    events: EventQueue,
 
     send_queue: SendQueue,
     /// Messages of the synchronisation that follows a configuration change: they go
@@ -214,7 +215,7 @@ impl Node {
             rng: config.seed,
             left: false,
             transmits: VecDeque::new(),
-            events: VecDeque::new(),
+            events: EventQueue::default(),
             send_queue: SendQueue::new(config.send_queue_bytes, config.max_message_bytes),
             sync_queue: SendQueue::new(config.max_message_bytes, config.max_message_bytes),
             waiting_for_sync: config.sync_barrier,
@@ -299,8 +300,8 @@ impl Node {
         }
         self.stats.packets_received += 1;
         let packet = match Packet::decode(datagram, self.config.cluster_id) {
-            Ok(packet) => packet,
-            Err(_) => {
+            Ok(packet) if sequences_in_range(&packet) => packet,
+            _ => {
                 self.stats.packets_dropped += 1;
                 return;
             }
@@ -445,8 +446,9 @@ impl Node {
         self.transmits.pop_front()
     }
 
+    #[inline]
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        self.events.pop()
     }
 
     /// The earliest deadline at which `handle_timeout` must be called.
@@ -522,20 +524,19 @@ impl Node {
         left: Vec<NodeId>,
         joined: Vec<NodeId>,
     ) {
-        self.events
-            .push_back(Event::Configuration(ConfigurationChange {
-                kind,
-                ring_id,
-                members,
-                left,
-                joined,
-            }));
+        self.events.push(Event::Configuration(ConfigurationChange {
+            kind,
+            ring_id,
+            members,
+            left,
+            joined,
+        }));
     }
 
     /// Delivers one ordered message: unpacks its application messages, completing
     /// fragmented ones. Carriers of recovered messages deliver nothing themselves.
     fn deliver_stored(
-        events: &mut VecDeque<Event>,
+        events: &mut EventQueue,
         reassembler: &mut Reassembler,
         stats: &mut Stats,
         ring_id: RingId,
@@ -551,15 +552,20 @@ impl Node {
         };
         let sender = message.origin;
         let mut delivered = 0;
-        let malformed = reassembler.push(sender, &message.payload, |payload| {
+        let mut batch = events.batch(&message.payload, sender, ring_id, guarantee);
+        let malformed = reassembler.push_parts(sender, &message.payload, |part| {
             delivered += 1;
-            events.push_back(Event::Deliver(Delivery {
-                sender,
-                ring_id,
-                guarantee,
-                payload,
-            }));
+            match part {
+                Part::Whole(range) => batch.push_range(range),
+                Part::Joined(payload) => batch.push_event(Event::Deliver(Delivery {
+                    sender,
+                    ring_id,
+                    guarantee,
+                    payload,
+                })),
+            }
         });
+        drop(batch);
         stats.messages_delivered += delivered;
         stats.chunks_malformed += malformed as u64;
     }
@@ -697,25 +703,17 @@ impl Node {
         // New messages (step 10): application messages, or old-ring ones in recovery.
         let mut sent_now = 0u32;
         while allowed > 0 {
-            let Some(mcast) = self.next_mcast(token.seq + 1) else {
+            let Some(stored) = self.next_message(token.seq + 1) else {
                 break;
             };
             token.seq += 1;
             allowed -= 1;
             sent_now += 1;
-            let datagram = Packet::Mcast(mcast.clone()).encode(self.config.cluster_id);
             self.transmits.push_back(Transmit {
                 destination: Destination::All,
-                payload: datagram.clone(),
+                payload: stored.datagram.clone(),
             });
             self.stats.messages_originated += 1;
-            let stored = Stored {
-                origin: self.me,
-                safe: mcast.safe,
-                recovered: mcast.recovered,
-                payload: mcast.payload,
-                datagram,
-            };
             self.store_on_current_ring(token.seq, stored);
         }
 
@@ -830,48 +828,65 @@ impl Node {
         }
     }
 
-    /// The next message to originate with sequence `seq`, if any.
-    fn next_mcast(&mut self, seq: u64) -> Option<Mcast> {
+    /// The next message to originate with sequence `seq`, if any, with its datagram.
+    fn next_message(&mut self, seq: u64) -> Option<Stored> {
         match self.state {
             NodeState::Operational => {
                 // A message cut into fragments finishes before another one starts
                 // (receivers reassemble per origin); the sync queue goes first.
                 let normal_first = self.send_queue.is_partial() && !self.waiting_for_sync;
                 let from_sync = !normal_first && !self.sync_queue.is_empty();
-                let (payload, safe) = if from_sync {
-                    self.sync_queue.next_payload(self.max_payload)?
-                } else if self.waiting_for_sync {
+                let queue = if from_sync {
+                    &mut self.sync_queue
+                } else if self.waiting_for_sync || self.send_queue.is_empty() {
                     return None;
                 } else {
-                    self.send_queue.next_payload(self.max_payload)?
+                    &mut self.send_queue
                 };
-                Some(Mcast {
+                // The payload is packed straight into the datagram.
+                let mut builder = McastBuilder::new(self.max_payload);
+                let safe = queue.append_payload(builder.datagram_mut(), self.max_payload)?;
+                let fields = McastFields {
                     sender: self.me,
                     ring_id: self.regular.ring_id,
                     seq,
                     origin: self.me,
                     safe,
+                };
+                let (datagram, payload) = builder.finish(self.config.cluster_id, fields);
+                Some(Stored {
+                    origin: self.me,
+                    safe,
                     recovered: None,
                     payload,
+                    datagram,
                 })
             }
             NodeState::Recovery => {
                 let old_ring = self.regular.ring_id;
                 let next = self.next.as_mut()?;
                 let (old_seq, old) = next.recovery_queue.pop_front()?;
-                Some(Mcast {
+                let recovered = Some(Recovered {
+                    ring_id: old_ring,
+                    seq: old_seq,
+                    origin: old.origin,
+                    safe: old.safe,
+                });
+                let mcast = Mcast {
                     sender: self.me,
                     ring_id: next.ring.ring_id,
                     seq,
                     origin: self.me,
                     safe: false,
-                    recovered: Some(Recovered {
-                        ring_id: old_ring,
-                        seq: old_seq,
-                        origin: old.origin,
-                        safe: old.safe,
-                    }),
+                    recovered,
+                    payload: old.payload.clone(),
+                };
+                Some(Stored {
+                    origin: self.me,
+                    safe: false,
+                    recovered,
                     payload: old.payload,
+                    datagram: Packet::Mcast(mcast).encode(self.config.cluster_id),
                 })
             }
             NodeState::Gather | NodeState::Commit => None,
@@ -1434,6 +1449,44 @@ impl Node {
         self.stats.rings_installed += 1;
         // Carriers of recovered messages are ordered like the rest; skip over them.
         self.deliver_ready();
+    }
+}
+
+/// Sequence numbers only grow by small steps from 0, so none legitimately comes near
+/// the top of `u64` (2^62 at a billion per second lasts 146 years). A packet carrying
+/// one that does is forged or corrupt; refusing it keeps every `+ 1` below from
+/// overflowing.
+pub const MAX_SEQ: u64 = 1 << 62;
+
+fn sequences_in_range(packet: &Packet) -> bool {
+    let ok = |seq: u64| seq <= MAX_SEQ;
+    match packet {
+        Packet::Token(t) => {
+            ok(t.ring_id.seq)
+                && ok(t.token_seq)
+                && ok(t.seq)
+                && ok(t.aru)
+                && ok(t.install_seq)
+                && t.rtr.iter().all(|&s| ok(s))
+        }
+        Packet::Mcast(m) => {
+            ok(m.ring_id.seq)
+                && ok(m.seq)
+                && m.recovered.is_none_or(|r| ok(r.ring_id.seq) && ok(r.seq))
+        }
+        Packet::Join(j) => ok(j.ring_seq),
+        Packet::Commit(c) => {
+            ok(c.ring_id.seq)
+                && ok(c.token_seq)
+                && c.entries.iter().all(|e| {
+                    ok(e.old_ring_id.seq)
+                        && ok(e.old_aru)
+                        && ok(e.old_high_seq)
+                        && ok(e.high_delivered)
+                        && ok(e.safe_upto)
+                })
+        }
+        Packet::MergeDetect { ring_id, .. } | Packet::HoldCancel { ring_id, .. } => ok(ring_id.seq),
     }
 }
 

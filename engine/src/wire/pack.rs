@@ -119,8 +119,26 @@ impl SendQueue {
             max_payload >= MIN_PAYLOAD,
             "max_payload {max_payload} below {MIN_PAYLOAD}"
         );
-        let safe = self.queue.front()?.1;
+        if self.is_empty() {
+            return None;
+        }
         let mut out = BytesMut::with_capacity(max_payload);
+        let safe = self.append_payload(&mut out, max_payload)?;
+        Some((out.freeze(), safe))
+    }
+
+    /// [`SendQueue::next_payload`], appended to `out` (after what it holds already) so
+    /// that a caller can write the payload straight into its datagram.
+    ///
+    /// Panics if `max_payload < MIN_PAYLOAD` (a configuration bug, not input).
+    pub fn append_payload(&mut self, out: &mut BytesMut, max_payload: usize) -> Option<bool> {
+        assert!(
+            max_payload >= MIN_PAYLOAD,
+            "max_payload {max_payload} below {MIN_PAYLOAD}"
+        );
+        let safe = self.queue.front()?.1;
+        let base = out.len();
+        out.reserve(max_payload);
 
         // A fragmented head message goes on first: as Last if the rest fits, else as a
         // Middle that fills the whole payload.
@@ -128,15 +146,15 @@ impl SendQueue {
             let (message, _) = self.queue.front()?;
             let rest = &message[self.sent..];
             if chunk_len(rest.len(), Kind::Last) <= max_payload {
-                put_chunk(&mut out, Kind::Last, rest);
+                put_chunk(out, Kind::Last, rest);
                 self.pop_front();
             } else {
                 // `rest` does not fit with a Last header, and a Middle header of the same
                 // length is as long, so this Middle never carries the whole rest.
                 let len = fragment_len(max_payload, Kind::Middle, 0);
-                put_chunk(&mut out, Kind::Middle, &rest[..len]);
+                put_chunk(out, Kind::Middle, &rest[..len]);
                 self.sent += len;
-                return Some((out.freeze(), safe));
+                return Some(safe);
             }
         }
 
@@ -145,16 +163,17 @@ impl SendQueue {
             if *message_safe != safe {
                 break;
             }
-            let room = max_payload - out.len();
+            let used = out.len() - base;
+            let room = max_payload - used;
             if chunk_len(message.len(), Kind::Whole) <= room {
-                put_chunk(&mut out, Kind::Whole, message);
+                put_chunk(out, Kind::Whole, message);
                 self.pop_front();
-            } else if out.is_empty() {
+            } else if used == 0 {
                 // Too large even for an empty payload: its First fills this one.
                 let total = message.len();
                 let len = fragment_len(max_payload, Kind::First, total);
-                put_varint(&mut out, tag(len, Kind::First));
-                put_varint(&mut out, total as u64);
+                put_varint(out, tag(len, Kind::First));
+                put_varint(out, total as u64);
                 out.extend_from_slice(&message[..len]);
                 self.sent = len;
                 break;
@@ -163,8 +182,8 @@ impl SendQueue {
                 break;
             }
         }
-        debug_assert!(out.len() <= max_payload);
-        Some((out.freeze(), safe))
+        debug_assert!(out.len() - base <= max_payload);
+        Some(safe)
     }
 
     /// Whether the head message has been handed out in part: its remaining fragments
@@ -192,6 +211,15 @@ impl SendQueue {
 pub struct Reassembler {
     partials: HashMap<NodeId, Partial>,
     max_message_bytes: usize,
+}
+
+/// One message completed by [`Reassembler::push_parts`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Part {
+    /// A whole message: these bytes of the payload.
+    Whole(std::ops::Range<usize>),
+    /// The last fragment of a message completed it: the message, joined.
+    Joined(Bytes),
 }
 
 /// A message of which First and maybe some Middle chunks have arrived.
@@ -232,6 +260,43 @@ impl Reassembler {
         payload: &Bytes,
         mut deliver: impl FnMut(Bytes),
     ) -> usize {
+        self.push_parts(origin, payload, |part| match part {
+            Part::Whole(range) => deliver(payload.slice(range)),
+            Part::Joined(message) => deliver(message),
+        })
+    }
+
+    /// [`Reassembler::push`], handing whole messages over as their place in `payload`
+    /// rather than as a `Bytes` each: a caller that batches them spares one reference
+    /// count per message.
+    pub fn push_parts(
+        &mut self,
+        origin: NodeId,
+        payload: &[u8],
+        mut deliver: impl FnMut(Part),
+    ) -> usize {
+        // Every chunk of a payload is from one origin: its partial message is looked up
+        // once, kept here while the payload is unpacked, and put back at the end.
+        let mut partial = if self.partials.is_empty() {
+            None
+        } else {
+            self.partials.remove(&origin)
+        };
+        let malformed = self.unpack(payload, &mut partial, &mut deliver);
+        if let Some(partial) = partial {
+            self.partials.insert(origin, partial);
+        }
+        malformed
+    }
+
+    /// The chunk loop of `push_parts`; `partial` is `origin`'s partial message, which
+    /// `self.partials` does not hold meanwhile.
+    fn unpack(
+        &self,
+        payload: &[u8],
+        partial: &mut Option<Partial>,
+        deliver: &mut impl FnMut(Part),
+    ) -> usize {
         let mut malformed = 0;
         let mut pos = 0;
         while pos < payload.len() {
@@ -241,17 +306,17 @@ impl Reassembler {
             let data = &payload[chunk.data.clone()];
             match chunk.kind {
                 Kind::Whole => {
-                    if self.partials.remove(&origin).is_some() {
+                    if partial.take().is_some() {
                         malformed += 1;
                     }
                     if data.len() > self.max_message_bytes {
                         malformed += 1;
                         continue;
                     }
-                    deliver(payload.slice(chunk.data));
+                    deliver(Part::Whole(chunk.data));
                 }
                 Kind::First => {
-                    if self.partials.remove(&origin).is_some() {
+                    if partial.take().is_some() {
                         malformed += 1;
                     }
                     // `total` comes from the wire: anything over max_message_bytes (or
@@ -262,41 +327,39 @@ impl Reassembler {
                         continue;
                     }
                     // One partial per origin; origins are ring members, so more than
-                    // MAX_MEMBERS of them is not a ring we are in.
+                    // MAX_MEMBERS of them is not a ring we are in. (This origin's own
+                    // partial is out of the map, as it was just dropped.)
                     if self.partials.len() >= MAX_MEMBERS {
                         malformed += 1;
                         continue;
                     }
                     let mut buffer = Vec::with_capacity(total.min(INITIAL_RESERVE.max(data.len())));
                     buffer.extend_from_slice(data);
-                    self.partials.insert(
-                        origin,
-                        Partial {
-                            data: buffer,
-                            total,
-                        },
-                    );
+                    *partial = Some(Partial {
+                        data: buffer,
+                        total,
+                    });
                 }
                 Kind::Middle | Kind::Last => {
-                    let Some(partial) = self.partials.get_mut(&origin) else {
+                    let Some(open) = partial.as_mut() else {
                         malformed += 1;
                         continue;
                     };
-                    let len = partial.data.len() + data.len();
+                    let len = open.data.len() + data.len();
                     let continues = match chunk.kind {
-                        Kind::Middle => len < partial.total,
-                        _ => len == partial.total,
+                        Kind::Middle => len < open.total,
+                        _ => len == open.total,
                     };
                     if !continues {
-                        self.partials.remove(&origin);
+                        *partial = None;
                         malformed += 1;
                         continue;
                     }
-                    partial.append(data);
+                    open.append(data);
                     if chunk.kind == Kind::Last {
-                        if let Some(partial) = self.partials.remove(&origin) {
+                        if let Some(done) = partial.take() {
                             // No copy: the Vec becomes the Bytes.
-                            deliver(Bytes::from(partial.data));
+                            deliver(Part::Joined(Bytes::from(done.data)));
                         }
                     }
                 }
@@ -419,6 +482,18 @@ fn put_varint(out: &mut BytesMut, mut value: u64) {
 
 /// LEB128, at most 10 bytes; None when truncated or over 64 bits.
 fn read_varint(buf: &[u8], pos: &mut usize) -> Option<u64> {
+    // Tags of whole messages under 4 KiB take one or two bytes: read those directly.
+    match buf.get(*pos..) {
+        Some([b0, ..]) if b0 & 0x80 == 0 => {
+            *pos += 1;
+            return Some(u64::from(*b0));
+        }
+        Some([b0, b1, ..]) if b1 & 0x80 == 0 => {
+            *pos += 2;
+            return Some(u64::from(b0 & 0x7F) | u64::from(*b1) << 7);
+        }
+        _ => {}
+    }
     let mut value = 0u64;
     for i in 0..10 {
         let byte = *buf.get(*pos)?;
@@ -513,6 +588,93 @@ mod tests {
     fn push_all(queue: &mut SendQueue, messages: &[(Bytes, bool)]) {
         for (m, safe) in messages {
             queue.push(m.clone(), *safe).expect("queue has room");
+        }
+    }
+
+    /// The plain LEB128 loop `read_varint` shortcuts for one- and two-byte values.
+    fn read_varint_reference(buf: &[u8], pos: &mut usize) -> Option<u64> {
+        let mut value = 0u64;
+        for i in 0..10 {
+            let byte = *buf.get(*pos)?;
+            *pos += 1;
+            let bits = u64::from(byte & 0x7F);
+            if i == 9 && bits > 1 {
+                return None;
+            }
+            value |= bits << (7 * i);
+            if byte & 0x80 == 0 {
+                return Some(value);
+            }
+        }
+        None
+    }
+
+    /// The short paths read what the loop reads, and stop where it stops, on every
+    /// one- and two-byte input (truncated ones included) and on longer random ones.
+    #[test]
+    fn varint_short_paths_match_the_loop() {
+        let check = |buf: &[u8], start: usize| {
+            let (mut a, mut b) = (start, start);
+            let got = read_varint(buf, &mut a);
+            let want = read_varint_reference(buf, &mut b);
+            assert_eq!(got, want, "{buf:02x?} at {start}");
+            if want.is_some() {
+                assert_eq!(a, b, "{buf:02x?} at {start}");
+            }
+        };
+        check(&[], 0);
+        for b0 in 0..=255u8 {
+            check(&[b0], 0);
+            check(&[0, b0], 1);
+            for b1 in 0..=255u8 {
+                check(&[b0, b1], 0);
+                check(&[b0, b1, 0x01], 0);
+            }
+        }
+        let mut rng = Rng(11);
+        for _ in 0..10_000 {
+            let len = rng.below(12);
+            let mut buf: Vec<u8> = (0..len).map(|_| rng.next() as u8 | 0x80).collect();
+            if let Some(last) = buf.last_mut() {
+                *last &= 0x7F;
+            }
+            check(&buf, 0);
+        }
+        for value in [0u64, 127, 128, 16_383, 16_384, u64::MAX] {
+            let mut out = BytesMut::new();
+            put_varint(&mut out, value);
+            let mut pos = 0;
+            assert_eq!(read_varint(&out, &mut pos), Some(value));
+            assert_eq!(pos, out.len());
+        }
+    }
+
+    /// Appending to a buffer that already holds a datagram header packs the very payloads
+    /// `next_payload` makes.
+    #[test]
+    fn append_payload_packs_what_next_payload_packs() {
+        let mut rng = Rng(5);
+        for &max_payload in &PAYLOAD_SIZES {
+            let mut a = SendQueue::new(8 * MIB, MIB);
+            let mut b = SendQueue::new(8 * MIB, MIB);
+            for _ in 0..300 {
+                let len = [0, 1, 64, 500, 3000, 70_000][rng.below(6)];
+                let message = rng.bytes(len);
+                let safe = rng.below(4) == 0;
+                a.push(message.clone(), safe).unwrap();
+                b.push(message, safe).unwrap();
+            }
+            let prefix = [0xEE; 44];
+            while let Some((payload, safe)) = a.next_payload(max_payload) {
+                let mut out = BytesMut::new();
+                out.extend_from_slice(&prefix);
+                assert_eq!(b.append_payload(&mut out, max_payload), Some(safe));
+                assert_eq!(out[..prefix.len()], prefix);
+                assert_eq!(out[prefix.len()..], payload[..]);
+            }
+            let mut out = BytesMut::new();
+            assert_eq!(b.append_payload(&mut out, max_payload), None);
+            assert!(out.is_empty());
         }
     }
 

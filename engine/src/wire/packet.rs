@@ -464,6 +464,74 @@ impl Packet {
     }
 }
 
+/// Builds a `Mcast` datagram (without `recovered`) around a payload written straight
+/// into it: room for the header is kept in front, and [`McastBuilder::finish`] fills it
+/// in once the payload's length is known. Encoding `Packet::Mcast` would copy the
+/// payload into a second buffer; a sender's own payload needs no such copy.
+#[derive(Debug)]
+pub struct McastBuilder {
+    buf: BytesMut,
+}
+
+/// What precedes the payload in a mcast without `recovered`.
+const PLAIN_MCAST_PREFIX: usize = HEADER_LEN + MCAST_BODY_LEN;
+
+impl McastBuilder {
+    /// A builder with room for `payload_capacity` bytes of payload (more may be written;
+    /// the buffer grows).
+    pub fn new(payload_capacity: usize) -> McastBuilder {
+        let mut buf = BytesMut::with_capacity(PLAIN_MCAST_PREFIX + payload_capacity);
+        buf.resize(PLAIN_MCAST_PREFIX, 0);
+        McastBuilder { buf }
+    }
+
+    /// The datagram so far: the payload is appended to it. Bytes already in it (the
+    /// room for the header) must be left alone.
+    pub fn datagram_mut(&mut self) -> &mut BytesMut {
+        &mut self.buf
+    }
+
+    /// The finished datagram, as `Packet::Mcast` with these fields, `recovered: None`
+    /// and the payload appended would encode it; and its payload, a slice of it.
+    pub fn finish(mut self, cluster_id: u32, m: McastFields) -> (Bytes, Bytes) {
+        let payload_len = self.buf.len() - PLAIN_MCAST_PREFIX;
+        // Payloads are at most one datagram; 4 GiB would be a caller bug.
+        let payload_len = u32::try_from(payload_len).expect("mcast payload larger than 4 GiB");
+        let header = Header {
+            magic: U16::new(MAGIC),
+            version: VERSION,
+            kind: KIND_MCAST,
+            cluster_id: U32::new(cluster_id),
+            sender: U32::new(m.sender),
+        };
+        let body = McastBody {
+            ring_id: m.ring_id.into(),
+            seq: U64::new(m.seq),
+            origin: U32::new(m.origin),
+            safe: u8::from(m.safe),
+            recovered: 0,
+            reserved: U16::new(0),
+            payload_len: U32::new(payload_len),
+        };
+        self.buf[..HEADER_LEN].copy_from_slice(header.as_bytes());
+        self.buf[HEADER_LEN..PLAIN_MCAST_PREFIX].copy_from_slice(body.as_bytes());
+        let datagram = self.buf.freeze();
+        let payload = datagram.slice(PLAIN_MCAST_PREFIX..);
+        (datagram, payload)
+    }
+}
+
+/// The fields of a `Mcast` other than its payload and `recovered`, for
+/// [`McastBuilder::finish`].
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct McastFields {
+    pub sender: NodeId,
+    pub ring_id: RingId,
+    pub seq: u64,
+    pub origin: NodeId,
+    pub safe: bool,
+}
+
 /// Bytes a `Mcast` adds around its payload (header and body, `recovered` included), so
 /// that `max_datagram_bytes - MCAST_OVERHEAD` is the most payload one datagram carries.
 /// Exact, not a bound. It does not include what `seal` adds around the whole datagram.
@@ -907,6 +975,43 @@ mod tests {
         let range = bytes.as_ptr_range();
         assert!(range.contains(&m.payload.as_ptr()));
         assert_eq!(m.payload.as_ptr_range().end, range.end);
+    }
+
+    /// A mcast built in place is byte for byte the one `encode` makes, and the payload
+    /// it hands back is the datagram's own.
+    #[test]
+    fn built_mcast_equals_encoded_mcast() {
+        for payload in [&b""[..], b"x", &[0x5A; 1000], &[3; 65_000]] {
+            for safe in [false, true] {
+                let fields = McastFields {
+                    sender: 2,
+                    ring_id: ring(1, 8),
+                    seq: u64::MAX - 3,
+                    origin: 3,
+                    safe,
+                };
+                // A small capacity: the buffer must grow, not overflow.
+                let mut builder = McastBuilder::new(16);
+                builder.datagram_mut().extend_from_slice(payload);
+                let (datagram, built_payload) = builder.finish(CLUSTER, fields);
+                let expected = Packet::Mcast(Mcast {
+                    sender: fields.sender,
+                    ring_id: fields.ring_id,
+                    seq: fields.seq,
+                    origin: fields.origin,
+                    safe,
+                    recovered: None,
+                    payload: Bytes::copy_from_slice(payload),
+                });
+                assert_eq!(datagram, expected.encode(CLUSTER));
+                assert_eq!(built_payload, payload);
+                assert_eq!(
+                    built_payload.as_ptr_range().end,
+                    datagram.as_ptr_range().end
+                );
+                assert_eq!(decode(&datagram), Ok(expected));
+            }
+        }
     }
 
     /// Rewrites the little-endian u16 at `at`.

@@ -541,3 +541,34 @@ fn sync_barrier_never_interleaves_fragments() {
     assert_eq!(c.node(1).stats().chunks_malformed, 0);
     assert_eq!(c.node(2).stats().chunks_malformed, 0);
 }
+
+/// Sequence numbers near `u64::MAX` come only from forged or corrupt packets: they are
+/// dropped and counted, never added to (issue 3, "Nothing in a datagram can make the
+/// engine panic"; found by the daemon's 100,000-datagram test).
+#[test]
+fn packets_with_sequences_near_the_top_are_dropped() {
+    use crate::wire::{CommitToken, Join, Packet};
+    let mut cluster = Cluster::new(2);
+    let now = cluster.now;
+    let node = cluster.node(1);
+    let cluster_id = node.config().cluster_id;
+    let before = node.stats().packets_dropped;
+    let join = Packet::Join(Join {
+        sender: 2,
+        ring_seq: u64::MAX,
+        proc_list: vec![1, 2],
+        failed_list: vec![],
+        leaving: false,
+    });
+    let commit = Packet::Commit(CommitToken {
+        sender: 2,
+        ring_id: RingId { rep: 1, seq: 4 },
+        token_seq: u64::MAX,
+        memb_index: 0,
+        entries: vec![],
+    });
+    for p in [join, commit] {
+        node.handle_packet(now, &p.encode(cluster_id));
+    }
+    assert_eq!(node.stats().packets_dropped, before + 2);
+}
