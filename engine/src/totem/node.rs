@@ -1458,7 +1458,9 @@ impl Node {
 /// overflowing.
 pub const MAX_SEQ: u64 = 1 << 62;
 
-fn sequences_in_range(packet: &Packet) -> bool {
+/// Whether every sequence number in `packet` is at most [`MAX_SEQ`]; Totem drops (and
+/// counts) packets that fail this.
+pub fn sequences_in_range(packet: &Packet) -> bool {
     let ok = |seq: u64| seq <= MAX_SEQ;
     match packet {
         Packet::Token(t) => {
