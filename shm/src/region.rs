@@ -190,6 +190,11 @@ impl Region {
     ///
     /// With [`HugePages::Try`] a failure of any huge page step falls back to normal pages,
     /// logging one `tracing::warn!` per process. [`HugePages::Require`] returns the error.
+    ///
+    /// Limit of the seals: a client can still punch holes in the file (`fallocate`). On a
+    /// normal-page region the hole reads back as zeros, which the ring checks treat like any
+    /// other garbage; on a huge-page region the next touch needs a free huge page, and the
+    /// engine would get SIGBUS if none were left.
     pub fn create(name: &str, spec: &RegionSpec, huge: HugePages) -> Result<Region, RegionError> {
         spec.validate()?;
         let full_name = format!("ringcast-{name}");

@@ -666,6 +666,15 @@ pub(crate) mod heap {
     }
 }
 
+// Under miri (nightly-2026-05-19):
+//   MIRIFLAGS=-Zmiri-disable-weak-memory-emulation cargo +nightly miri test -p ringcast-shm --lib
+//   MIRIFLAGS=-Zmiri-many-seeds=0..16 cargo +nightly miri test -p ringcast-shm --lib sleep_protocol
+// The first runs every test that needs no mmap; weak-memory emulation is off there because it
+// ICEs ("cannot have empty store buffer when previous write was atomic") when a record header
+// is stored atomically over bytes an earlier lap wrote as payload, which the memory model
+// allows (the accesses are ordered by the head/tail Release/Acquire pairs). The second keeps
+// the emulation on for the sleep protocol, whose test touches the data area only atomically;
+// removing the SeqCst fence from `publish` makes it fail there.
 #[cfg(test)]
 mod tests {
     use super::heap::HeapRing;
@@ -996,6 +1005,84 @@ mod tests {
         let (mut p, mut c) = heap.ends();
         assert!(p.check().is_err());
         assert!(c.peek().is_err());
+    }
+
+    /// The sleep protocol (module docs) loses no wake-up: the consumer blocks in
+    /// `thread::park` whenever `prepare_sleep` allows it, and is only ever unparked by a
+    /// `publish` that returned true. A lost wake-up is a deadlock, which miri reports; natively
+    /// it shows as a park that ran into its (long) timeout.
+    ///
+    /// Payloads are empty so that the data area is only ever accessed by 8-byte atomics: this
+    /// test also runs under miri's weak-memory emulation, which (on nightly-2026-05-19) ICEs
+    /// when an atomic store lands on bytes a payload copy wrote before.
+    #[test]
+    fn sleep_protocol_loses_no_wakeups() {
+        let count: u32 = if cfg!(miri) { 150 } else { 100_000 };
+        let (_h, mut p, mut c) = ring(64);
+        let consumer = std::thread::spawn(move || {
+            let mut next = 0u32;
+            let mut announcements = 0u32;
+            while next < count {
+                match c.peek().unwrap() {
+                    Some(rec) => {
+                        assert_eq!((rec.kind, rec.payload.len()), (next, 0));
+                        c.consume();
+                        next += 1;
+                    }
+                    None => {
+                        announcements += 1;
+                        if c.prepare_sleep() {
+                            if cfg!(miri) {
+                                std::thread::park();
+                            } else {
+                                let started = std::time::Instant::now();
+                                std::thread::park_timeout(std::time::Duration::from_secs(20));
+                                assert!(
+                                    started.elapsed() < std::time::Duration::from_secs(20),
+                                    "lost wake-up at record {next}"
+                                );
+                            }
+                            c.cancel_sleep();
+                        }
+                    }
+                }
+            }
+            announcements
+        });
+        let consumer_thread = consumer.thread().clone();
+        let mut wakes = 0u32;
+        for i in 0..count {
+            let mut spins = 0u64;
+            while p.try_push(i, &[]) == Err(PushError::Full) {
+                if p.publish() {
+                    wakes += 1;
+                    consumer_thread.unpark();
+                }
+                spins += 1;
+                // A lost wake-up with a full ring leaves the producer here.
+                let max_spins = if cfg!(miri) { 10_000 } else { 100_000_000 };
+                assert!(
+                    spins < max_spins,
+                    "consumer stuck at record {i}: lost wake-up?"
+                );
+                std::thread::yield_now();
+            }
+            if i % 2 == 0 && p.publish() {
+                wakes += 1;
+                consumer_thread.unpark();
+            }
+        }
+        if p.publish() {
+            wakes += 1;
+            consumer_thread.unpark();
+        }
+        let announcements = consumer.join().unwrap();
+        // The producer's swap answers each announcement at most once (the consumer may also
+        // withdraw one itself when data arrived in between).
+        assert!(
+            wakes <= announcements,
+            "{wakes} wakes for {announcements} announcements"
+        );
     }
 
     #[test]

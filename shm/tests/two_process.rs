@@ -96,6 +96,20 @@ impl Payload {
         }
     }
 
+    /// The bytes of record `seq`: its sequence number, then (for `Varying`) a stream seeded
+    /// by it, or (for `Fixed`, the benchmark) the sequence number's low byte repeated, which
+    /// keeps the producer's cost close to the ring's own.
+    fn fill(self, seq: u64, buf: &mut [u8]) {
+        match self {
+            Payload::Varying { .. } => fill_stream(seq, buf),
+            Payload::Fixed(_) => {
+                buf.fill(seq as u8);
+                let head = buf.len().min(8);
+                buf[..head].copy_from_slice(&seq.to_le_bytes()[..head]);
+            }
+        }
+    }
+
     fn len(self, seq: u64) -> usize {
         match self {
             Payload::Fixed(len) => len,
@@ -112,8 +126,8 @@ impl Payload {
     }
 }
 
-/// The bytes of record `seq`: its sequence number, then a stream seeded by it.
-fn fill(seq: u64, buf: &mut [u8]) {
+/// Sequence number, then a splitmix64 stream seeded by it.
+fn fill_stream(seq: u64, buf: &mut [u8]) {
     let mut state = seq ^ 0x5eed;
     let mut chunks = buf.chunks_mut(8);
     if let Some(first) = chunks.next() {
@@ -183,7 +197,7 @@ fn child_producer() {
         let len = payload.len(seq);
         let mut full_spins = 0u32;
         loop {
-            match tx.try_push_with(kind_of(seq), len, |buf| fill(seq, buf)) {
+            match tx.try_push_with(kind_of(seq), len, |buf| payload.fill(seq, buf)) {
                 Ok(()) => break,
                 Err(PushError::Full) => {
                     publish(&mut tx);
@@ -270,7 +284,7 @@ fn consume(
                 assert_eq!(rec.payload.len(), payload.len(seq), "record {seq}: length");
                 if verify_bytes {
                     expected.resize(rec.payload.len(), 0);
-                    fill(seq, &mut expected);
+                    payload.fill(seq, &mut expected);
                     assert!(rec.payload == &expected[..], "record {seq}: payload");
                 } else if rec.payload.len() >= 8 {
                     assert_eq!(
