@@ -189,6 +189,11 @@ impl Default for ConnectOptions {
 /// The receiving side of a handle, used by one dispatching thread at a time.
 struct Receiver {
     events: Consumer,
+    /// Records taken off the ring while this handle was stuck in a large send (copies;
+    /// handled before the ring). Without this, a sender that is itself a slow
+    /// receiver would hold the engine back from taking the rest of its message.
+    stashed: std::collections::VecDeque<(u32, Vec<u8>)>,
+    stashed_bytes: usize,
     /// A large delivery arriving in pieces.
     assembly: Option<(u32, u32, Vec<u8>, usize)>,
     /// The group of the last confchg: deliveries always fall between a connection's
@@ -338,6 +343,8 @@ impl Cpg {
             submit: Mutex::new(submit),
             receiver: Mutex::new(Receiver {
                 events,
+                stashed: std::collections::VecDeque::new(),
+                stashed_bytes: 0,
                 assembly: None,
                 group: Vec::new(),
             }),
@@ -562,6 +569,7 @@ impl Cpg {
                         if self.engine_gone() {
                             return Err(Error::with_detail(Status::Library, "engine gone"));
                         }
+                        self.stash_events();
                         let nap = Duration::from_micros(200);
                         std::thread::sleep(nap);
                         waited += nap;
@@ -737,7 +745,7 @@ impl Cpg {
             return;
         };
         let _ = self.wake.drain();
-        if !receiver.events.prepare_sleep() {
+        if !receiver.stashed.is_empty() || !receiver.events.prepare_sleep() {
             let _ = self.wake.notify();
         }
     }
@@ -748,10 +756,19 @@ impl Cpg {
         receiver: &mut Receiver,
         f: &mut dyn FnMut(&Cpg, Borrowed<'_>),
     ) -> Result<bool> {
+        if let Some((kind, payload)) = receiver.stashed.pop_front() {
+            receiver.stashed_bytes -= payload.len();
+            let Receiver {
+                assembly, group, ..
+            } = receiver;
+            self.process(kind, &payload, assembly, group, f)?;
+            return Ok(true);
+        }
         let Receiver {
             events,
             assembly,
             group,
+            ..
         } = receiver;
         let record = match events.peek() {
             Ok(Some(r)) => r,
@@ -765,6 +782,25 @@ impl Cpg {
                 ));
             }
         };
+        self.process(record.kind, record.payload, assembly, group, f)?;
+        events.consume();
+        Ok(true)
+    }
+
+    /// Hands one event record to `f`.
+    fn process(
+        &self,
+        kind: u32,
+        payload: &[u8],
+        assembly: &mut Option<(u32, u32, Vec<u8>, usize)>,
+        group: &mut Vec<u8>,
+        f: &mut dyn FnMut(&Cpg, Borrowed<'_>),
+    ) -> Result<()> {
+        struct Rec<'a> {
+            kind: u32,
+            payload: &'a [u8],
+        }
+        let record = Rec { kind, payload };
         let bad = |what: &str| Error::with_detail(Status::Library, format!("bad {what} event"));
         match record.kind {
             event::DELIVER => {
@@ -827,8 +863,30 @@ impl Cpg {
             }
             _ => return Err(bad("unknown")),
         }
-        events.consume();
-        Ok(true)
+        Ok(())
+    }
+
+    /// While stuck in a large send: moves this handle's pending events into the
+    /// stash (bounded), so that the engine keeps taking the send's pieces.
+    fn stash_events(&self) {
+        const STASH_MAX_BYTES: usize = 256 << 20;
+        let Ok(mut receiver) = self.receiver.try_lock() else {
+            return;
+        };
+        let receiver = &mut *receiver;
+        while receiver.stashed_bytes < STASH_MAX_BYTES {
+            let Ok(Some(record)) = receiver.events.peek() else {
+                break;
+            };
+            let copy = (record.kind, record.payload.to_vec());
+            receiver.stashed_bytes += copy.1.len();
+            receiver.stashed.push_back(copy);
+            receiver.events.consume();
+        }
+        if !receiver.stashed.is_empty() {
+            // Pollers must see that events are pending.
+            let _ = self.wake.notify();
+        }
     }
 
     /// Members of any group, sorted by node then pid (`cpg_membership_get`).

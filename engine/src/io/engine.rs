@@ -47,6 +47,8 @@ const SPIN_ROUNDS: u32 = 64;
 const YIELD_ROUNDS: u32 = 16;
 /// Longest sleep (the stats heartbeat is refreshed at least this often).
 const MAX_SLEEP: Duration = Duration::from_millis(250);
+/// Longest sleep while local senders are held back for a lagging receiver.
+const THROTTLED_POLL: Duration = Duration::from_millis(1);
 /// How long a leaving engine waits for its last datagrams to be sent.
 const LEAVE_FLUSH: Duration = Duration::from_secs(1);
 /// Most messages the load generator submits per iteration.
@@ -706,8 +708,11 @@ impl Engine {
                         .into_iter()
                         .flatten()
                         .min();
-                        let wait =
+                        let mut wait =
                             deadline.map_or(MAX_SLEEP, |d| d.saturating_since(now).min(MAX_SLEEP));
+                        if self.ipc.wants_poll_soon() {
+                            wait = wait.min(THROTTLED_POLL);
+                        }
                         // Clients wake the engine only after it announced its sleep on
                         // their rings; a ring that filled meanwhile cancels the sleep.
                         if !wait.is_zero() && self.ipc.prepare_sleep() {

@@ -99,6 +99,10 @@ pub struct Ipc {
     /// (slot, generation) of sessions closed since [`Ipc::take_closed`]: their socket
     /// polls must be cancelled (the generation, because the slot may already be reused).
     closed: Vec<(usize, u32)>,
+    /// The last ring poll stopped at a record Totem or the service refused.
+    blocked: bool,
+    /// Rotates the session polled first (fairness when Totem pushes back).
+    next_poll: usize,
 }
 
 impl Ipc {
@@ -141,6 +145,8 @@ impl Ipc {
             recv_buf: vec![0u8; MAX_SOCKET_MESSAGE_BYTES].into_boxed_slice(),
             throttled: false,
             closed: Vec::new(),
+            blocked: false,
+            next_poll: 0,
         })
     }
 
@@ -604,23 +610,38 @@ impl Ipc {
     /// Totem accepts them. Returns the number of records taken; sessions that broke
     /// their ring are closed (see [`Ipc::take_closed`]).
     pub fn poll_rings(&mut self, node: &mut Node, now: Instant) -> usize {
-        if self.throttled {
-            return 0;
-        }
         let mut n = 0;
-        for slot in 0..self.slots.len() {
-            if self.slots[slot].as_ref().is_none_or(|s| s.ready.is_none()) {
+        self.blocked = false;
+        let slots = self.slots.len();
+        let start = self.next_poll % slots.max(1);
+        self.next_poll = self.next_poll.wrapping_add(1);
+        for slot in (start..slots).chain(0..start) {
+            let Some(ready) = self.slots[slot].as_mut().and_then(|s| s.ready.as_mut()) else {
+                continue;
+            };
+            // While a receiver lags, only a large message already half taken may go on
+            // (at most one per session): its sender is stuck in the send until the
+            // message is whole. (A sender that is itself the lagging receiver stashes
+            // its events meanwhile, see the client's `stash_events`.)
+            if self.throttled && ready.assembly.is_none() {
                 continue;
             }
             let before = self.stats.client_messages;
-            if !self.drain_submit_inner(slot, node, now, false) {
+            let drained = self.drain_submit_inner(slot, node, now, false);
+            n += (self.stats.client_messages - before) as usize;
+            if !drained {
                 // Totem or the service pushed back: later sessions would be refused too.
-                n += (self.stats.client_messages - before) as usize;
+                self.blocked = true;
                 break;
             }
-            n += (self.stats.client_messages - before) as usize;
         }
         n
+    }
+
+    /// Whether the engine should look at the sessions again soon although nothing
+    /// wakes it: a lagging receiver's progress is seen only by polling its backlog.
+    pub fn wants_poll_soon(&self) -> bool {
+        self.throttled
     }
 
     /// Drains `slot`'s submit ring; false when records remain (Totem pushed back).
@@ -636,12 +657,16 @@ impl Ipc {
         now: Instant,
         all: bool,
     ) -> bool {
-        // Per call, so one busy client cannot starve the others or the token.
+        // Per call, so one busy client cannot starve the others or the token, and so
+        // that what one loop iteration takes (and will deliver to local receivers)
+        // stays small next to the backlog limits.
         const BUDGET: usize = 256;
+        const BUDGET_BYTES: usize = 4 << 20;
         let max_message = self.settings.cpg.max_message_bytes;
         let mut taken = 0;
+        let mut taken_bytes = 0usize;
         loop {
-            if !all && taken >= BUDGET {
+            if !all && (taken >= BUDGET || taken_bytes >= BUDGET_BYTES) {
                 return true;
             }
             let Some(session) = self.slots[slot].as_mut() else {
@@ -661,6 +686,17 @@ impl Ipc {
                     return true;
                 }
             };
+            // Keep Totem's queue short: what waits belongs in the client's ring, where
+            // it costs nothing and back-pressures the client, and what Totem holds
+            // will reach local receivers' backlogs whatever happens (so the throttle
+            // below their limit must leave room for it).
+            if node.send_queue_len() >= TOTEM_QUEUE_MAX_MESSAGES
+                || node.send_queue_bytes() >= TOTEM_QUEUE_MAX_BYTES
+            {
+                self.stats.try_again += 1;
+                return false;
+            }
+            taken_bytes += record.payload.len();
             let mut totem = TotemSubmit {
                 node: &mut *node,
                 now,
@@ -799,10 +835,13 @@ impl Ipc {
     /// Before the engine sleeps: announce it on every submit ring. False if a ring
     /// already has records (do not sleep).
     pub fn prepare_sleep(&mut self) -> bool {
+        // Records the engine cannot take now (Totem full, or receivers lagging) must
+        // not keep it awake: Totem's progress or `wants_poll_soon` wakes it.
+        let rings_matter = !self.throttled && !self.blocked;
         let mut may_sleep = true;
         for slot in 0..self.slots.len() {
             if let Some(ready) = self.ready_mut(slot) {
-                if !ready.submit.prepare_sleep() {
+                if !ready.submit.prepare_sleep() && rings_matter {
                     may_sleep = false;
                 }
             }
@@ -829,6 +868,11 @@ impl Ipc {
         let _ = std::fs::remove_file(&self.settings.socket_path);
     }
 }
+
+/// Most application messages (and bytes) the IPC layer lets wait in Totem's send queue;
+/// beyond that, multicasts wait in their submit rings.
+const TOTEM_QUEUE_MAX_MESSAGES: usize = 4096;
+const TOTEM_QUEUE_MAX_BYTES: usize = 8 << 20;
 
 /// What became of one submit record.
 enum Step {

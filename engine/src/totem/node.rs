@@ -283,6 +283,11 @@ impl Node {
         self.send_queue.len()
     }
 
+    /// Bytes of application messages waiting in the send queue.
+    pub fn send_queue_bytes(&self) -> usize {
+        self.send_queue.bytes()
+    }
+
     /// Synchronisation messages waiting to be sent (see [`Node::submit_sync`]).
     pub fn sync_queue_len(&self) -> usize {
         self.sync_queue.len()
