@@ -413,39 +413,13 @@ impl Ipc {
                 if flags & !1 != 0 {
                     return Reply::Status(Status::InvalidParam);
                 }
-                if !self.drain_submit(slot, node, now, true) {
-                    return Reply::Status(Status::TryAgain);
-                }
-                let group = match GroupName::new(&name) {
-                    Ok(g) => g,
-                    Err(e) => return Reply::Status(status_of(e)),
-                };
-                let mut totem = TotemSubmit {
-                    node: &mut *node,
-                    now,
-                };
-                Reply::Status(
-                    match self.service.join(conn, &group, flags & 1 != 0, &mut totem) {
-                        Ok(()) => Status::Ok,
-                        Err(e) => status_of(e),
-                    },
-                )
+                self.group_change(slot, &name, node, now, |service, group, totem| {
+                    service.join(conn, group, flags & 1 != 0, totem)
+                })
             }
             Request::Leave { name } => {
-                if !self.drain_submit(slot, node, now, true) {
-                    return Reply::Status(Status::TryAgain);
-                }
-                let group = match GroupName::new(&name) {
-                    Ok(g) => g,
-                    Err(e) => return Reply::Status(status_of(e)),
-                };
-                let mut totem = TotemSubmit {
-                    node: &mut *node,
-                    now,
-                };
-                Reply::Status(match self.service.leave(conn, &group, &mut totem) {
-                    Ok(()) => Status::Ok,
-                    Err(e) => status_of(e),
+                self.group_change(slot, &name, node, now, |service, group, totem| {
+                    service.leave(conn, group, totem)
                 })
             }
             Request::Membership { name } => match GroupName::new(&name) {
@@ -486,6 +460,30 @@ impl Ipc {
             }
             Request::Hello { .. } | Request::Finalize => Reply::Status(Status::BadHandle),
         }
+    }
+
+    /// A join or leave: the session's earlier multicasts go first (drained from its
+    /// ring), then `change` on the named group.
+    fn group_change(
+        &mut self,
+        slot: usize,
+        name: &[u8],
+        node: &mut Node,
+        now: Instant,
+        change: impl FnOnce(&mut Service, &GroupName, &mut TotemSubmit<'_>) -> Result<(), CpgError>,
+    ) -> Reply {
+        if !self.drain_submit(slot, node, now, true) {
+            return Reply::Status(Status::TryAgain);
+        }
+        let group = match GroupName::new(name) {
+            Ok(g) => g,
+            Err(e) => return Reply::Status(status_of(e)),
+        };
+        let mut totem = TotemSubmit { node, now };
+        Reply::Status(match change(&mut self.service, &group, &mut totem) {
+            Ok(()) => Status::Ok,
+            Err(e) => status_of(e),
+        })
     }
 
     fn iter_init(&mut self, slot: usize, kind: u32, name: Option<Vec<u8>>) -> Reply {
