@@ -15,6 +15,17 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+/// `println!` that ends the program quietly when stdout is closed (`ringcast status |
+/// head`), instead of panicking on the broken pipe.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if writeln!(std::io::stdout(), $($arg)*).is_err() {
+            std::process::exit(0);
+        }
+    }};
+}
 use ringcast::{Address, ConnectOptions, Cpg, Dispatch, Guarantee, Handler, IterationKind, RingId};
 use ringcast_engine::daemon::config::stats_path;
 use ringcast_engine::io::stats::{StatsReader, now_unix_ms, state_name};
@@ -72,7 +83,7 @@ fn connect(socket: PathBuf) -> Result<Cpg, ExitCode> {
         initial_totem_conf: false,
     })
     .map_err(|e| {
-        eprintln!("ringcast: {e}");
+        esay!("ringcast: {e}");
         ExitCode::from(1)
     })
 }
@@ -103,7 +114,7 @@ struct Printer {
 impl Handler for Printer {
     fn deliver(&mut self, _cpg: &Cpg, group: &[u8], node: u32, pid: u32, msg: &[u8]) {
         self.delivered += 1;
-        println!(
+        say!(
             "deliver group={} from={node}/{pid} len={} {}",
             String::from_utf8_lossy(group),
             msg.len(),
@@ -123,7 +134,7 @@ impl Handler for Printer {
             .chain(joined)
             .map(|a| format!("{}/{}:{}", a.node, a.pid, reason_name(a.reason)))
             .collect();
-        println!(
+        say!(
             "confchg group={} members=[{}] changes=[{}]",
             String::from_utf8_lossy(group),
             show(members),
@@ -131,9 +142,10 @@ impl Handler for Printer {
         );
     }
     fn totem_confchg(&mut self, _cpg: &Cpg, ring_id: RingId, members: &[u32]) {
-        println!(
+        say!(
             "totem ring={}.{} nodes={members:?}",
-            ring_id.rep, ring_id.seq
+            ring_id.rep,
+            ring_id.seq
         );
     }
 }
@@ -145,18 +157,21 @@ fn groups(socket: PathBuf) -> ExitCode {
     };
     match cpg.iterate(IterationKind::All, None) {
         Ok(entries) => {
+            if entries.is_empty() {
+                say!("no groups");
+            }
             let mut current: Option<&[u8]> = None;
             for e in &entries {
                 if current != Some(&e.group[..]) {
-                    println!("{}", String::from_utf8_lossy(&e.group));
+                    say!("{}", String::from_utf8_lossy(&e.group));
                     current = Some(&e.group);
                 }
-                println!("    node {} pid {}", e.node, e.pid);
+                say!("    node {} pid {}", e.node, e.pid);
             }
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("ringcast: {e}");
+            esay!("ringcast: {e}");
             ExitCode::from(1)
         }
     }
@@ -168,13 +183,13 @@ fn listen(socket: PathBuf, group: String, count: u64) -> ExitCode {
         Err(code) => return code,
     };
     if let Err(e) = cpg.join(group.as_bytes()) {
-        eprintln!("ringcast: join {group}: {e}");
+        esay!("ringcast: join {group}: {e}");
         return ExitCode::from(1);
     }
     let mut printer = Printer { delivered: 0 };
     loop {
         if let Err(e) = cpg.dispatch(Dispatch::One, &mut printer) {
-            eprintln!("ringcast: {e}");
+            esay!("ringcast: {e}");
             return ExitCode::from(1);
         }
         if count != 0 && printer.delivered >= count {
@@ -189,7 +204,7 @@ fn send(socket: PathBuf, group: String, message: String, safe: bool) -> ExitCode
         Err(code) => return code,
     };
     let fail = |what: &str, e: ringcast::Error| {
-        eprintln!("ringcast: {what}: {e}");
+        esay!("ringcast: {what}: {e}");
         ExitCode::from(1)
     };
     if let Err(e) = cpg.join(group.as_bytes()) {
@@ -226,7 +241,7 @@ fn send(socket: PathBuf, group: String, message: String, safe: bool) -> ExitCode
     let mut own = Own { me, seen: false };
     while !own.seen {
         if std::time::Instant::now() > deadline {
-            eprintln!("ringcast: no delivery within 10 s");
+            esay!("ringcast: no delivery within 10 s");
             return ExitCode::from(1);
         }
         if let Err(e) = cpg.dispatch(Dispatch::One, &mut own) {
@@ -234,7 +249,7 @@ fn send(socket: PathBuf, group: String, message: String, safe: bool) -> ExitCode
         }
     }
     let _ = cpg.leave(group.as_bytes());
-    println!("sent {} bytes to {group}", message.len());
+    say!("sent {} bytes to {group}", message.len());
     ExitCode::SUCCESS
 }
 
@@ -250,31 +265,31 @@ fn main() -> ExitCode {
             let reader = match StatsReader::open(&path) {
                 Ok(reader) => reader,
                 Err(e) => {
-                    eprintln!("ringcast: {e} (is ringcastd running with this state_dir?)");
+                    esay!("ringcast: {e} (is ringcastd running with this state_dir?)");
                     return ExitCode::from(1);
                 }
             };
             let s = reader.snapshot();
             let alive = std::path::Path::new(&format!("/proc/{}", s.pid)).exists();
             let members: Vec<String> = s.members.iter().map(u32::to_string).collect();
-            println!("node_id {}", s.node_id);
-            println!("cluster_id {}", s.cluster_id);
-            println!("pid {}", s.pid);
-            println!("running {alive}");
-            println!(
+            say!("node_id {}", s.node_id);
+            say!("cluster_id {}", s.cluster_id);
+            say!("pid {}", s.pid);
+            say!("running {alive}");
+            say!(
                 "heartbeat_age_ms {}",
                 now_unix_ms().saturating_sub(s.heartbeat_unix_ms)
             );
-            println!(
+            say!(
                 "uptime_ms {}",
                 s.heartbeat_unix_ms.saturating_sub(s.start_unix_ms)
             );
-            println!("state {}", state_name(s.state));
-            println!("ring_id {}", s.ring_id);
-            println!("members {}", members.join(","));
-            println!("send_queue_len {}", s.send_queue_len);
+            say!("state {}", state_name(s.state));
+            say!("ring_id {}", s.ring_id);
+            say!("members {}", members.join(","));
+            say!("send_queue_len {}", s.send_queue_len);
             for (name, value) in &s.counters {
-                println!("{name} {value}");
+                say!("{name} {value}");
             }
             ExitCode::SUCCESS
         }
