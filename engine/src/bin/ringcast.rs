@@ -83,7 +83,7 @@ fn connect(socket: PathBuf) -> Result<Cpg, ExitCode> {
         initial_totem_conf: false,
     })
     .map_err(|e| {
-        esay!("ringcast: {e}");
+        eprintln!("ringcast: {e}");
         ExitCode::from(1)
     })
 }
@@ -171,7 +171,7 @@ fn groups(socket: PathBuf) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            esay!("ringcast: {e}");
+            eprintln!("ringcast: {e}");
             ExitCode::from(1)
         }
     }
@@ -183,13 +183,13 @@ fn listen(socket: PathBuf, group: String, count: u64) -> ExitCode {
         Err(code) => return code,
     };
     if let Err(e) = cpg.join(group.as_bytes()) {
-        esay!("ringcast: join {group}: {e}");
+        eprintln!("ringcast: join {group}: {e}");
         return ExitCode::from(1);
     }
     let mut printer = Printer { delivered: 0 };
     loop {
         if let Err(e) = cpg.dispatch(Dispatch::One, &mut printer) {
-            esay!("ringcast: {e}");
+            eprintln!("ringcast: {e}");
             return ExitCode::from(1);
         }
         if count != 0 && printer.delivered >= count {
@@ -204,7 +204,7 @@ fn send(socket: PathBuf, group: String, message: String, safe: bool) -> ExitCode
         Err(code) => return code,
     };
     let fail = |what: &str, e: ringcast::Error| {
-        esay!("ringcast: {what}: {e}");
+        eprintln!("ringcast: {what}: {e}");
         ExitCode::from(1)
     };
     if let Err(e) = cpg.join(group.as_bytes()) {
@@ -241,7 +241,7 @@ fn send(socket: PathBuf, group: String, message: String, safe: bool) -> ExitCode
     let mut own = Own { me, seen: false };
     while !own.seen {
         if std::time::Instant::now() > deadline {
-            esay!("ringcast: no delivery within 10 s");
+            eprintln!("ringcast: no delivery within 10 s");
             return ExitCode::from(1);
         }
         if let Err(e) = cpg.dispatch(Dispatch::One, &mut own) {
@@ -265,7 +265,7 @@ fn main() -> ExitCode {
             let reader = match StatsReader::open(&path) {
                 Ok(reader) => reader,
                 Err(e) => {
-                    esay!("ringcast: {e} (is ringcastd running with this state_dir?)");
+                    eprintln!("ringcast: {e} (is ringcastd running with this state_dir?)");
                     return ExitCode::from(1);
                 }
             };
