@@ -665,3 +665,34 @@ fn initial_totem_conf_follows_the_join() {
         }
     }
 }
+
+/// CPG_SPEC §12: a client sees `CS_ERR_LIBRARY` when its engine dies, and can connect
+/// again once the engine is back.
+#[test]
+fn a_dead_engine_is_reported_and_a_restarted_one_accepts_clients() {
+    let mut cluster = Cluster::new("cpg8", 47170, 1);
+    cluster.start_all();
+    cluster.wait_ring(&[1], FORM_TIMEOUT).unwrap();
+    let cpg = connect(&cluster, 1);
+    retry(|| cpg.join(b"restart"));
+    next_confchg(&cpg);
+    cluster.kill9(1);
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    let err = loop {
+        match cpg.next_event(Some(Duration::from_millis(200))) {
+            Err(e) => break e,
+            Ok(_) => assert!(Instant::now() < deadline, "engine death never reported"),
+        }
+    };
+    assert_eq!(err.status(), Status::Library, "{err}");
+    assert_eq!(
+        cpg.membership(b"restart").unwrap_err().status(),
+        Status::Library
+    );
+    cluster.start(1);
+    cluster.wait_ring(&[1], FORM_TIMEOUT).unwrap();
+    let again = connect(&cluster, 1);
+    retry(|| again.join(b"restart"));
+    let (members, _, _) = next_confchg(&again);
+    assert_eq!(members.len(), 1, "the old member died with its engine");
+}
