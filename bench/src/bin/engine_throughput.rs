@@ -166,6 +166,15 @@ impl Engines {
                     "--state-dir",
                     &engines.dir.join(format!("n{id}")).display().to_string(),
                 ])
+                // Each engine its own client socket: no clash with a running engine.
+                .args([
+                    "--ipc-socket",
+                    &engines
+                        .dir
+                        .join(format!("n{id}/ringcast.sock"))
+                        .display()
+                        .to_string(),
+                ])
                 .args(["--log-level", "warn"])
                 .args(["--load-size", &size.to_string()])
                 .args(["--load-rate", "0"]);

@@ -17,6 +17,28 @@ use crate::daemon::DaemonConfig;
 /// Socket buffer sizes asked for (the kernel caps them at `net.core.*mem_max`).
 const SOCKET_BUFFER_BYTES: usize = 8 << 20;
 
+/// How long a start waits for its port to be released.
+const BIND_PATIENCE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Binds `socket` to `addr`, retrying while the address is in use for a few seconds: a
+/// killed engine's io_uring is torn down asynchronously by the kernel, and its sockets
+/// stay bound for a moment after the process is gone, so an immediate restart (after
+/// `kill -9`, or by a supervisor) would otherwise fail.
+fn bind_retrying(socket: &Socket, addr: SocketAddr) -> std::io::Result<()> {
+    let deadline = std::time::Instant::now() + BIND_PATIENCE;
+    loop {
+        match socket.bind(&addr.into()) {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// The sockets of one engine: `[unicast]` or `[unicast, multicast]`.
 #[derive(Debug)]
 pub struct Sockets {
@@ -31,7 +53,7 @@ impl Sockets {
         let unicast = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
         let _ = unicast.set_recv_buffer_size(SOCKET_BUFFER_BYTES);
         let _ = unicast.set_send_buffer_size(SOCKET_BUFFER_BYTES);
-        unicast.bind(&own.into()).map_err(|e| {
+        bind_retrying(&unicast, own).map_err(|e| {
             std::io::Error::new(e.kind(), format!("cannot bind {own} (nodelist): {e}"))
         })?;
         let multicast = match config.multicast_group {
