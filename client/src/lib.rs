@@ -217,6 +217,9 @@ pub struct Cpg {
     flags: u32,
     context: AtomicUsize,
     finalized: AtomicBool,
+    /// Set before the finalize request goes out: the engine then closes the session,
+    /// and a dispatching thread that sees that must report `BadHandle`, not `Library`.
+    finalizing: AtomicBool,
 }
 
 impl std::fmt::Debug for Cpg {
@@ -361,6 +364,7 @@ impl Cpg {
             },
             context: AtomicUsize::new(0),
             finalized: AtomicBool::new(false),
+            finalizing: AtomicBool::new(false),
         };
         cpg.arm();
         Ok(cpg)
@@ -652,7 +656,7 @@ impl Cpg {
                     if let Err(e) = self.wait(receiver, None) {
                         // Finalized from another thread (the engine then closed the
                         // session): that is a bad handle, not a lost engine.
-                        if self.finalized.load(Ordering::Acquire) {
+                        if self.finalizing.load(Ordering::Acquire) {
                             return Err(Error::new(Status::BadHandle));
                         }
                         return Err(e);
@@ -1007,6 +1011,9 @@ impl Cpg {
     /// Ends the session (`cpg_finalize`): a member still joined is reported with
     /// PROCDOWN. Also called on drop. Further calls get `BadHandle`.
     pub fn finalize(&self) -> Result<()> {
+        if !self.finalized.load(Ordering::Acquire) {
+            self.finalizing.store(true, Ordering::Release);
+        }
         let reply = self.request(&Request::Finalize);
         self.finalized.store(true, Ordering::Release);
         let _ = self.wake.notify();
