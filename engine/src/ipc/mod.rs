@@ -103,6 +103,8 @@ pub struct Ipc {
     blocked: bool,
     /// Rotates the session polled first (fairness when Totem pushes back).
     next_poll: usize,
+    /// The slot of each open session, for routing the service's events.
+    slot_of: std::collections::HashMap<cpg::ConnId, usize>,
 }
 
 impl Ipc {
@@ -147,6 +149,7 @@ impl Ipc {
             closed: Vec::new(),
             blocked: false,
             next_poll: 0,
+            slot_of: std::collections::HashMap::new(),
         })
     }
 
@@ -207,6 +210,7 @@ impl Ipc {
             let conn = self.next_conn;
             self.next_conn += 1;
             self.generations[slot] = self.generations[slot].wrapping_add(1);
+            self.slot_of.insert(conn, slot);
             self.slots[slot] = Some(Session {
                 conn,
                 socket,
@@ -580,6 +584,7 @@ impl Ipc {
         let Some(session) = self.slots[slot].take() else {
             return;
         };
+        self.slot_of.remove(&session.conn);
         self.closed.push((slot, self.generations[slot]));
         if session.ready.is_some() {
             self.service.disconnect(
@@ -795,11 +800,7 @@ impl Ipc {
         while let Some((conn, event)) = self.service.poll_event() {
             n += 1;
             self.stats.events_to_clients += 1;
-            let Some(slot) = self
-                .slots
-                .iter()
-                .position(|s| s.as_ref().is_some_and(|s| s.conn == conn))
-            else {
+            let Some(&slot) = self.slot_of.get(&conn) else {
                 continue;
             };
             let Some(ready) = self.ready_mut(slot) else {
