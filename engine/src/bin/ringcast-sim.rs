@@ -76,6 +76,9 @@ struct Args {
     downtime_min: Option<f64>,
     #[arg(long)]
     downtime_max: Option<f64>,
+    /// Broadcasts do not come back to their sender (ringcastd's unicast fan-out).
+    #[arg(long)]
+    no_loopback: bool,
     #[arg(long)]
     no_crash: bool,
     #[arg(long)]
@@ -190,6 +193,7 @@ fn options(args: &Args) -> SimOptions {
         f.burst = false;
         f.token_loss = false;
     }
+    o.network.loopback &= !args.no_loopback;
     if args.no_dup {
         o.network.duplicate = 0.0;
     }

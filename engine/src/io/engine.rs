@@ -345,7 +345,16 @@ impl Engine {
 
         let all_dests = match config.multicast_group {
             Some(group) => vec![RawAddr::new(group)],
-            None => config.nodes.iter().map(|(_, a)| RawAddr::new(*a)).collect(),
+            // Not to ourselves: Totem keeps its own broadcasts when it sends them and
+            // ignores them coming back, so the copy would cost two syscalls and two
+            // kernel copies for nothing (the simulator checks Totem without it too:
+            // `ringcast-sim --no-loopback`).
+            None => config
+                .nodes
+                .iter()
+                .filter(|(id, _)| *id != config.node_id)
+                .map(|(_, a)| RawAddr::new(*a))
+                .collect(),
         };
         let node_dests = config
             .nodes

@@ -640,6 +640,9 @@ impl Sim {
                 match transmit.destination {
                     Destination::All => {
                         for to in 1..=self.n as NodeId {
+                            if to == id && !self.options.network.loopback {
+                                continue;
+                            }
                             self.net
                                 .send(self.now, id, to, false, transmit.payload.clone());
                         }

@@ -30,6 +30,10 @@ pub struct NetworkOptions {
     /// Loss probability of unicast datagrams (tokens, commit tokens) while token-only
     /// loss is on.
     pub token_drop: f64,
+    /// A broadcast also reaches its sender, as a datagram to every node including
+    /// itself does. Off models ringcastd's unicast fan-out, which skips its own
+    /// address because Totem ignores its own broadcasts coming back.
+    pub loopback: bool,
 }
 
 impl Default for NetworkOptions {
@@ -43,6 +47,7 @@ impl Default for NetworkOptions {
             delay_max: Duration::from_micros(500),
             burst_drop: 0.3,
             token_drop: 0.5,
+            loopback: true,
         }
     }
 }
