@@ -5,9 +5,10 @@
 //! in that sequence. A handle joins one group, so the order between two groups shows
 //! only through causality: a relay turns every message `a` of group A it is handed
 //! into a message `b(a)` of group B. Totem orders `b(a)` after `a` (it was sent after
-//! `a` was delivered), and the engine writes each delivery into its local members'
-//! rings before it takes anything further from Totem, so a process that is handed
-//! `b(a)` on one handle must already find `a` waiting on the other.
+//! `a` was delivered), and the engine publishes each delivery in the rings of all its
+//! local members of the group before any later delivery (the rings here are far from
+//! full, so nothing waits in a backlog), so a process that is handed `b(a)` on one
+//! handle must already find `a` waiting on the other.
 //!
 //! A process may have only one member per group and node (CPG_SPEC §3 `cpg_join`:
 //! EXIST), so the observers are separate processes: this test binary run again, with
