@@ -52,6 +52,12 @@ pub use ringcast_shm::proto::reason;
 pub const DEFAULT_SOCKET: &str = "/run/ringcast/ringcast.sock";
 /// How long a synchronous request waits for the engine's reply.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A blocking wait checks the event ring this many times with a CPU pause (a few
+/// microseconds in all) ...
+const SPIN_ROUNDS: u32 = 200;
+/// ... then this many times giving up the CPU, before it announces sleep.
+const YIELD_ROUNDS: u32 = 20;
 /// Bit 0 of the model flags (`CPG_MODEL_V1_DELIVER_INITIAL_TOTEM_CONF`).
 pub const DELIVER_INITIAL_TOTEM_CONF: u32 = 1;
 
@@ -199,6 +205,10 @@ struct Receiver {
     /// The group of the last confchg: deliveries always fall between a connection's
     /// join and leave confchgs, so this labels them.
     group: Vec<u8>,
+    /// We wrote our own eventfd and have not drained it since, so the pollable fd is
+    /// readable: while events stay pending, `arm` has nothing to do (no syscall per
+    /// dispatch in a stream).
+    self_signaled: bool,
 }
 
 /// A connection to the engine (`cpg_handle_t`).
@@ -350,6 +360,7 @@ impl Cpg {
                 stashed_bytes: 0,
                 assembly: None,
                 group: Vec::new(),
+                self_signaled: false,
             }),
             region,
             wake,
@@ -725,6 +736,18 @@ impl Cpg {
 
     /// Blocks until the engine signals new events (or `timeout`, or the engine dies).
     fn wait(&self, receiver: &mut Receiver, timeout: Option<Duration>) -> Result<()> {
+        // Back off before sleeping: a stream's next record is usually microseconds
+        // away, and sleeping costs a wake-up syscall on each side.
+        for round in 0..SPIN_ROUNDS + YIELD_ROUNDS {
+            if !receiver.events.is_empty() {
+                return Ok(());
+            }
+            if round < SPIN_ROUNDS {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
         if !receiver.events.prepare_sleep() {
             return Ok(());
         }
@@ -734,6 +757,7 @@ impl Cpg {
         let r = poll_readable(self.poll_fd.as_raw_fd(), Some(t));
         receiver.events.cancel_sleep();
         let _ = self.wake.drain();
+        receiver.self_signaled = false;
         r.map_err(|e| Error::from_io(&e, "poll"))?;
         if receiver.events.is_empty() && self.engine_gone() {
             return Err(Error::with_detail(Status::Library, "engine gone"));
@@ -748,9 +772,15 @@ impl Cpg {
         let Ok(mut receiver) = self.receiver.try_lock() else {
             return;
         };
+        let pending = !receiver.stashed.is_empty() || !receiver.events.is_empty();
+        if pending && receiver.self_signaled {
+            return;
+        }
         let _ = self.wake.drain();
-        if !receiver.stashed.is_empty() || !receiver.events.prepare_sleep() {
+        receiver.self_signaled = false;
+        if pending || !receiver.events.prepare_sleep() {
             let _ = self.wake.notify();
+            receiver.self_signaled = true;
         }
     }
 
@@ -890,6 +920,7 @@ impl Cpg {
         if !receiver.stashed.is_empty() {
             // Pollers must see that events are pending.
             let _ = self.wake.notify();
+            receiver.self_signaled = true;
         }
     }
 

@@ -317,6 +317,47 @@ fn dispatch_modes_and_the_pollable_fd() {
     assert!(readable(cpg.as_raw_fd(), 10_000));
     cpg.dispatch(Dispatch::OneNonBlocking, &mut h).unwrap();
     assert_eq!(h.delivered, 11);
+    // A poller taking one event per wake-up: the fd stays readable while any are left
+    // (the client signals itself once, not on every dispatch, so this is the case
+    // that could lose a wake-up), and goes idle after the last.
+    for i in 0..20u8 {
+        retry(|| cpg.mcast(Guarantee::Agreed, &[i]));
+    }
+    for n in 1..=20 {
+        assert!(
+            readable(cpg.as_raw_fd(), 10_000),
+            "fd readable with {} deliveries left",
+            21 - n
+        );
+        cpg.dispatch(Dispatch::OneNonBlocking, &mut h).unwrap();
+        assert_eq!(h.delivered, 11 + n);
+    }
+    assert!(!readable(cpg.as_raw_fd(), 0), "fd idle after the last one");
+    // The same after a blocking One that the engine woke: it takes one of a batch
+    // published at once (the engine is stopped while they are sent), and the fd must
+    // stay readable for the rest although the engine's signal was consumed.
+    cluster.daemon(1).signal(libc::SIGSTOP);
+    for i in 0..20u8 {
+        cpg.mcast(Guarantee::Agreed, &[i]).unwrap();
+    }
+    let engine = cluster.daemon(1);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            std::thread::sleep(Duration::from_millis(200));
+            engine.signal(libc::SIGCONT);
+        });
+        cpg.dispatch(Dispatch::One, &mut h).unwrap();
+    });
+    assert_eq!(h.delivered, 32);
+    while h.delivered < 51 {
+        assert!(
+            readable(cpg.as_raw_fd(), 10_000),
+            "fd readable with {} deliveries left",
+            51 - h.delivered
+        );
+        cpg.dispatch(Dispatch::OneNonBlocking, &mut h).unwrap();
+    }
+    assert!(!readable(cpg.as_raw_fd(), 0), "fd idle after the last one");
     // Blocking returns when the handle is finalized from another thread.
     std::thread::scope(|s| {
         s.spawn(|| {
