@@ -38,11 +38,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use ringcast_shm::proto::{
-    self, Confchg, DeliverHeader, IterEntry, PART_FIRST, PART_LAST, PartHeader, Reply, Request,
-    TotemConfchg, Welcome, WireGuarantee, event, submit,
+    self, Confchg, DeliverHeader, DeliverRef, IterEntry, PART_FIRST, PART_LAST, PartHeader, Reply,
+    Request, TotemConfchg, Welcome, WireGuarantee, event, submit,
 };
 use ringcast_shm::socket::SeqPacket;
-use ringcast_shm::{Consumer, EventFd, Producer, PushError, Region, RingError};
+use ringcast_shm::{Consumer, DeliveryPoolView, EventFd, Producer, PushError, Region, RingError};
 
 pub use error::{Error, Result, Status};
 pub use ringcast_shm::proto::WireAddress as Address;
@@ -209,6 +209,9 @@ struct Receiver {
     /// readable: while events stay pending, `arm` has nothing to do (no syscall per
     /// dispatch in a stream).
     self_signaled: bool,
+    /// Delivery pool buffers read and not yet handed back (the submit ring was busy or
+    /// full): sent with the next dispatch.
+    releases: Vec<u64>,
 }
 
 /// A connection to the engine (`cpg_handle_t`).
@@ -217,6 +220,8 @@ pub struct Cpg {
     submit: Mutex<Producer>,
     receiver: Mutex<Receiver>,
     region: Arc<Region>,
+    /// The engine's delivery pool, read-only: large deliveries are read in place there.
+    delivery_pool: Option<DeliveryPoolView>,
     wake: EventFd,
     engine_wake: EventFd,
     /// epoll over `wake` and the socket: readable when events are pending or the
@@ -334,12 +339,27 @@ impl Cpg {
         if welcome.version != proto::PROTOCOL_VERSION {
             return Err(Error::new(Status::Version));
         }
-        if fds.len() != 3 {
+        let with_pool = welcome.delivery_pool_bytes > 0;
+        if fds.len() != 3 + usize::from(with_pool) {
             return Err(Error::with_detail(
                 Status::Library,
                 "welcome without its descriptors",
             ));
         }
+        let delivery_pool = if with_pool {
+            let view = DeliveryPoolView::open(fds.pop().expect("4 fds")).map_err(|e| {
+                Error::with_detail(Status::Library, format!("cannot map the pool: {e}"))
+            })?;
+            if view.len() as u64 != welcome.delivery_pool_bytes {
+                return Err(Error::with_detail(
+                    Status::Library,
+                    "delivery pool size differs from the welcome",
+                ));
+            }
+            Some(view)
+        } else {
+            None
+        };
         let engine_wake = EventFd::from_owned(fds.pop().expect("3 fds"));
         let wake = EventFd::from_owned(fds.pop().expect("3 fds"));
         let region = Arc::new(Region::open(fds.pop().expect("3 fds")).map_err(|e| {
@@ -361,8 +381,10 @@ impl Cpg {
                 assembly: None,
                 group: Vec::new(),
                 self_signaled: false,
+                releases: Vec::new(),
             }),
             region,
+            delivery_pool,
             wake,
             engine_wake,
             poll_fd,
@@ -793,15 +815,20 @@ impl Cpg {
         if let Some((kind, payload)) = receiver.stashed.pop_front() {
             receiver.stashed_bytes -= payload.len();
             let Receiver {
-                assembly, group, ..
+                assembly,
+                group,
+                releases,
+                ..
             } = receiver;
-            self.process(kind, &payload, assembly, group, f)?;
+            self.process(kind, &payload, assembly, group, releases, f)?;
+            self.flush_releases(releases);
             return Ok(true);
         }
         let Receiver {
             events,
             assembly,
             group,
+            releases,
             ..
         } = receiver;
         let record = match events.peek() {
@@ -816,9 +843,35 @@ impl Cpg {
                 ));
             }
         };
-        self.process(record.kind, record.payload, assembly, group, f)?;
+        self.process(record.kind, record.payload, assembly, group, releases, f)?;
         events.consume();
+        self.flush_releases(releases);
         Ok(true)
+    }
+
+    /// Hands read pool buffers back to the engine, as far as the submit ring takes
+    /// them now; the rest wait for the next dispatch.
+    fn flush_releases(&self, releases: &mut Vec<u64>) {
+        if releases.is_empty() {
+            return;
+        }
+        let Ok(mut producer) = self.submit.try_lock() else {
+            return;
+        };
+        let mut sent = 0;
+        for offset in releases.iter() {
+            if producer
+                .try_push(submit::RELEASE, &[&offset.to_le_bytes()])
+                .is_err()
+            {
+                break;
+            }
+            sent += 1;
+        }
+        releases.drain(..sent);
+        if sent > 0 {
+            self.publish(&mut producer);
+        }
     }
 
     /// Hands one event record to `f`.
@@ -828,6 +881,7 @@ impl Cpg {
         payload: &[u8],
         assembly: &mut Option<(u32, u32, Vec<u8>, usize)>,
         group: &mut Vec<u8>,
+        releases: &mut Vec<u64>,
         f: &mut dyn FnMut(&Cpg, Borrowed<'_>),
     ) -> Result<()> {
         struct Rec<'a> {
@@ -848,6 +902,24 @@ impl Cpg {
                         msg,
                     },
                 );
+            }
+            event::DELIVER_REF => {
+                let d = DeliverRef::decode(record.payload).map_err(|_| bad("deliver ref"))?;
+                let msg = self
+                    .delivery_pool
+                    .as_ref()
+                    .and_then(|pool| pool.slice(d.offset, d.len))
+                    .ok_or_else(|| bad("deliver ref outside the pool"))?;
+                f(
+                    self,
+                    Borrowed::Deliver {
+                        group,
+                        node: d.header.node,
+                        pid: d.header.pid,
+                        msg,
+                    },
+                );
+                releases.push(d.offset);
             }
             event::DELIVER_PART => {
                 let (h, piece) = PartHeader::read(record.payload).map_err(|_| bad("piece"))?;

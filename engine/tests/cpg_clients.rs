@@ -475,6 +475,57 @@ fn a_client_scribbling_on_its_rings_is_cut_off() {
         let _ = socket.send(&[round; 37], &[]);
     }
 
+    // A session handing back a delivery pool buffer it was never given is closed; and
+    // nobody can map the pool writable.
+    {
+        let socket = SeqPacket::connect(&cluster.socket(1)).unwrap();
+        socket.set_read_timeout(Some(EVENT_TIMEOUT)).unwrap();
+        socket
+            .send(
+                &Request::Hello {
+                    version: ringcast_shm::proto::PROTOCOL_VERSION,
+                    pid: 1,
+                }
+                .encode(),
+                &[],
+            )
+            .unwrap();
+        let mut buf = vec![0u8; 65536];
+        let (n, mut fds) = socket.recv(&mut buf).unwrap().unwrap();
+        assert!(Welcome::decode(&buf[..n]).unwrap().delivery_pool_bytes > 0);
+        assert_eq!(fds.len(), 4);
+        let pool = std::fs::File::from(fds.pop().unwrap());
+        // SAFETY: a mapping that must fail; nothing would use it.
+        let writable = unsafe { memmap2::MmapOptions::new().len(4096).map_mut(&pool) };
+        assert!(writable.is_err(), "the delivery pool mapped writable");
+        let region = ringcast_shm::Region::open(fds.remove(0)).unwrap();
+        let mut submit = region.submit_producer().unwrap();
+        submit
+            .try_push(
+                ringcast_shm::proto::submit::RELEASE,
+                &[&4096u64.to_le_bytes()],
+            )
+            .unwrap();
+        let _ = submit.publish(); // the join below wakes the engine anyway
+        // The engine drains the ring before acting on a join: it finds the release and
+        // closes the session instead of answering.
+        let _ = socket.send(
+            &Request::Join {
+                flags: 0,
+                name: b"h".to_vec(),
+            }
+            .encode(),
+            &[],
+        );
+        // EOF, or a reset when the engine closed with our join unread.
+        let answer = socket.recv(&mut buf);
+        assert!(
+            matches!(&answer, Ok(None))
+                || matches!(&answer, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+            "session not closed after a bogus release: {answer:?}"
+        );
+    }
+
     // The engine is up and the good client still works.
     for i in 0..50u32 {
         retry(|| good.mcast(Guarantee::Agreed, &i.to_le_bytes()));
@@ -518,6 +569,86 @@ fn fnv(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
     })
+}
+
+/// The delivery pool: a large delivery is copied into the engine's shared pool once
+/// and read in place; the buffer comes back when read. With a 4 MiB pool a session may
+/// hold 1 MiB of it, so 100 messages of 256 KiB read one by one all travel by pool only
+/// if every buffer is handed back; 20 sent before any is read take 4 pool buffers and
+/// go inline after that, in order, nothing lost.
+#[test]
+fn large_deliveries_travel_through_the_pool_and_come_back() {
+    let mut cluster = Cluster::new("cpg9", 47190, 1);
+    let config = cluster.dir.join("pool.toml");
+    std::fs::write(
+        &config,
+        "[ipc]\ndelivery_pool_bytes = 4194304\ndelivery_pool_min_bytes = 8192\n",
+    )
+    .unwrap();
+    cluster.extra = vec!["-c".into(), config.display().to_string()];
+    cluster.start_all();
+    cluster.wait_ring(&[1], FORM_TIMEOUT).unwrap();
+    let cpg = connect(&cluster, 1);
+    retry(|| cpg.join(b"pool"));
+    next_confchg(&cpg);
+    let check = |event: Event, seed: u64| match event {
+        Event::Deliver { msg, .. } => {
+            assert_eq!(msg, checksummed(256 << 10, seed), "message {seed}");
+        }
+        other => panic!("unexpected {other:?}"),
+    };
+    for i in 0..100u64 {
+        retry(|| cpg.mcast(Guarantee::Agreed, &checksummed(256 << 10, i)));
+        check(next_group_event(&cpg), i);
+    }
+    // Small messages stay inline.
+    retry(|| cpg.mcast(Guarantee::Agreed, b"small"));
+    assert!(matches!(next_group_event(&cpg), Event::Deliver { msg, .. } if msg == b"small"));
+    let ok = wait_for(EVENT_TIMEOUT, || {
+        cluster.counter(1, "pool_descriptors") == 100
+    });
+    assert!(
+        ok,
+        "pool_descriptors = {}, not 100",
+        cluster.counter(1, "pool_descriptors")
+    );
+    assert_eq!(cluster.counter(1, "pool_placed"), 100);
+    assert_eq!(cluster.counter(1, "pool_inline_fallbacks"), 0);
+
+    for i in 100..120u64 {
+        retry(|| cpg.mcast(Guarantee::Agreed, &checksummed(256 << 10, i)));
+    }
+    // All 20 delivered (placed or inline) before the first is read.
+    let ok = wait_for(EVENT_TIMEOUT, || {
+        cluster.counter(1, "pool_descriptors") + cluster.counter(1, "pool_inline_fallbacks") == 120
+    });
+    assert!(ok, "not all 20 delivered");
+    for i in 100..120u64 {
+        check(next_group_event(&cpg), i);
+    }
+    let ok = wait_for(EVENT_TIMEOUT, || {
+        cluster.counter(1, "pool_inline_fallbacks") == 16
+    });
+    assert!(
+        ok,
+        "pool_inline_fallbacks = {}, not 16",
+        cluster.counter(1, "pool_inline_fallbacks")
+    );
+    assert_eq!(cluster.counter(1, "pool_descriptors"), 104);
+    // And everything came back: the next ones use the pool again.
+    for i in 120..130u64 {
+        retry(|| cpg.mcast(Guarantee::Agreed, &checksummed(256 << 10, i)));
+        check(next_group_event(&cpg), i);
+    }
+    let ok = wait_for(EVENT_TIMEOUT, || {
+        cluster.counter(1, "pool_descriptors") == 114
+    });
+    assert!(
+        ok,
+        "pool_descriptors = {}, not 114",
+        cluster.counter(1, "pool_descriptors")
+    );
+    assert_eq!(cluster.counter(1, "pool_inline_fallbacks"), 16);
 }
 
 /// Three engines (issue 4): one member per node sees the others join (NODEUP-free

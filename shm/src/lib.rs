@@ -55,6 +55,7 @@
 //! and [`region`]/[`wake`] (FFI: memfd, fcntl, eventfd, poll); every block says why it holds.
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod delivery_pool;
 pub mod layout;
 pub mod pool;
 pub mod proto;
@@ -63,6 +64,7 @@ pub mod ring;
 pub mod socket;
 pub mod wake;
 
+pub use delivery_pool::{DeliveryPool, DeliveryPoolView};
 pub use layout::{Layout, MAGIC, RegionSpec, VERSION};
 pub use pool::{PoolAllocator, PoolBuf, PoolError};
 pub use region::{HugePages, Region, RegionError};

@@ -4,12 +4,15 @@
 //! ```text
 //!  client                                   engine
 //!    | -- Hello{pid} ----------------------> |  SO_PEERCRED checked
-//!    | <- Welcome{node, limits} + 3 fds ---- |  region memfd, client eventfd, engine eventfd
+//!    | <- Welcome{node, limits} + 3-4 fds -- |  region memfd, client eventfd, engine
+//!    |                                       |  eventfd[, delivery pool, read-only]
 //!    | -- Join/Leave/Membership/... -------> |  one request at a time, each answered
 //!    | <- Reply{status, ..} ---------------- |
 //!    |                                       |
 //!    | == submit ring: Mcast, McastPart ===> |  one-way; a full ring is TRY_AGAIN
-//!    | <= event ring: Deliver, Confchg, ... = |  in agreed order
+//!    |    ... Release(offset)                |  a DeliverRef buffer handed back
+//!    | <= event ring: Deliver, Confchg, ... = |  in agreed order; DeliverRef names
+//!    |                                       |  its payload in the delivery pool
 //! ```
 //!
 //! The socket is `SOCK_SEQPACKET`, so every message arrives whole. All integers are
@@ -22,7 +25,7 @@
 /// First four bytes of a `Hello`: "RCST".
 pub const HELLO_MAGIC: u32 = 0x5453_4352;
 /// Bumped on any incompatible change to this module or to the region layout.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Longest group name (CPG_SPEC §2.4).
 pub const MAX_NAME_BYTES: usize = 128;
 /// Largest control-socket message either side sends.
@@ -388,8 +391,9 @@ impl Request {
     }
 }
 
-/// The engine's answer to `Hello`; the three fds travel with it (SCM_RIGHTS) in the
-/// order region, client eventfd, engine eventfd.
+/// The engine's answer to `Hello`; the fds travel with it (SCM_RIGHTS) in the order
+/// region, client eventfd, engine eventfd and, when `delivery_pool_bytes` is not 0, the
+/// engine's delivery pool (mapped read-only, see [`crate::delivery_pool`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Welcome {
     pub status: Status,
@@ -397,6 +401,9 @@ pub struct Welcome {
     pub node_id: u32,
     /// Largest message `mcast` accepts.
     pub max_message_bytes: u64,
+    /// Size of the delivery pool whose fd comes fourth; 0: no pool (every delivery
+    /// arrives inline).
+    pub delivery_pool_bytes: u64,
 }
 
 impl Welcome {
@@ -405,7 +412,8 @@ impl Welcome {
         w.u32(self.status as u32)
             .u32(self.version)
             .u32(self.node_id)
-            .u64(self.max_message_bytes);
+            .u64(self.max_message_bytes)
+            .u64(self.delivery_pool_bytes);
         w.finish()
     }
     pub fn decode(buf: &[u8]) -> Result<Welcome, ProtoError> {
@@ -416,6 +424,7 @@ impl Welcome {
             version: r.u32()?,
             node_id: r.u32()?,
             max_message_bytes: r.u64()?,
+            delivery_pool_bytes: r.u64()?,
         };
         r.finish()?;
         Ok(w)
@@ -580,6 +589,8 @@ pub mod submit {
     pub const MCAST_SAFE: u32 = 2;
     /// A piece of a message too large for one record: [`super::PartHeader`] then bytes.
     pub const MCAST_PART: u32 = 3;
+    /// The client is done with a `DELIVER_REF` buffer: its pool offset as a u64.
+    pub const RELEASE: u32 = 4;
 }
 
 /// Bit 0 of [`PartHeader::flags`]: the first piece (carries `total_len`).
@@ -646,6 +657,42 @@ pub mod event {
     pub const TOTEM_CONFCHG: u32 = 4;
     /// The engine is closing this session; payload: a u32 [`super::Status`].
     pub const CLOSED: u32 = 5;
+    /// A delivery whose payload is in the delivery pool: [`super::DeliverRef`]. The
+    /// client hands the offset back with a `RELEASE` submit record when done.
+    pub const DELIVER_REF: u32 = 6;
+}
+
+/// A `DELIVER_REF` record.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct DeliverRef {
+    pub header: DeliverHeader,
+    /// Where the payload starts in the delivery pool.
+    pub offset: u64,
+    pub len: u64,
+}
+
+impl DeliverRef {
+    pub const BYTES: usize = DeliverHeader::BYTES + 16;
+
+    pub fn encode(&self) -> [u8; Self::BYTES] {
+        let mut out = [0u8; Self::BYTES];
+        self.header.write(&mut out[..DeliverHeader::BYTES]);
+        out[16..24].copy_from_slice(&self.offset.to_le_bytes());
+        out[24..32].copy_from_slice(&self.len.to_le_bytes());
+        out
+    }
+
+    pub fn decode(payload: &[u8]) -> Result<DeliverRef, ProtoError> {
+        let (header, rest) = DeliverHeader::read(payload)?;
+        let mut r = Reader::new(rest);
+        let d = DeliverRef {
+            header,
+            offset: r.u64()?,
+            len: r.u64()?,
+        };
+        r.finish()?;
+        Ok(d)
+    }
 }
 
 /// Header of a `DELIVER` record.

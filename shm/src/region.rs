@@ -48,6 +48,12 @@ pub enum RegionError {
         /// The size asked for.
         bytes: u64,
     },
+    /// A delivery pool size that is 0, not a multiple of 2 MiB or over 64 GiB.
+    #[error("delivery pool size {bytes} is not a nonzero multiple of 2 MiB no larger than 64 GiB")]
+    BadPoolSize {
+        /// The size asked for or found.
+        bytes: u64,
+    },
     /// The memfd name (with its "ringcast-" prefix) is over 249 bytes or contains a NUL.
     #[error("region name {0:?} is too long or contains a NUL byte")]
     InvalidName(String),

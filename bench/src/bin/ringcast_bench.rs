@@ -51,6 +51,10 @@ struct Args {
     /// Tiny inputs, for `make test`.
     #[arg(long)]
     test: bool,
+    /// A TOML file for the private engine (`ringcastd -c`), e.g. one with
+    /// `[ipc] delivery_pool_bytes = 0` to compare inline deliveries.
+    #[arg(long)]
+    engine_config: Option<PathBuf>,
     #[arg(long, hide = true)]
     role: Option<String>,
     #[arg(long, hide = true)]
@@ -122,13 +126,17 @@ fn free_udp_port() -> u16 {
     s.local_addr().expect("addr").port()
 }
 
-fn start_engine() -> Engine {
+fn start_engine(config: Option<&Path>) -> Engine {
     let dir = std::env::temp_dir().join(format!("ringcast-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("state dir");
     let socket = dir.join("ringcast.sock");
     let log = std::fs::File::create(dir.join("engine.log")).expect("log");
-    let child = Command::new(sibling("ringcastd"))
+    let mut command = Command::new(sibling("ringcastd"));
+    if let Some(config) = config {
+        command.arg("-c").arg(config);
+    }
+    let child = command
         .args(["--port", &free_udp_port().to_string()])
         .args(["--idle", "backoff", "--datagram-bytes", "65000"])
         .arg("--state-dir")
@@ -461,7 +469,7 @@ fn orchestrate(args: Args) {
         )
     };
     let engine = if args.socket.is_none() {
-        Some(start_engine())
+        Some(start_engine(args.engine_config.as_deref()))
     } else {
         None
     };
@@ -475,8 +483,12 @@ fn orchestrate(args: Args) {
         "# copies of a payload on the host per message: sender's write into shm (1, the production),"
     );
     println!(
-        "#   engine submit ring -> Totem queue (1), Totem packet packing (1), one per local receiver (event ring)"
+        "#   engine submit ring -> Totem queue (1), Totem packet packing (1), then under the engine's"
     );
+    println!(
+        "#   delivery_pool_min_bytes (8 KiB) one per local receiver (event ring), at or above it one in all"
+    );
+    println!("#   (the shared read-only delivery pool; receivers read in place)");
     println!();
     println!(
         "| size | receivers | ringcast msg/s | ringcast MB/s | raw ring msg/s | raw ring MB/s | ratio |"

@@ -134,6 +134,12 @@ pub struct IpcConfig {
     pub max_members_per_group: usize,
     /// Most groups in the cluster.
     pub max_groups: usize,
+    /// One pool shared read-only with every client: a delivery of at least
+    /// `delivery_pool_min_bytes` is copied into it once and each local receiver reads
+    /// it there. A multiple of 2 MiB; 0 turns it off (every delivery inline). Pages
+    /// are used as buffers are, up to this size.
+    pub delivery_pool_bytes: usize,
+    pub delivery_pool_min_bytes: usize,
 }
 
 impl Default for IpcConfig {
@@ -149,6 +155,8 @@ impl Default for IpcConfig {
             backlog_bytes: 256 << 20,
             max_members_per_group: 128,
             max_groups: 4096,
+            delivery_pool_bytes: 256 << 20,
+            delivery_pool_min_bytes: 8 << 10,
         }
     }
 }
@@ -519,6 +527,12 @@ fn check_ipc(ipc: &IpcConfig) -> Result<(), SettingError> {
     }
     if ipc.max_groups == 0 {
         return Err(invalid("ipc.max_groups", "at least 1"));
+    }
+    if ipc.delivery_pool_bytes % (2 << 20) != 0 || ipc.delivery_pool_bytes > 64 << 30 {
+        return Err(invalid(
+            "ipc.delivery_pool_bytes",
+            "a multiple of 2 MiB (2097152), at most 64 GiB, or 0",
+        ));
     }
     if ipc.backlog_events == 0 || ipc.backlog_bytes == 0 {
         return Err(invalid(

@@ -426,6 +426,8 @@ impl Engine {
                 },
                 huge_pages: ipc_config.huge_pages,
                 max_clients: ipc_config.max_clients,
+                delivery_pool_bytes: ipc_config.delivery_pool_bytes,
+                delivery_pool_min_bytes: ipc_config.delivery_pool_min_bytes,
                 backlog: BacklogLimits {
                     max_events: ipc_config.backlog_events,
                     max_bytes: ipc_config.backlog_bytes,
@@ -1145,6 +1147,9 @@ impl Engine {
         st.set(Counter::ClientBytes, c.client_bytes);
         st.set(Counter::ClientEvents, c.events_to_clients);
         st.set(Counter::ClientTryAgain, c.try_again);
+        st.set(Counter::PoolPlaced, c.pool_placed);
+        st.set(Counter::PoolDescriptors, c.pool_descriptors);
+        st.set(Counter::PoolInlineFallbacks, c.pool_inline_fallbacks);
         let state = self.leaving_until.is_none().then(|| self.node.state());
         self.stats
             .set_ring(self.node.ring_id(), state, self.node.members());

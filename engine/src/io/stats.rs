@@ -169,6 +169,12 @@ counters! {
     ClientEvents = "client_events",
     /// Times a client's multicast waited in its ring (Totem queue full or sync).
     ClientTryAgain = "client_try_again",
+    /// Deliveries copied into the shared delivery pool (once for all local receivers).
+    PoolPlaced = "pool_placed",
+    /// Deliveries sent to a receiver by descriptor into the pool.
+    PoolDescriptors = "pool_descriptors",
+    /// Pool-sized deliveries sent inline instead (pool full, receiver over its share).
+    PoolInlineFallbacks = "pool_inline_fallbacks",
 }
 
 /// `NodeState` as stored in the page (`u64::MAX` = left the ring).

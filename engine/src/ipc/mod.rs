@@ -20,6 +20,7 @@
 //! its local clients.
 
 pub mod session;
+pub mod shared_pool;
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::path::PathBuf;
@@ -31,11 +32,12 @@ use ringcast_shm::proto::{
     Reply, Request, Status, Welcome, WireGuarantee, WireMember,
 };
 use ringcast_shm::socket::SeqPacket;
-use ringcast_shm::{EventFd, HugePages, Region, RegionSpec, RingError};
+use ringcast_shm::{DeliveryPool, EventFd, HugePages, Region, RegionSpec, RingError};
 
 use crate::cpg::{self, CpgError, GroupName, IterationKind, Service, TotemSubmit};
 use crate::totem::{Event, Guarantee, Instant, Node, NodeId};
-use session::{Assembly, BacklogLimits, MAX_ITERATIONS, Ready, Session, SessionFault};
+use session::{Assembly, BacklogLimits, MAX_ITERATIONS, Outgoing, Ready, Session, SessionFault};
+use shared_pool::SharedPool;
 
 /// What the IPC layer needs from the configuration.
 #[derive(Clone, Debug)]
@@ -50,6 +52,10 @@ pub struct IpcSettings {
     pub max_clients: usize,
     pub backlog: BacklogLimits,
     pub cpg: cpg::Limits,
+    /// Size of the delivery pool shared (read-only) with every client; 0: none.
+    pub delivery_pool_bytes: usize,
+    /// Deliveries at least this long go through the pool.
+    pub delivery_pool_min_bytes: usize,
 }
 
 /// Why the IPC layer could not start.
@@ -61,7 +67,7 @@ pub enum IpcError {
         path: PathBuf,
         source: std::io::Error,
     },
-    /// The region sizes do not work.
+    /// The region sizes do not work, or the delivery pool could not be created.
     #[error("ipc region: {0}")]
     Region(#[from] ringcast_shm::RegionError),
 }
@@ -77,6 +83,12 @@ pub struct IpcStats {
     pub client_bytes: u64,
     pub events_to_clients: u64,
     pub try_again: u64,
+    /// Payloads copied into the delivery pool.
+    pub pool_placed: u64,
+    /// Deliveries sent by descriptor (each pool copy serves one or more).
+    pub pool_descriptors: u64,
+    /// Pool-sized deliveries that went inline (pool full, receiver over its share).
+    pub pool_inline_fallbacks: u64,
 }
 
 /// Every session of this engine, the listening socket and the CPG service.
@@ -105,6 +117,8 @@ pub struct Ipc {
     next_poll: usize,
     /// The slot of each open session, for routing the service's events.
     slot_of: std::collections::HashMap<cpg::ConnId, usize>,
+    /// The delivery pool, when configured.
+    pool: Option<SharedPool>,
 }
 
 impl Ipc {
@@ -132,6 +146,24 @@ impl Ipc {
         let engine_wake = engine_wake.try_clone_to_owned().map_err(listen_err)?;
         let service = Service::new(local, settings.cpg);
         let slots = (0..settings.max_clients).map(|_| None).collect();
+        let pool = match settings.delivery_pool_bytes {
+            0 => None,
+            bytes => {
+                let huge = if settings.huge_pages {
+                    HugePages::Try
+                } else {
+                    HugePages::Never
+                };
+                let pool = DeliveryPool::create(bytes, huge)?;
+                tracing::info!(
+                    bytes,
+                    huge_pages = pool.huge_pages(),
+                    min_bytes = settings.delivery_pool_min_bytes,
+                    "delivery pool"
+                );
+                Some(SharedPool::new(pool, settings.delivery_pool_min_bytes))
+            }
+        };
         // SAFETY: getuid cannot fail and has no preconditions.
         let own_uid = unsafe { libc::getuid() };
         Ok(Ipc {
@@ -150,11 +182,18 @@ impl Ipc {
             blocked: false,
             next_poll: 0,
             slot_of: std::collections::HashMap::new(),
+            pool,
         })
     }
 
     pub fn stats(&self) -> IpcStats {
-        self.stats
+        let mut stats = self.stats;
+        if let Some(pool) = &self.pool {
+            stats.pool_placed = pool.stats.placed;
+            stats.pool_descriptors = pool.stats.descriptors;
+            stats.pool_inline_fallbacks = pool.stats.inline_fallbacks;
+        }
+        stats
     }
 
     pub fn listener_fd(&self) -> RawFd {
@@ -351,12 +390,16 @@ impl Ipc {
                 now,
             );
         }
-        let fds = [region.fd(), wake.as_fd(), self.engine_wake.as_fd()];
+        let mut fds = vec![region.fd(), wake.as_fd(), self.engine_wake.as_fd()];
+        if let Some(pool) = &self.pool {
+            fds.push(pool.pool().fd());
+        }
         let welcome = Welcome {
             status: Status::Ok,
             version: proto::PROTOCOL_VERSION,
             node_id: self.service.local_node(),
             max_message_bytes: self.settings.cpg.max_message_bytes as u64,
+            delivery_pool_bytes: self.pool.as_ref().map_or(0, |p| p.pool().len() as u64),
         };
         let sent = self.slots[slot]
             .as_ref()
@@ -573,6 +616,7 @@ impl Ipc {
             version: proto::PROTOCOL_VERSION,
             node_id: self.service.local_node(),
             max_message_bytes: 0,
+            delivery_pool_bytes: 0,
         };
         if let Some(s) = self.slots[slot].as_ref() {
             let _ = s.socket.send(&welcome.encode(), fds);
@@ -586,6 +630,11 @@ impl Ipc {
         };
         self.slot_of.remove(&session.conn);
         self.closed.push((slot, self.generations[slot]));
+        if let (Some(ready), Some(pool)) = (&session.ready, &mut self.pool) {
+            for &offset in ready.held.keys() {
+                pool.release(offset);
+            }
+        }
         if session.ready.is_some() {
             self.service.disconnect(
                 session.conn,
@@ -689,6 +738,28 @@ impl Ipc {
                     return true;
                 }
             };
+            if record.kind == proto::submit::RELEASE {
+                // Never held back by Totem: releases free pool space for everyone.
+                let offset = <[u8; 8]>::try_from(record.payload)
+                    .ok()
+                    .map(u64::from_le_bytes);
+                let held = offset.and_then(|o| Some((o, ready.held.remove(&o)?)));
+                match (held, &mut self.pool) {
+                    (Some((offset, len)), Some(pool)) => {
+                        ready.held_bytes -= len as usize;
+                        pool.release(offset);
+                        ready.submit.consume();
+                        continue;
+                    }
+                    _ => {
+                        let why = "release of a pool buffer it does not hold";
+                        tracing::warn!(conn, why, "closing the session");
+                        self.stats.sessions_faulted += 1;
+                        self.close(slot, node, now, why);
+                        return true;
+                    }
+                }
+            }
             // Keep Totem's queue short: what waits belongs in the client's ring, where
             // it costs nothing and back-pressures the client, and what Totem holds
             // will reach local receivers' backlogs whatever happens (so the throttle
@@ -803,12 +874,56 @@ impl Ipc {
             let Some(&slot) = self.slot_of.get(&conn) else {
                 continue;
             };
-            let Some(ready) = self.ready_mut(slot) else {
+            let Some(ready) = self
+                .slots
+                .get_mut(slot)
+                .and_then(|s| s.as_mut())
+                .and_then(|s| s.ready.as_mut())
+            else {
                 continue;
             };
-            if let Err(e) = ready.push_event(event, limits) {
+            let outgoing = match (event, &mut self.pool) {
+                (
+                    cpg::ClientEvent::Deliver {
+                        group,
+                        sender,
+                        guarantee,
+                        payload,
+                    },
+                    Some(pool),
+                ) if pool.wants(payload.len()) => match pool.place(&payload, ready.held_bytes) {
+                    // One delivery per payload per session: a second would be a bug
+                    // upstream, so it goes inline rather than confuse the accounting.
+                    Some(offset) if !ready.held.contains_key(&offset) => {
+                        ready.held.insert(offset, payload.len() as u64);
+                        ready.held_bytes += payload.len();
+                        Outgoing::Ref {
+                            sender,
+                            guarantee,
+                            offset,
+                            len: payload.len() as u64,
+                        }
+                    }
+                    placed => {
+                        if let Some(offset) = placed {
+                            pool.release(offset);
+                        }
+                        Outgoing::Event(cpg::ClientEvent::Deliver {
+                            group,
+                            sender,
+                            guarantee,
+                            payload,
+                        })
+                    }
+                },
+                (event, _) => Outgoing::Event(event),
+            };
+            if let Err(e) = ready.push_event(outgoing, limits) {
                 self.fault(slot, e, node, now);
             }
+        }
+        if let Some(pool) = &mut self.pool {
+            pool.end_batch();
         }
         let mut throttled = false;
         for slot in 0..self.slots.len() {

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use ringcast_shm::proto::{
-    self, Confchg, DeliverHeader, PART_FIRST, PART_LAST, PartHeader, TotemConfchg, WireAddress,
-    event,
+    self, Confchg, DeliverHeader, DeliverRef, PART_FIRST, PART_LAST, PartHeader, TotemConfchg,
+    WireAddress, event,
 };
 use ringcast_shm::socket::{PeerCred, SeqPacket};
 use ringcast_shm::{Consumer, EventFd, Producer, PushError, Region};
@@ -26,11 +26,24 @@ pub struct Assembly {
     pub buf: BytesMut,
 }
 
+/// What the engine owes a client: a service event, or a delivery whose payload is in
+/// the delivery pool.
+#[derive(Debug)]
+pub enum Outgoing {
+    Event(ClientEvent),
+    Ref {
+        sender: Member,
+        guarantee: Guarantee,
+        offset: u64,
+        len: u64,
+    },
+}
+
 /// An event that did not fit in the event ring yet; `sent` bytes of a large delivery
 /// already went out as pieces.
 #[derive(Debug)]
 struct Backlogged {
-    event: ClientEvent,
+    event: Outgoing,
     sent: usize,
 }
 
@@ -62,6 +75,10 @@ pub struct Ready {
     /// Open iteration snapshots (`cpg_iteration_*`), at most [`MAX_ITERATIONS`].
     pub iterations: Vec<(u32, Vec<(GroupName, Member)>)>,
     pub next_iteration: u32,
+    /// Delivery pool buffers this client holds (handed out, not yet released): offset
+    /// and length. Released by the engine for it when the session ends.
+    pub held: std::collections::HashMap<u64, u64>,
+    pub held_bytes: usize,
 }
 
 #[derive(Debug)]
@@ -97,6 +114,8 @@ impl Ready {
             assembly: None,
             iterations: Vec::new(),
             next_iteration: 1,
+            held: std::collections::HashMap::new(),
+            held_bytes: 0,
         })
     }
 
@@ -112,7 +131,7 @@ impl Ready {
     /// it, else behind the backlog.
     pub fn push_event(
         &mut self,
-        event: ClientEvent,
+        event: Outgoing,
         limits: BacklogLimits,
     ) -> Result<(), SessionFault> {
         if self.backlog.is_empty() {
@@ -165,7 +184,34 @@ impl Ready {
     /// Writes as much of `item` as fits. True when it is entirely in the ring.
     fn try_write(&mut self, item: &mut Backlogged) -> Result<bool, SessionFault> {
         let max = self.events.max_record_len();
-        let done = match &item.event {
+        let event = match &item.event {
+            Outgoing::Event(event) => event,
+            Outgoing::Ref {
+                sender,
+                guarantee,
+                offset,
+                len,
+            } => {
+                let record = DeliverRef {
+                    header: DeliverHeader {
+                        node: sender.node,
+                        pid: sender.pid,
+                        guarantee: wire_guarantee(*guarantee),
+                    },
+                    offset: *offset,
+                    len: *len,
+                };
+                let done = self
+                    .events
+                    .try_push(event::DELIVER_REF, &[&record.encode()])
+                    .is_ok();
+                if done {
+                    self.unpublished = true;
+                }
+                return Ok(done);
+            }
+        };
+        let done = match event {
             ClientEvent::Deliver {
                 sender,
                 guarantee,
@@ -271,8 +317,13 @@ impl Ready {
     }
 }
 
-/// Bytes an event pins while backlogged (payloads are shared `Bytes`).
-fn event_bytes(event: &ClientEvent) -> usize {
+/// Bytes an event pins while backlogged (payloads are shared `Bytes`; pool buffers
+/// are bounded by the pool's own per-session share).
+fn event_bytes(event: &Outgoing) -> usize {
+    let event = match event {
+        Outgoing::Event(event) => event,
+        Outgoing::Ref { .. } => return 64,
+    };
     match event {
         ClientEvent::Deliver { payload, .. } => payload.len() + 64,
         ClientEvent::Confchg {
