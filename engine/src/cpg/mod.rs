@@ -422,6 +422,8 @@ pub struct Service {
     /// same (group, pid).
     departing: BTreeSet<(GroupName, u32)>,
     events: VecDeque<(ConnId, ClientEvent)>,
+    /// Where small multicasts are encoded ([`codec::encode_mcast_into`]).
+    arena: bytes::BytesMut,
     stats: Stats,
 }
 
@@ -458,6 +460,7 @@ impl Service {
             owed_procdowns: VecDeque::new(),
             departing: BTreeSet::new(),
             events: VecDeque::new(),
+            arena: bytes::BytesMut::new(),
             stats: Stats::default(),
         }
     }
@@ -641,7 +644,8 @@ impl Service {
                 return Ok(());
             }
         };
-        submit(totem, codec::encode_mcast(group, c.pid, parts), guarantee)
+        let message = codec::encode_mcast_into(&mut self.arena, group, c.pid, parts);
+        submit(totem, message, guarantee)
     }
 
     /// The client went away (EOF or finalize). A connection that joined (or is joining)
