@@ -92,6 +92,23 @@ fn put_member(out: &mut BytesMut, kind: u8, group: &GroupName, pid: u32) {
     out.put_slice(name);
 }
 
+/// Length of a multicast's header for `group`.
+pub fn mcast_header_len(group: &GroupName) -> usize {
+    MEMBER_PREFIX + group.len()
+}
+
+/// Writes a multicast's header into `out`, which is exactly
+/// [`mcast_header_len`] long.
+pub fn write_mcast_header(mut out: &mut [u8], group: &GroupName, pid: u32) {
+    debug_assert_eq!(out.len(), mcast_header_len(group));
+    let name = group.as_bytes();
+    out.put_u8(VERSION);
+    out.put_u8(KIND_MCAST);
+    out.put_u32_le(pid);
+    out.put_u8(name.len() as u8);
+    out.put_slice(name);
+}
+
 pub fn encode_join(group: &GroupName, pid: u32) -> Bytes {
     let mut out = BytesMut::with_capacity(MEMBER_PREFIX + group.len());
     put_member(&mut out, KIND_JOIN, group, pid);

@@ -49,7 +49,7 @@ mod codec;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use crate::totem::{
     self, ConfigurationChange, ConfigurationKind, Delivery, Guarantee, Instant, NodeId, RingId,
@@ -646,6 +646,47 @@ impl Service {
         };
         let message = codec::encode_mcast_into(&mut self.arena, group, c.pid, parts);
         submit(totem, message, guarantee)
+    }
+
+    /// [`Service::mcast`] of a payload the caller already holds at
+    /// `buf[MCAST_HEADER_MAX..]` (a large message assembled from pieces): the header is
+    /// written into the room in front of it, so the payload is not copied again. On
+    /// `TryAgain` the buffer comes back as it was, for a retry.
+    pub fn mcast_in_place(
+        &mut self,
+        conn: ConnId,
+        guarantee: Guarantee,
+        mut buf: BytesMut,
+        totem: &mut impl Submit,
+    ) -> Result<(), (CpgError, Option<BytesMut>)> {
+        let Some(c) = self.conns.get(&conn) else {
+            return Err((CpgError::BadHandle, None));
+        };
+        let Some(len) = buf.len().checked_sub(MCAST_HEADER_MAX) else {
+            return Err((CpgError::InvalidParam, None));
+        };
+        if len > self.limits.max_message_bytes {
+            return Err((CpgError::TooBig, None));
+        }
+        if self.in_sync() {
+            return Err((CpgError::TryAgain, Some(buf)));
+        }
+        let group = match (c.state, &c.group) {
+            (ConnState::JoinStarted | ConnState::JoinCompleted, Some(group)) => group,
+            _ => {
+                self.stats.dropped_not_joined += 1;
+                return Ok(());
+            }
+        };
+        let start = MCAST_HEADER_MAX - codec::mcast_header_len(group);
+        codec::write_mcast_header(&mut buf[start..MCAST_HEADER_MAX], group, c.pid);
+        let full = buf.freeze();
+        match submit(totem, full.slice(start..), guarantee) {
+            Ok(()) => Ok(()),
+            // Totem dropped its slice: the buffer is ours alone again.
+            Err(CpgError::TryAgain) => Err((CpgError::TryAgain, full.try_into_mut().ok())),
+            Err(e) => Err((e, None)),
+        }
     }
 
     /// The client went away (EOF or finalize). A connection that joined (or is joining)

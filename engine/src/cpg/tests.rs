@@ -1577,3 +1577,65 @@ fn malformed_messages_are_counted_and_ignored() {
         c.service(2).iterate(IterationKind::All, None).unwrap()
     );
 }
+
+/// `mcast_in_place`: the header goes into the room in front of the payload (no copy of
+/// it), receivers see what `mcast` would have given them, and a TryAgain (sync running,
+/// or Totem full) hands the buffer back untouched for the retry.
+#[test]
+fn mcast_in_place_sends_without_copying_and_returns_the_buffer_on_try_again() {
+    let in_place = |payload: &[u8]| {
+        let mut buf = BytesMut::zeroed(MCAST_HEADER_MAX);
+        buf.extend_from_slice(payload);
+        buf
+    };
+    let mut c = Cluster::new(2, true);
+    c.joined(1, 10, 100, "g");
+    c.joined(2, 20, 200, "g");
+    c.take(1, 10);
+    c.take(2, 20);
+    let buf = in_place(b"large message");
+    let payload_at = buf[MCAST_HEADER_MAX..].as_ptr();
+    let node = c.nodes.get_mut(&1).unwrap();
+    node.service
+        .mcast_in_place(10, Guarantee::Agreed, buf, &mut node.totem)
+        .unwrap();
+    let (queued, _) = node.totem.normal.back().unwrap();
+    assert_eq!(
+        queued[queued.len() - 13..].as_ptr(),
+        payload_at,
+        "the payload was copied"
+    );
+    c.drain(1);
+    c.mcast(2, 20, b"small").unwrap();
+    c.settle();
+    let want = vec![b"large message".to_vec(), b"small".to_vec()];
+    assert_eq!(payloads(&c.take(1, 10)), want);
+    assert_eq!(payloads(&c.take(2, 20)), want);
+
+    // Totem full: the buffer comes back as it was.
+    let node = c.nodes.get_mut(&1).unwrap();
+    node.totem.capacity = node.totem.normal.len();
+    let (e, back) = node
+        .service
+        .mcast_in_place(10, Guarantee::Agreed, in_place(b"again"), &mut node.totem)
+        .unwrap_err();
+    assert_eq!(e, CpgError::TryAgain);
+    assert_eq!(back.unwrap()[MCAST_HEADER_MAX..], b"again"[..]);
+    node.totem.capacity = usize::MAX;
+    // A sync running: the same.
+    c.reconfigure(&[&[1, 2]]);
+    let node = c.nodes.get_mut(&1).unwrap();
+    let (e, back) = node
+        .service
+        .mcast_in_place(10, Guarantee::Agreed, in_place(b"again"), &mut node.totem)
+        .unwrap_err();
+    assert_eq!(e, CpgError::TryAgain);
+    assert_eq!(back.unwrap()[MCAST_HEADER_MAX..], b"again"[..]);
+    // Shorter than the room: refused, not a panic.
+    let node = c.nodes.get_mut(&1).unwrap();
+    let (e, _) = node
+        .service
+        .mcast_in_place(10, Guarantee::Agreed, BytesMut::zeroed(5), &mut node.totem)
+        .unwrap_err();
+    assert_eq!(e, CpgError::InvalidParam);
+}

@@ -1010,6 +1010,9 @@ fn part(
     max_message: usize,
     totem: &mut TotemSubmit<'_>,
 ) -> Step {
+    // The buffer keeps room for the CPG header in front (`Service::mcast_in_place`), so
+    // the assembled message is not copied again.
+    const ROOM: usize = cpg::MCAST_HEADER_MAX;
     if h.flags & PART_FIRST != 0 {
         let Ok(total) = usize::try_from(h.total_len) else {
             return Step::Fault("message length");
@@ -1017,33 +1020,47 @@ fn part(
         if total > max_message {
             return Step::Fault("message larger than the maximum");
         }
+        let mut buf = BytesMut::with_capacity(ROOM + total);
+        buf.resize(ROOM, 0);
         *assembly = Some(Assembly {
             guarantee,
             total_len: total,
-            buf: BytesMut::with_capacity(total),
+            buf,
         });
     }
     let Some(a) = assembly.as_mut() else {
         return Step::Fault("message piece without a first piece");
     };
-    if a.buf.len() + piece.len() > a.total_len || h.total_len != a.total_len as u64 {
+    let have = a.buf.len() - ROOM;
+    if h.total_len != a.total_len as u64 {
         return Step::Fault("message pieces exceed the announced length");
     }
     if h.flags & PART_LAST == 0 {
+        if have + piece.len() > a.total_len {
+            return Step::Fault("message pieces exceed the announced length");
+        }
         a.buf.extend_from_slice(piece);
         return Step::Piece;
     }
-    if a.buf.len() + piece.len() != a.total_len {
-        return Step::Fault("message pieces short of the announced length");
+    // The last piece stays in the ring until the message is taken: after a TryAgain it
+    // is read again, and is already in the buffer.
+    if have < a.total_len {
+        if have + piece.len() != a.total_len {
+            return Step::Fault("message pieces short of the announced length");
+        }
+        a.buf.extend_from_slice(piece);
     }
     let len = a.total_len;
-    let result = service.mcast(conn, a.guarantee, &[&a.buf, piece], totem);
-    match result {
+    let buf = std::mem::take(&mut a.buf);
+    match service.mcast_in_place(conn, a.guarantee, buf, totem) {
         Ok(()) => {
             *assembly = None;
             Step::Taken(len)
         }
-        Err(CpgError::TryAgain) => Step::Blocked,
+        Err((CpgError::TryAgain, Some(buf))) => {
+            a.buf = buf;
+            Step::Blocked
+        }
         Err(_) => {
             *assembly = None;
             Step::Dropped
