@@ -373,6 +373,64 @@ fn dispatch_modes_and_the_pollable_fd() {
     });
 }
 
+/// The pollable fd under tokio's `AsyncFd` (issue 4): one task waits for readiness and
+/// dispatches without blocking, clearing readiness only when nothing was pending (tokio's
+/// rule), while another thread sends; every message arrives.
+#[test]
+fn the_fd_works_with_tokio_async_fd() {
+    struct Fd(std::os::fd::RawFd);
+    impl AsRawFd for Fd {
+        fn as_raw_fd(&self) -> std::os::fd::RawFd {
+            self.0
+        }
+    }
+    let mut cluster = Cluster::new("cpg10", 47200, 1);
+    cluster.start_all();
+    cluster.wait_ring(&[1], FORM_TIMEOUT).unwrap();
+    let cpg = connect(&cluster, 1);
+    retry(|| cpg.join(b"tokio"));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .unwrap();
+    let mut h = Counting {
+        delivered: 0,
+        confchgs: 0,
+    };
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for i in 0..300u32 {
+                retry(|| cpg.mcast(Guarantee::Agreed, &i.to_le_bytes()));
+                if i % 25 == 0 {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        });
+        runtime.block_on(async {
+            let fd = tokio::io::unix::AsyncFd::with_interest(
+                Fd(cpg.as_raw_fd()),
+                tokio::io::Interest::READABLE,
+            )
+            .unwrap();
+            let all = tokio::time::timeout(EVENT_TIMEOUT, async {
+                while h.delivered < 300 {
+                    let mut ready = fd.readable().await.unwrap();
+                    match cpg.dispatch(Dispatch::OneNonBlocking, &mut h) {
+                        Ok(()) => {}
+                        Err(e) if e.status() == Status::TryAgain => ready.clear_ready(),
+                        Err(e) => panic!("dispatch: {e}"),
+                    }
+                }
+            })
+            .await;
+            assert!(all.is_ok(), "{} of 300 within the timeout", h.delivered);
+        });
+    });
+    assert_eq!(h.delivered, 300);
+    assert_eq!(h.confchgs, 1, "the join");
+}
+
 /// Issue 4 "Back-pressure": with the engine stopped, a sender fills its ring and gets
 /// TRY_AGAIN; nothing accepted is lost once the engine runs again.
 #[test]
