@@ -408,10 +408,14 @@ fn the_fd_works_with_tokio_async_fd() {
             }
         });
         runtime.block_on(async {
-            let fd = tokio::io::unix::AsyncFd::with_interest(
-                Fd(cpg.as_raw_fd()),
-                tokio::io::Interest::READABLE,
-            )
+            // SAFETY: the fd is the handle's epoll fd, open and the same for as long as
+            // `cpg` lives, which outlives this AsyncFd (dropped at the end of the block).
+            let fd = unsafe {
+                tokio::io::unix::AsyncFd::register_with_interest(
+                    Fd(cpg.as_raw_fd()),
+                    tokio::io::Interest::READABLE,
+                )
+            }
             .unwrap();
             let all = tokio::time::timeout(EVENT_TIMEOUT, async {
                 while h.delivered < 300 {
