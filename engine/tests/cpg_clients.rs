@@ -10,44 +10,14 @@ use std::os::fd::AsRawFd;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Cluster, FORM_TIMEOUT, STATUS, wait_for};
+use common::{Cluster, EVENT_TIMEOUT, FORM_TIMEOUT, STATUS, connect_to, retry, wait_for};
 use ringcast::{
     Address, ConnectOptions, Cpg, Dispatch, Event, Guarantee, Handler, IterationKind, Status,
     reason,
 };
 
-const EVENT_TIMEOUT: Duration = Duration::from_secs(20);
-
 fn connect(cluster: &Cluster, id: u32) -> Cpg {
-    let options = ConnectOptions {
-        socket: cluster.socket(id),
-        initial_totem_conf: false,
-    };
-    let deadline = Instant::now() + FORM_TIMEOUT;
-    loop {
-        match Cpg::connect(&options) {
-            Ok(cpg) => return cpg,
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Err(e) => panic!("connect to node {id}: {e}"),
-        }
-    }
-}
-
-/// Retries TRY_AGAIN (a sync in progress) the way CPG programs do.
-fn retry<T>(mut f: impl FnMut() -> ringcast::Result<T>) -> T {
-    let deadline = Instant::now() + EVENT_TIMEOUT;
-    loop {
-        match f() {
-            Ok(v) => return v,
-            Err(e) if e.is_try_again() && Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            Err(e) => panic!("{e}"),
-        }
-    }
+    connect_to(&cluster.socket(id))
 }
 
 /// The next group event (totem confchgs skipped), or a panic after the timeout.
@@ -467,11 +437,39 @@ fn a_full_ring_gives_try_again_and_loses_nothing() {
     }
 }
 
+/// A session opened by hand (no client crate): the socket, the Welcome and its fds.
+fn raw_session(
+    cluster: &Cluster,
+) -> (
+    ringcast_shm::socket::SeqPacket,
+    ringcast_shm::proto::Welcome,
+    Vec<std::os::fd::OwnedFd>,
+) {
+    use ringcast_shm::proto::{Request, Welcome};
+    let socket = ringcast_shm::socket::SeqPacket::connect(&cluster.socket(1)).unwrap();
+    socket.set_read_timeout(Some(EVENT_TIMEOUT)).unwrap();
+    socket
+        .send(
+            &Request::Hello {
+                version: ringcast_shm::proto::PROTOCOL_VERSION,
+                pid: 1,
+            }
+            .encode(),
+            &[],
+        )
+        .unwrap();
+    let mut buf = vec![0u8; 65536];
+    let (n, fds) = socket.recv(&mut buf).unwrap().unwrap();
+    let welcome = Welcome::decode(&buf[..n]).unwrap();
+    assert_eq!(welcome.status, ringcast_shm::proto::Status::Ok);
+    (socket, welcome, fds)
+}
+
 /// Issue 4 "a hostile client that scribbles on its rings": it is cut off; the engine
 /// and the other clients carry on.
 #[test]
 fn a_client_scribbling_on_its_rings_is_cut_off() {
-    use ringcast_shm::proto::{Request, Welcome};
+    use ringcast_shm::proto::Request;
     use ringcast_shm::socket::SeqPacket;
 
     let mut cluster = Cluster::new("cpg4", 47130, 1);
@@ -481,25 +479,9 @@ fn a_client_scribbling_on_its_rings_is_cut_off() {
     retry(|| good.join(b"h"));
     next_confchg(&good);
 
+    let mut buf = vec![0u8; 65536];
     for round in 0..20u64 {
-        let socket = SeqPacket::connect(&cluster.socket(1)).unwrap();
-        socket.set_read_timeout(Some(EVENT_TIMEOUT)).unwrap();
-        socket
-            .send(
-                &Request::Hello {
-                    version: ringcast_shm::proto::PROTOCOL_VERSION,
-                    pid: 1,
-                }
-                .encode(),
-                &[],
-            )
-            .unwrap();
-        let mut buf = vec![0u8; 65536];
-        let (n, fds) = socket.recv(&mut buf).unwrap().unwrap();
-        assert_eq!(
-            Welcome::decode(&buf[..n]).unwrap().status,
-            ringcast_shm::proto::Status::Ok
-        );
+        let (socket, _, fds) = raw_session(&cluster);
         let region = std::fs::File::from(fds.into_iter().next().unwrap());
         let len = region.metadata().unwrap().len() as usize;
         // SAFETY: a shared mapping of the region file; the engine may write it at the
@@ -540,21 +522,8 @@ fn a_client_scribbling_on_its_rings_is_cut_off() {
     // A session handing back a delivery pool buffer it was never given is closed; and
     // nobody can map the pool writable.
     {
-        let socket = SeqPacket::connect(&cluster.socket(1)).unwrap();
-        socket.set_read_timeout(Some(EVENT_TIMEOUT)).unwrap();
-        socket
-            .send(
-                &Request::Hello {
-                    version: ringcast_shm::proto::PROTOCOL_VERSION,
-                    pid: 1,
-                }
-                .encode(),
-                &[],
-            )
-            .unwrap();
-        let mut buf = vec![0u8; 65536];
-        let (n, mut fds) = socket.recv(&mut buf).unwrap().unwrap();
-        assert!(Welcome::decode(&buf[..n]).unwrap().delivery_pool_bytes > 0);
+        let (socket, welcome, mut fds) = raw_session(&cluster);
+        assert!(welcome.delivery_pool_bytes > 0);
         assert_eq!(fds.len(), 4);
         let pool = std::fs::File::from(fds.pop().unwrap());
         // SAFETY: a mapping that must fail; nothing would use it.

@@ -22,10 +22,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Cluster, FORM_TIMEOUT};
-use ringcast::{ConnectOptions, Cpg, Event, Guarantee};
+use common::{Cluster, EVENT_TIMEOUT, FORM_TIMEOUT, connect_to, retry};
+use ringcast::{Cpg, Event, Guarantee};
 
-const EVENT_TIMEOUT: Duration = Duration::from_secs(20);
 /// Messages each sender multicasts to A (each is relayed once into B).
 const PER_SENDER_A: u32 = 300;
 /// Messages each sender multicasts straight to B, concurrently with the relay.
@@ -52,32 +51,7 @@ const OUT_ENV: &str = "RINGCAST_XGRP_OUT";
 const SENDER_PID_ENV: &str = "RINGCAST_XGRP_SENDER_PID";
 
 fn connect(socket: &Path) -> Cpg {
-    let options = ConnectOptions {
-        socket: socket.to_path_buf(),
-        initial_totem_conf: false,
-    };
-    let deadline = Instant::now() + FORM_TIMEOUT;
-    loop {
-        match Cpg::connect(&options) {
-            Ok(cpg) => return cpg,
-            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
-            Err(e) => panic!("connect to {}: {e}", socket.display()),
-        }
-    }
-}
-
-/// Retries TRY_AGAIN (a sync in progress, or a full submit ring) the way CPG programs do.
-fn retry<T>(mut f: impl FnMut() -> ringcast::Result<T>) -> T {
-    let deadline = Instant::now() + EVENT_TIMEOUT;
-    loop {
-        match f() {
-            Ok(v) => return v,
-            Err(e) if e.is_try_again() && Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            Err(e) => panic!("{e}"),
-        }
-    }
+    connect_to(socket)
 }
 
 /// Waits for the confchg whose members are exactly `expected` (node, pid).

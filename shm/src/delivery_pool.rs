@@ -12,10 +12,9 @@
 //! mapping or `write(2)` fails, whoever holds the fd. It is also sealed against
 //! shrinking and growing, so a reader cannot be made to fault.
 
-use std::ffi::CString;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use memmap2::{Mmap, MmapOptions, MmapRaw};
 
@@ -70,34 +69,7 @@ impl DeliveryPool {
         let huge_error = |stage: &'static str, source: io::Error| {
             RegionError::HugePagesUnavailable { stage, source }
         };
-        let name = CString::new("ringcast-delivery-pool").expect("no NUL");
-        let mut flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
-        if huge {
-            flags |= libc::MFD_HUGETLB | libc::MFD_HUGE_2MB;
-        }
-        // SAFETY: name is a valid NUL-terminated string; memfd_create has no other
-        // preconditions.
-        let raw = unsafe { libc::memfd_create(name.as_ptr(), flags) };
-        if raw < 0 {
-            let err = io::Error::last_os_error();
-            return Err(if huge {
-                huge_error("memfd_create", err)
-            } else {
-                RegionError::MemfdCreate(err)
-            });
-        }
-        // SAFETY: raw is a fresh fd that nothing else owns.
-        let file = File::from(unsafe { OwnedFd::from_raw_fd(raw) });
-        file.set_len(bytes as u64).map_err(|source| {
-            if huge {
-                huge_error("ftruncate", source)
-            } else {
-                RegionError::Truncate {
-                    bytes: bytes as u64,
-                    source,
-                }
-            }
-        })?;
+        let file = crate::region::sized_memfd(c"ringcast-delivery-pool", bytes as u64, huge)?;
         let map = MmapOptions::new()
             .len(bytes)
             .map_raw(&file)
@@ -219,6 +191,7 @@ impl DeliveryPoolView {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::FromRawFd;
 
     fn dup(fd: BorrowedFd<'_>) -> OwnedFd {
         fd.try_clone_to_owned().unwrap()

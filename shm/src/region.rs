@@ -1,6 +1,6 @@
 //! A region: one sealed memfd mapped shared by the engine and one client.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::fmt;
 use std::fs::File;
 use std::io;
@@ -151,6 +151,41 @@ const SUBMIT_CONSUMER: u8 = 2;
 const EVENT_PRODUCER: u8 = 4;
 const EVENT_CONSUMER: u8 = 8;
 
+/// `memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING [| MFD_HUGETLB | MFD_HUGE_2MB])`
+/// sized to `bytes`; a huge page failure is [`RegionError::HugePagesUnavailable`] (so
+/// that callers can fall back to normal pages).
+pub(crate) fn sized_memfd(name: &CStr, bytes: u64, huge: bool) -> Result<File, RegionError> {
+    let huge_error = |stage: &'static str, source: io::Error| RegionError::HugePagesUnavailable {
+        stage,
+        source,
+    };
+    let mut flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
+    if huge {
+        flags |= libc::MFD_HUGETLB | libc::MFD_HUGE_2MB;
+    }
+    // SAFETY: name is a valid NUL-terminated string; memfd_create has no other
+    // preconditions.
+    let raw = unsafe { libc::memfd_create(name.as_ptr(), flags) };
+    if raw < 0 {
+        let err = io::Error::last_os_error();
+        return Err(if huge {
+            huge_error("memfd_create", err)
+        } else {
+            RegionError::MemfdCreate(err)
+        });
+    }
+    // SAFETY: raw is a fresh fd that nothing else owns.
+    let file = File::from(unsafe { OwnedFd::from_raw_fd(raw) });
+    file.set_len(bytes).map_err(|source| {
+        if huge {
+            huge_error("ftruncate", source)
+        } else {
+            RegionError::Truncate { bytes, source }
+        }
+    })?;
+    Ok(file)
+}
+
 /// Set once the huge page fallback has been logged: hosts without huge pages would otherwise
 /// log it for every client.
 static HUGE_FALLBACK_WARNED: AtomicBool = AtomicBool::new(false);
@@ -234,33 +269,7 @@ impl Region {
         let huge_error = |stage: &'static str, source: io::Error| {
             RegionError::HugePagesUnavailable { stage, source }
         };
-        let mut flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
-        if huge {
-            flags |= libc::MFD_HUGETLB | libc::MFD_HUGE_2MB;
-        }
-        // SAFETY: name is a valid NUL-terminated string; memfd_create has no other
-        // preconditions.
-        let raw = unsafe { libc::memfd_create(name.as_ptr(), flags) };
-        if raw < 0 {
-            let err = io::Error::last_os_error();
-            return Err(if huge {
-                huge_error("memfd_create", err)
-            } else {
-                RegionError::MemfdCreate(err)
-            });
-        }
-        // SAFETY: raw is a fresh fd that nothing else owns.
-        let file = File::from(unsafe { OwnedFd::from_raw_fd(raw) });
-        file.set_len(total_bytes).map_err(|source| {
-            if huge {
-                huge_error("ftruncate", source)
-            } else {
-                RegionError::Truncate {
-                    bytes: total_bytes,
-                    source,
-                }
-            }
-        })?;
+        let file = sized_memfd(name, total_bytes, huge)?;
         let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
         // SAFETY: F_ADD_SEALS on an fd we own, with an int argument.
         if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {

@@ -82,7 +82,7 @@ pub enum Malformed {
     Trailing(usize),
 }
 
-fn put_member(out: &mut BytesMut, kind: u8, group: &GroupName, pid: u32) {
+fn put_member(out: &mut impl BufMut, kind: u8, group: &GroupName, pid: u32) {
     let name = group.as_bytes();
     out.put_u8(VERSION);
     out.put_u8(kind);
@@ -101,12 +101,7 @@ pub fn mcast_header_len(group: &GroupName) -> usize {
 /// [`mcast_header_len`] long.
 pub fn write_mcast_header(mut out: &mut [u8], group: &GroupName, pid: u32) {
     debug_assert_eq!(out.len(), mcast_header_len(group));
-    let name = group.as_bytes();
-    out.put_u8(VERSION);
-    out.put_u8(KIND_MCAST);
-    out.put_u32_le(pid);
-    out.put_u8(name.len() as u8);
-    out.put_slice(name);
+    put_member(&mut out, KIND_MCAST, group, pid);
 }
 
 pub fn encode_join(group: &GroupName, pid: u32) -> Bytes {

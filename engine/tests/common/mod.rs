@@ -17,6 +17,38 @@ pub const STATUS: &str = env!("CARGO_BIN_EXE_ringcast");
 pub const TOKEN_MS: u64 = 300;
 /// Generous for a loaded 2-core machine; membership itself takes token + consensus.
 pub const FORM_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long client tests wait for any one event.
+pub const EVENT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A client of the engine listening at `socket`, retried while the engine starts.
+pub fn connect_to(socket: &std::path::Path) -> ringcast::Cpg {
+    let options = ringcast::ConnectOptions {
+        socket: socket.to_path_buf(),
+        initial_totem_conf: false,
+    };
+    let deadline = Instant::now() + FORM_TIMEOUT;
+    loop {
+        match ringcast::Cpg::connect(&options) {
+            Ok(cpg) => return cpg,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => panic!("connect to {}: {e}", socket.display()),
+        }
+    }
+}
+
+/// Retries TRY_AGAIN (a sync in progress, or a full submit ring) the way CPG programs do.
+pub fn retry<T>(mut f: impl FnMut() -> ringcast::Result<T>) -> T {
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    loop {
+        match f() {
+            Ok(v) => return v,
+            Err(e) if e.is_try_again() && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
 
 pub fn addr(id: u32) -> String {
     format!("127.0.0.{id}")
