@@ -622,6 +622,11 @@ fn large_deliveries_travel_through_the_pool_and_come_back() {
     let cpg = connect(&cluster, 1);
     retry(|| cpg.join(b"pool"));
     next_confchg(&cpg);
+    // A counter reaches `value` (the stats page is written every few milliseconds).
+    let expect = |name: &str, value: u64| {
+        let ok = wait_for(EVENT_TIMEOUT, || cluster.counter(1, name) == value);
+        assert!(ok, "{name} = {}, not {value}", cluster.counter(1, name));
+    };
     let check = |event: Event, seed: u64| match event {
         Event::Deliver { msg, .. } => {
             assert_eq!(msg, checksummed(256 << 10, seed), "message {seed}");
@@ -635,14 +640,7 @@ fn large_deliveries_travel_through_the_pool_and_come_back() {
     // Small messages stay inline.
     retry(|| cpg.mcast(Guarantee::Agreed, b"small"));
     assert!(matches!(next_group_event(&cpg), Event::Deliver { msg, .. } if msg == b"small"));
-    let ok = wait_for(EVENT_TIMEOUT, || {
-        cluster.counter(1, "pool_descriptors") == 100
-    });
-    assert!(
-        ok,
-        "pool_descriptors = {}, not 100",
-        cluster.counter(1, "pool_descriptors")
-    );
+    expect("pool_descriptors", 100);
     assert_eq!(cluster.counter(1, "pool_placed"), 100);
     assert_eq!(cluster.counter(1, "pool_inline_fallbacks"), 0);
 
@@ -657,28 +655,14 @@ fn large_deliveries_travel_through_the_pool_and_come_back() {
     for i in 100..120u64 {
         check(next_group_event(&cpg), i);
     }
-    let ok = wait_for(EVENT_TIMEOUT, || {
-        cluster.counter(1, "pool_inline_fallbacks") == 16
-    });
-    assert!(
-        ok,
-        "pool_inline_fallbacks = {}, not 16",
-        cluster.counter(1, "pool_inline_fallbacks")
-    );
+    expect("pool_inline_fallbacks", 16);
     assert_eq!(cluster.counter(1, "pool_descriptors"), 104);
     // And everything came back: the next ones use the pool again.
     for i in 120..130u64 {
         retry(|| cpg.mcast(Guarantee::Agreed, &checksummed(256 << 10, i)));
         check(next_group_event(&cpg), i);
     }
-    let ok = wait_for(EVENT_TIMEOUT, || {
-        cluster.counter(1, "pool_descriptors") == 114
-    });
-    assert!(
-        ok,
-        "pool_descriptors = {}, not 114",
-        cluster.counter(1, "pool_descriptors")
-    );
+    expect("pool_descriptors", 114);
     assert_eq!(cluster.counter(1, "pool_inline_fallbacks"), 16);
 }
 

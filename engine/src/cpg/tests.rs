@@ -1612,25 +1612,22 @@ fn mcast_in_place_sends_without_copying_and_returns_the_buffer_on_try_again() {
     assert_eq!(payloads(&c.take(1, 10)), want);
     assert_eq!(payloads(&c.take(2, 20)), want);
 
+    let returned_on_try_again = |node: &mut TestNode| {
+        let (e, back) = node
+            .service
+            .mcast_in_place(10, Guarantee::Agreed, in_place(b"again"), &mut node.totem)
+            .unwrap_err();
+        assert_eq!(e, CpgError::TryAgain);
+        assert_eq!(back.unwrap()[MCAST_HEADER_MAX..], b"again"[..]);
+    };
     // Totem full: the buffer comes back as it was.
     let node = c.nodes.get_mut(&1).unwrap();
     node.totem.capacity = node.totem.normal.len();
-    let (e, back) = node
-        .service
-        .mcast_in_place(10, Guarantee::Agreed, in_place(b"again"), &mut node.totem)
-        .unwrap_err();
-    assert_eq!(e, CpgError::TryAgain);
-    assert_eq!(back.unwrap()[MCAST_HEADER_MAX..], b"again"[..]);
+    returned_on_try_again(node);
     node.totem.capacity = usize::MAX;
     // A sync running: the same.
     c.reconfigure(&[&[1, 2]]);
-    let node = c.nodes.get_mut(&1).unwrap();
-    let (e, back) = node
-        .service
-        .mcast_in_place(10, Guarantee::Agreed, in_place(b"again"), &mut node.totem)
-        .unwrap_err();
-    assert_eq!(e, CpgError::TryAgain);
-    assert_eq!(back.unwrap()[MCAST_HEADER_MAX..], b"again"[..]);
+    returned_on_try_again(c.nodes.get_mut(&1).unwrap());
     // Shorter than the room: refused, not a panic.
     let node = c.nodes.get_mut(&1).unwrap();
     let (e, _) = node
