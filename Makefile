@@ -16,7 +16,7 @@ help:
 	@echo "make sim         run the deterministic simulator: SIM_ARGS='$(SIM_ARGS)'"
 	@echo "make bench       Totem core cost (core_cost) and client throughput/latency (ringcast-bench)"
 	@echo "make bench-engine  ordered throughput of 1, 3, 5 ringcastd engines on loopback (load generator)"
-	@echo "make cluster     not yet implemented (issue 3)"
+	@echo "make cluster     N engines on 127.0.0.1..N until Ctrl-C (CLUSTER_NODES=3)"
 	@echo "make tune-check  not yet implemented"
 
 build:
@@ -61,9 +61,11 @@ bench-engine:
 sim:
 	$(CARGO) run --release -p ringcast-engine --bin ringcast-sim -- $(SIM_ARGS)
 
+# A local multi-engine ring until Ctrl-C, e.g. `make cluster CLUSTER_NODES=5`.
+CLUSTER_NODES ?= 3
 cluster:
-	@echo "make cluster: not yet implemented (issue 3: ringcastd and real multi-process clusters)" >&2
-	@exit 1
+	$(CARGO) build --release -p ringcast-engine --bin ringcastd --bin ringcast
+	CLUSTER_NODES=$(CLUSTER_NODES) bash scripts/cluster.sh
 
 tune-check:
 	@echo "make tune-check: not yet implemented (no issue yet: ringcast-tune host checks)" >&2
