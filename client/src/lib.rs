@@ -1138,7 +1138,12 @@ impl Drop for Cpg {
 }
 
 impl AsFd for Cpg {
-    /// Readable when events are pending or the engine is gone (`cpg_fd_get`).
+    /// Readable when events are pending or the engine is gone (`cpg_fd_get`), as long
+    /// as they are (level-triggered): for `poll`, epoll and tokio's `AsyncFd`. With an
+    /// edge-triggered waiter such as `AsyncFd`, clear readiness only when a
+    /// `Dispatch::OneNonBlocking` (or `next_event(Some(ZERO))`) found nothing: the fd
+    /// stays readable across dispatches while events remain, so no new edge comes for
+    /// them.
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.poll_fd.as_fd()
     }
