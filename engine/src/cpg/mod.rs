@@ -55,8 +55,8 @@ use crate::totem::{
     self, ConfigurationChange, ConfigurationKind, Delivery, Guarantee, Instant, NodeId, RingId,
     SubmitError,
 };
+use codec::Message;
 pub use codec::{JOINLIST_ENTRY_MAX, MCAST_HEADER_MAX, Malformed, joinlist_bytes_max};
-use codec::{Message, decode};
 
 /// A local client connection, chosen by the caller.
 pub type ConnId = u64;
@@ -885,7 +885,10 @@ impl Service {
     // ------------------------------------------------------------ deliveries
 
     fn on_delivery(&mut self, delivery: Delivery, totem: &mut impl Submit) {
-        let message = match decode(&delivery.payload) {
+        let sender = delivery.sender;
+        let guarantee = delivery.guarantee;
+        let delivered_on = delivery.ring_id;
+        let message = match codec::decode_owned(delivery.payload) {
             Ok(message) => message,
             Err(_) => {
                 self.stats.malformed += 1;
@@ -893,7 +896,7 @@ impl Service {
             }
         };
         if let Message::JoinList { ring_id, entries } = message {
-            self.on_joinlist(delivery.sender, delivery.ring_id, ring_id, entries, totem);
+            self.on_joinlist(sender, delivered_on, ring_id, entries, totem);
             return;
         }
         if self.synced.is_none() && self.sync.is_none() {
@@ -905,13 +908,13 @@ impl Service {
         if let Some(sync) = &mut self.sync {
             self.stats.held += 1;
             sync.held.push_back(Held {
-                sender: delivery.sender,
-                guarantee: delivery.guarantee,
+                sender,
+                guarantee,
                 message,
             });
             return;
         }
-        self.apply(delivery.sender, delivery.guarantee, message);
+        self.apply(sender, guarantee, message);
     }
 
     fn on_joinlist(
@@ -1138,11 +1141,27 @@ impl Service {
             return;
         }
         self.stats.messages_delivered += 1;
-        let Some((group, receivers)) = self.receivers.get_key_value(&group) else {
+        let Some(receivers) = self.receivers.get(&group) else {
             return;
         };
         let sender = Member { node, pid };
-        for &conn in receivers {
+        // Every receiver but the last gets new references; the last gets the decoded
+        // group and payload themselves (each reference is an atomic operation, and most
+        // groups have one local receiver).
+        let mut conns = receivers.iter().copied().peekable();
+        while let Some(conn) = conns.next() {
+            if conns.peek().is_none() {
+                self.events.push_back((
+                    conn,
+                    ClientEvent::Deliver {
+                        group,
+                        sender,
+                        guarantee,
+                        payload,
+                    },
+                ));
+                return;
+            }
             self.events.push_back((
                 conn,
                 ClientEvent::Deliver {

@@ -1636,3 +1636,38 @@ fn mcast_in_place_sends_without_copying_and_returns_the_buffer_on_try_again() {
         .unwrap_err();
     assert_eq!(e, CpgError::InvalidParam);
 }
+
+/// `decode_owned` gives what `decode` gives, the payload being the delivery itself
+/// moved past its header; other kinds and malformed input go through `decode`.
+#[test]
+fn decode_owned_matches_decode_without_a_new_reference() {
+    let g = name("grp");
+    let bytes = codec::encode_mcast(&g, 9, &[b"hello"]);
+    let header = bytes.len() - 5;
+    let start = bytes.as_ptr();
+    let owned = codec::decode_owned(bytes.clone()).unwrap();
+    assert_eq!(owned, codec::decode(&bytes).unwrap());
+    match owned {
+        Message::Mcast { payload, .. } => {
+            assert_eq!(payload.as_ptr(), start.wrapping_add(header));
+        }
+        other => panic!("{other:?}"),
+    }
+    for other in [
+        codec::encode_join(&g, 1),
+        codec::encode_leave(&g, 1, true),
+        codec::encode_joinlist(RingId { rep: 1, seq: 2 }, [(&g, 3u32)].into_iter()),
+    ] {
+        assert_eq!(codec::decode_owned(other.clone()), codec::decode(&other));
+    }
+    for bad in [
+        &b""[..],
+        &[9u8, 3][..],
+        &[1u8, 3, 0, 0][..],
+        &[1u8, 3, 0, 0, 0, 0, 0][..],
+    ] {
+        let bad = Bytes::copy_from_slice(bad);
+        assert_eq!(codec::decode_owned(bad.clone()), codec::decode(&bad));
+        assert!(codec::decode(&bad).is_err());
+    }
+}
