@@ -209,7 +209,7 @@ impl Reader<'_> {
     /// A name as a zero-copy slice of the delivery.
     fn name(&mut self) -> Result<GroupName, Malformed> {
         let range = self.name_range()?;
-        Ok(GroupName::from_wire(self.bytes.slice(range)))
+        Ok(GroupName::from_wire(self.bytes, range))
     }
 
     /// Where the next name lies in the delivery.
@@ -253,7 +253,7 @@ pub fn decode_owned(mut bytes: Bytes) -> Result<Message, Malformed> {
     let pid = r.u32()?;
     let range = r.name_range()?;
     let at = r.at;
-    let group = GroupName::from_wire(bytes.slice(range));
+    let group = GroupName::from_wire(&bytes, range);
     bytes.advance(at);
     Ok(Message::Mcast {
         group,

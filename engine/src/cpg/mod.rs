@@ -66,8 +66,21 @@ pub const MAX_NAME_BYTES: usize = 128;
 
 /// A group name: 1..=128 arbitrary bytes (not a C string), ordered by length and then
 /// bytes, as Corosync compares them (CPG_SPEC.md §2.4).
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct GroupName(Bytes);
+#[derive(Clone)]
+pub struct GroupName(NameRepr);
+
+/// Names up to this long are kept inline: cloning one (per delivery and receiver) is a
+/// copy, not an atomic reference count.
+const INLINE_NAME_BYTES: usize = 46;
+
+#[derive(Clone)]
+enum NameRepr {
+    Inline {
+        len: u8,
+        bytes: [u8; INLINE_NAME_BYTES],
+    },
+    Shared(Bytes),
+}
 
 impl GroupName {
     /// The empty name is refused (CPG_SPEC.md §5.3 quirk: Corosync accepts it and then
@@ -79,34 +92,72 @@ impl GroupName {
         if bytes.len() > MAX_NAME_BYTES {
             return Err(CpgError::NameTooLong);
         }
-        Ok(GroupName(Bytes::copy_from_slice(bytes)))
+        Ok(GroupName::copied(bytes))
     }
 
-    /// A name decoded from a delivery (length already checked): a slice of it, good for
-    /// lookups; [`GroupName::detach`] before keeping it.
-    fn from_wire(bytes: Bytes) -> GroupName {
-        debug_assert!((1..=MAX_NAME_BYTES).contains(&bytes.len()));
-        GroupName(bytes)
+    fn copied(name: &[u8]) -> GroupName {
+        match Self::inline(name) {
+            Some(inline) => inline,
+            None => GroupName(NameRepr::Shared(Bytes::copy_from_slice(name))),
+        }
+    }
+
+    fn inline(name: &[u8]) -> Option<GroupName> {
+        let mut bytes = [0u8; INLINE_NAME_BYTES];
+        bytes.get_mut(..name.len())?.copy_from_slice(name);
+        Some(GroupName(NameRepr::Inline {
+            len: name.len() as u8,
+            bytes,
+        }))
+    }
+
+    /// The name at `range` of a delivery (length already checked): inline if short,
+    /// else a slice of the delivery, good for lookups; [`GroupName::detach`] before
+    /// keeping it.
+    fn from_wire(delivery: &Bytes, range: std::ops::Range<usize>) -> GroupName {
+        debug_assert!((1..=MAX_NAME_BYTES).contains(&range.len()));
+        match Self::inline(&delivery[range.clone()]) {
+            Some(inline) => inline,
+            None => GroupName(NameRepr::Shared(delivery.slice(range))),
+        }
     }
 
     /// A copy that does not keep the delivery it was decoded from alive.
     fn detach(&self) -> GroupName {
-        GroupName(Bytes::copy_from_slice(&self.0))
+        GroupName::copied(self.as_bytes())
     }
 
     pub fn as_bytes(&self) -> &[u8] {
-        &self.0
+        match &self.0 {
+            NameRepr::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            NameRepr::Shared(bytes) => bytes,
+        }
     }
 
     #[allow(clippy::len_without_is_empty)] // never empty
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.as_bytes().len()
+    }
+}
+
+impl PartialEq for GroupName {
+    fn eq(&self, other: &GroupName) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for GroupName {}
+
+impl std::hash::Hash for GroupName {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_bytes().hash(state);
     }
 }
 
 impl Ord for GroupName {
     fn cmp(&self, other: &GroupName) -> std::cmp::Ordering {
-        (self.0.len(), &self.0[..]).cmp(&(other.0.len(), &other.0[..]))
+        let (a, b) = (self.as_bytes(), other.as_bytes());
+        (a.len(), a).cmp(&(b.len(), b))
     }
 }
 
@@ -118,7 +169,11 @@ impl PartialOrd for GroupName {
 
 impl std::fmt::Debug for GroupName {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "GroupName({:?})", String::from_utf8_lossy(&self.0))
+        write!(
+            f,
+            "GroupName({:?})",
+            String::from_utf8_lossy(self.as_bytes())
+        )
     }
 }
 

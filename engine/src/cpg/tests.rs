@@ -1671,3 +1671,34 @@ fn decode_owned_matches_decode_without_a_new_reference() {
         assert!(codec::decode(&bad).is_err());
     }
 }
+
+/// Short names are kept inline and long ones shared; either way equality, hashing and
+/// the length-first order only see the bytes.
+#[test]
+fn inline_and_shared_names_behave_the_same() {
+    use std::collections::HashSet;
+    let short = vec![b'a'; 46];
+    let long = vec![b'a'; 47];
+    let wire = codec::encode_join(&GroupName::new(&long).unwrap(), 1);
+    let decoded = match codec::decode(&wire).unwrap() {
+        Message::Join { group, .. } => group,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(decoded, GroupName::new(&long).unwrap());
+    assert_eq!(decoded.detach(), decoded);
+    assert_eq!(decoded.as_bytes(), &long[..]);
+    let names = [
+        GroupName::new(&short).unwrap(),
+        GroupName::new(&long).unwrap(),
+        GroupName::new(b"b").unwrap(),
+    ];
+    let mut sorted = names.to_vec();
+    sorted.sort();
+    assert_eq!(sorted[0].as_bytes(), b"b");
+    assert_eq!(sorted[1].as_bytes(), &short[..]);
+    assert_eq!(sorted[2].as_bytes(), &long[..]);
+    let set: HashSet<GroupName> = names.iter().cloned().collect();
+    assert!(set.contains(&decoded));
+    assert!(set.contains(&GroupName::new(&short).unwrap()));
+    assert_eq!(set.len(), 3);
+}
