@@ -175,6 +175,10 @@ counters! {
     PoolDescriptors = "pool_descriptors",
     /// Pool-sized deliveries sent inline instead (pool full, receiver over its share).
     PoolInlineFallbacks = "pool_inline_fallbacks",
+    /// Packets Totem sent to its own node (the token of a one-node ring), handed back to
+    /// it directly instead of through the kernel (counted in `packets_in` too, not in
+    /// `packets_out`).
+    PacketsToSelf = "packets_to_self",
 }
 
 /// `NodeState` as stored in the page (`u64::MAX` = left the ring).
