@@ -20,6 +20,20 @@ fn connect(cluster: &Cluster, id: u32) -> Cpg {
     connect_to(&cluster.socket(id))
 }
 
+/// Starts a one-engine cluster and waits for its ring.
+fn start_one(cluster: &mut Cluster) {
+    cluster.start_all();
+    cluster.wait_ring(&[1], FORM_TIMEOUT).unwrap();
+}
+
+/// A client of engine 1 that joined `group` and saw its own JOIN confchg.
+fn joined(cluster: &Cluster, group: &[u8]) -> Cpg {
+    let cpg = connect(cluster, 1);
+    retry(|| cpg.join(group));
+    next_confchg(&cpg);
+    cpg
+}
+
 /// The next group event (totem confchgs skipped), or a panic after the timeout.
 fn next_group_event(cpg: &Cpg) -> Event {
     let deadline = Instant::now() + EVENT_TIMEOUT;
@@ -121,8 +135,7 @@ impl Drop for Listener {
 #[test]
 fn join_send_leave_and_procdown_on_one_host() {
     let mut cluster = Cluster::new("cpg1", 47100, 1);
-    cluster.start_all();
-    cluster.wait_ring(&[1], FORM_TIMEOUT).unwrap();
+    start_one(&mut cluster);
     let me = std::process::id();
     let a = connect(&cluster, 1);
     assert_eq!(a.local_node().unwrap(), 1);
@@ -246,8 +259,7 @@ fn readable(fd: i32, timeout_ms: i32) -> bool {
 #[test]
 fn dispatch_modes_and_the_pollable_fd() {
     let mut cluster = Cluster::new("cpg2", 47110, 1);
-    cluster.start_all();
-    cluster.wait_ring(&[1], FORM_TIMEOUT).unwrap();
+    start_one(&mut cluster);
     let cpg = connect(&cluster, 1);
     let mut h = Counting {
         delivered: 0,
@@ -355,8 +367,7 @@ fn the_fd_works_with_tokio_async_fd() {
         }
     }
     let mut cluster = Cluster::new("cpg10", 47200, 1);
-    cluster.start_all();
-    cluster.wait_ring(&[1], FORM_TIMEOUT).unwrap();
+    start_one(&mut cluster);
     let cpg = connect(&cluster, 1);
     retry(|| cpg.join(b"tokio"));
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -410,11 +421,8 @@ fn the_fd_works_with_tokio_async_fd() {
 #[test]
 fn a_full_ring_gives_try_again_and_loses_nothing() {
     let mut cluster = Cluster::new("cpg3", 47120, 1);
-    cluster.start_all();
-    cluster.wait_ring(&[1], FORM_TIMEOUT).unwrap();
-    let cpg = connect(&cluster, 1);
-    retry(|| cpg.join(b"bp"));
-    next_confchg(&cpg);
+    start_one(&mut cluster);
+    let cpg = joined(&cluster, b"bp");
     cluster.daemon(1).signal(libc::SIGSTOP);
     let mut accepted = 0u32;
     let refused = loop {
@@ -473,11 +481,8 @@ fn a_client_scribbling_on_its_rings_is_cut_off() {
     use ringcast_shm::socket::SeqPacket;
 
     let mut cluster = Cluster::new("cpg4", 47130, 1);
-    cluster.start_all();
-    cluster.wait_ring(&[1], FORM_TIMEOUT).unwrap();
-    let good = connect(&cluster, 1);
-    retry(|| good.join(b"h"));
-    next_confchg(&good);
+    start_one(&mut cluster);
+    let good = joined(&cluster, b"h");
 
     let mut buf = vec![0u8; 65536];
     for round in 0..20u64 {
@@ -617,11 +622,8 @@ fn large_deliveries_travel_through_the_pool_and_come_back() {
     )
     .unwrap();
     cluster.extra = vec!["-c".into(), config.display().to_string()];
-    cluster.start_all();
-    cluster.wait_ring(&[1], FORM_TIMEOUT).unwrap();
-    let cpg = connect(&cluster, 1);
-    retry(|| cpg.join(b"pool"));
-    next_confchg(&cpg);
+    start_one(&mut cluster);
+    let cpg = joined(&cluster, b"pool");
     // A counter reaches `value` (the stats page is written every few milliseconds).
     let expect = |name: &str, value: u64| {
         let ok = wait_for(EVENT_TIMEOUT, || cluster.counter(1, name) == value);
@@ -790,8 +792,7 @@ fn three_engines_order_nodedown_nodeup_and_64_mib() {
 #[test]
 fn the_cli_lists_groups_listens_and_sends() {
     let mut cluster = Cluster::new("cpg6", 47150, 1);
-    cluster.start_all();
-    cluster.wait_ring(&[1], FORM_TIMEOUT).unwrap();
+    start_one(&mut cluster);
     let listener = Listener::spawn(&cluster, 1, "cli");
     listener.wait_line("confchg group=cli");
     let groups = Command::new(STATUS)
@@ -825,8 +826,7 @@ fn the_cli_lists_groups_listens_and_sends() {
 #[test]
 fn initial_totem_conf_follows_the_join() {
     let mut cluster = Cluster::new("cpg7", 47160, 1);
-    cluster.start_all();
-    cluster.wait_ring(&[1], FORM_TIMEOUT).unwrap();
+    start_one(&mut cluster);
     let cpg = Cpg::connect(&ConnectOptions {
         socket: cluster.socket(1),
         initial_totem_conf: true,
@@ -858,11 +858,8 @@ fn initial_totem_conf_follows_the_join() {
 #[test]
 fn a_dead_engine_is_reported_and_a_restarted_one_accepts_clients() {
     let mut cluster = Cluster::new("cpg8", 47170, 1);
-    cluster.start_all();
-    cluster.wait_ring(&[1], FORM_TIMEOUT).unwrap();
-    let cpg = connect(&cluster, 1);
-    retry(|| cpg.join(b"restart"));
-    next_confchg(&cpg);
+    start_one(&mut cluster);
+    let cpg = joined(&cluster, b"restart");
     cluster.kill9(1);
     let deadline = Instant::now() + EVENT_TIMEOUT;
     let err = loop {

@@ -66,23 +66,8 @@ impl DeliveryPool {
     }
 
     fn create_with(bytes: usize, huge: bool) -> Result<DeliveryPool, RegionError> {
-        let huge_error = |stage: &'static str, source: io::Error| {
-            RegionError::HugePagesUnavailable { stage, source }
-        };
         let file = crate::region::sized_memfd(c"ringcast-delivery-pool", bytes as u64, huge)?;
-        let map = MmapOptions::new()
-            .len(bytes)
-            .map_raw(&file)
-            .map_err(|source| {
-                if huge {
-                    huge_error("mmap", source)
-                } else {
-                    RegionError::Map {
-                        bytes: bytes as u64,
-                        source,
-                    }
-                }
-            })?;
+        let map = crate::region::map_shared(&file, bytes, huge)?;
         // After our mapping: F_SEAL_FUTURE_WRITE leaves existing writable mappings alone.
         // SAFETY: F_ADD_SEALS on an fd we own, with an int argument.
         if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, SEALS) } < 0 {

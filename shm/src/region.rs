@@ -186,6 +186,28 @@ pub(crate) fn sized_memfd(name: &CStr, bytes: u64, huge: bool) -> Result<File, R
     Ok(file)
 }
 
+/// A shared read-write mapping of `bytes` of `file`. For hugetlbfs this reserves the
+/// huge pages, so a host without enough of them fails here (ENOMEM, as
+/// [`RegionError::HugePagesUnavailable`]) instead of with SIGBUS at first touch.
+pub(crate) fn map_shared(file: &File, bytes: usize, huge: bool) -> Result<MmapRaw, RegionError> {
+    MmapOptions::new()
+        .len(bytes)
+        .map_raw(file)
+        .map_err(|source| {
+            if huge {
+                RegionError::HugePagesUnavailable {
+                    stage: "mmap",
+                    source,
+                }
+            } else {
+                RegionError::Map {
+                    bytes: bytes as u64,
+                    source,
+                }
+            }
+        })
+}
+
 /// Set once the huge page fallback has been logged: hosts without huge pages would otherwise
 /// log it for every client.
 static HUGE_FALLBACK_WARNED: AtomicBool = AtomicBool::new(false);
@@ -280,21 +302,7 @@ impl Region {
                 RegionError::Seal(err)
             });
         }
-        // For hugetlbfs, a shared mapping reserves its huge pages here, so a host without
-        // enough of them fails now (ENOMEM) instead of with SIGBUS at first touch.
-        let map = MmapOptions::new()
-            .len(layout.total_bytes)
-            .map_raw(&file)
-            .map_err(|source| {
-                if huge {
-                    huge_error("mmap", source)
-                } else {
-                    RegionError::Map {
-                        bytes: total_bytes,
-                        source,
-                    }
-                }
-            })?;
+        let map = map_shared(&file, layout.total_bytes, huge)?;
         let region = Region {
             mapping: Arc::new(Mapping { map, file }),
             layout,
