@@ -577,15 +577,16 @@ impl Harness {
                 return;
             };
             if let Some(t) = node.poll_transmit() {
+                let datagram = t.payload.to_bytes();
                 match t.destination {
                     Destination::All => {
                         for to in 1..=self.n as NodeId {
-                            self.net.send(now, id, to, false, t.payload.clone());
+                            self.net.send(now, id, to, false, datagram.clone());
                         }
                     }
                     Destination::Node(to) => {
                         if (1..=self.n as NodeId).contains(&to) {
-                            self.net.send(now, id, to, true, t.payload);
+                            self.net.send(now, id, to, true, datagram);
                         }
                     }
                 }

@@ -33,7 +33,7 @@ use crate::daemon::load::{Check, Generated, LoadChecker, LoadGenerator};
 use crate::daemon::{DaemonConfig, FileRingSeqStore, IdleStrategy};
 use crate::ipc::{Ipc, IpcSettings, session::BacklogLimits};
 use crate::totem::{
-    ConfigurationKind, Destination, Event, Guarantee, Instant, Node, NodeId, NodeState,
+    ConfigurationKind, Destination, Event, Gather, Guarantee, Instant, Node, NodeId, NodeState,
     SubmitError, Transmit,
 };
 use crate::wire::seal::{self, Key, OpenError, Opener, Sealer};
@@ -184,9 +184,10 @@ impl KernelFeatures {
 /// Memory the kernel reads while a `sendmsg` is in flight.
 struct SendSlot {
     msghdr: libc::msghdr,
-    iov: libc::iovec,
+    /// One entry per piece of `payload`; not pushed to while the send is in flight.
+    iov: Vec<libc::iovec>,
     addr: RawAddr,
-    payload: Bytes,
+    payload: Gather,
 }
 
 fn zeroed_msghdr() -> libc::msghdr {
@@ -379,12 +380,9 @@ impl Engine {
         let slots: Box<[SendSlot]> = (0..SEND_SLOTS)
             .map(|_| SendSlot {
                 msghdr: zeroed_msghdr(),
-                iov: libc::iovec {
-                    iov_base: std::ptr::null_mut(),
-                    iov_len: 0,
-                },
+                iov: Vec::with_capacity(4),
                 addr: RawAddr::new(config.own_addr),
-                payload: Bytes::new(),
+                payload: Gather::default(),
             })
             .collect();
         // Start time in ns: a fresh epoch per start.
@@ -823,7 +821,7 @@ impl Engine {
                 }
             }
             KIND_SEND => {
-                self.slots[index].payload = Bytes::new();
+                self.slots[index].payload = Gather::default();
                 self.free_slots.push(index);
                 self.sends_in_flight -= 1;
                 if result < 0 {
@@ -1087,7 +1085,8 @@ impl Engine {
                     if id == self.config.node_id && self.to_self.len() < TO_SELF_MAX =>
                 {
                     self.stats.add(Counter::PacketsToSelf, 1);
-                    self.to_self.push_back(transmit.payload);
+                    // Tokens and joins: one piece, so no copy.
+                    self.to_self.push_back(transmit.payload.to_bytes());
                     n += 1;
                     continue;
                 }
@@ -1106,7 +1105,10 @@ impl Engine {
                 break;
             }
             let payload = match &mut self.sealer {
-                Some(sealer) => Bytes::from(sealer.seal(&transmit.payload)),
+                Some(sealer) => Gather::from(Bytes::from(sealer.seal_pieces(
+                    transmit.payload.len(),
+                    transmit.payload.pieces().map(|p| &p[..]),
+                ))),
                 None => transmit.payload,
             };
             for i in 0..count {
@@ -1124,26 +1126,31 @@ impl Engine {
         n
     }
 
-    fn push_send(&mut self, addr: RawAddr, payload: Bytes) {
+    fn push_send(&mut self, addr: RawAddr, payload: Gather) {
         let index = self.free_slots.pop().expect("slots checked by the caller");
         let slot = &mut self.slots[index];
         slot.payload = payload;
         slot.addr = addr;
-        slot.iov = libc::iovec {
-            iov_base: slot.payload.as_ptr() as *mut libc::c_void,
-            iov_len: slot.payload.len(),
-        };
+        // A datagram in pieces goes out in one vectored send: the messages packed by
+        // reference are read by the kernel where they are.
+        slot.iov.clear();
+        slot.iov
+            .extend(slot.payload.pieces().map(|piece| libc::iovec {
+                iov_base: piece.as_ptr() as *mut libc::c_void,
+                iov_len: piece.len(),
+            }));
         slot.msghdr = zeroed_msghdr();
         slot.msghdr.msg_name = slot.addr.as_ptr() as *mut libc::c_void;
         slot.msghdr.msg_namelen = slot.addr.socklen();
-        slot.msghdr.msg_iov = &mut slot.iov;
-        slot.msghdr.msg_iovlen = 1;
+        slot.msghdr.msg_iov = slot.iov.as_mut_ptr();
+        slot.msghdr.msg_iovlen = slot.iov.len();
         let entry = opcode::SendMsg::new(Fd(self.sockets.unicast.as_raw_fd()), &slot.msghdr)
             .build()
             .user_data(user_data(KIND_SEND, index));
-        // The slot lives in a never-reallocated boxed slice (its address is stable), holds the payload, the address and
-        // the iovec the msghdr points to, and stays off the free list until this send
-        // completes.
+        // The slot lives in a never-reallocated boxed slice (its address is stable), holds
+        // the payload (whose pieces the iovecs point into), the address and the iovec
+        // array the msghdr points to (not touched again until this send completes), and
+        // stays off the free list until this send completes.
         self.push(&entry);
         self.sends_in_flight += 1;
     }

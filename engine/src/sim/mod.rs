@@ -637,19 +637,20 @@ impl Sim {
                 return;
             };
             if let Some(transmit) = node.poll_transmit() {
+                // What a vectored send puts on the wire: the pieces joined.
+                let datagram = transmit.payload.to_bytes();
                 match transmit.destination {
                     Destination::All => {
                         for to in 1..=self.n as NodeId {
                             if to == id && !self.options.network.loopback {
                                 continue;
                             }
-                            self.net
-                                .send(self.now, id, to, false, transmit.payload.clone());
+                            self.net.send(self.now, id, to, false, datagram.clone());
                         }
                     }
                     Destination::Node(to) => {
                         if (1..=self.n as NodeId).contains(&to) {
-                            self.net.send(self.now, id, to, true, transmit.payload);
+                            self.net.send(self.now, id, to, true, datagram);
                         }
                     }
                 }

@@ -44,6 +44,11 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// Bytes of application messages that may wait in the send queue.
     pub send_queue_bytes: usize,
+    /// Messages (and fragments) of at least this many bytes go into datagrams by
+    /// reference, not by copy: the datagram is handed out in pieces
+    /// ([`Gather`](crate::wire::gather::Gather)) and this node delivers such messages
+    /// from the very `Bytes` it was given. Below it a copy is cheaper than a piece.
+    pub pack_by_reference_min: usize,
     /// Largest ring this node accepts.
     pub max_nodes: usize,
     /// Seed of the node's own jitter (send_join); any value.
@@ -56,6 +61,9 @@ pub struct Config {
     /// leave it off.
     pub sync_barrier: bool,
 }
+
+/// Smallest `pack_by_reference_min`: bounds the pieces of one datagram.
+pub const MIN_PACK_BY_REFERENCE: usize = 256;
 
 /// Default largest application message: a 64 MiB CPG payload plus room for the CPG
 /// header (at most a few hundred bytes).
@@ -103,6 +111,7 @@ impl Config {
             max_datagram_bytes: 1500,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             send_queue_bytes: 128 << 20,
+            pack_by_reference_min: 4096,
             max_nodes: 384,
             seed: u64::from(node_id),
             sync_barrier: false,
@@ -191,6 +200,14 @@ impl Config {
             return Err(ConfigError::Invalid {
                 name: "send_queue_bytes",
                 why: "must hold at least one message of max_message_bytes",
+            });
+        }
+        // A datagram then has at most 2 * 65,507 / 256 + 1 pieces, well under the
+        // 1,024 iovecs one sendmsg takes.
+        if self.pack_by_reference_min < MIN_PACK_BY_REFERENCE {
+            return Err(ConfigError::Invalid {
+                name: "pack_by_reference_min",
+                why: "at least 256",
             });
         }
         if !(1..=crate::wire::MAX_MEMBERS).contains(&self.max_nodes) {

@@ -18,6 +18,7 @@ pub use config::{Config, ConfigError, DEFAULT_MAX_MESSAGE_BYTES};
 pub use node::{MAX_SEQ, Node, NodeState, Stats, sequences_in_range};
 pub use time::Instant;
 
+pub use crate::wire::gather::Gather;
 use bytes::Bytes;
 
 /// A Totem node identifier (Corosync's `nodeid`). 0 is reserved.
@@ -61,7 +62,9 @@ pub enum Destination {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Transmit {
     pub destination: Destination,
-    pub payload: Bytes,
+    /// The datagram, in pieces when messages went into it by reference: send them as
+    /// one datagram (a vectored send).
+    pub payload: Gather,
 }
 
 /// One application message delivered in agreed order.

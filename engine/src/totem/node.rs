@@ -14,7 +14,7 @@ use super::events::EventQueue;
 use super::ring::{RingState, Stored};
 use super::{
     Config, ConfigError, ConfigurationChange, ConfigurationKind, Delivery, Destination, Event,
-    Guarantee, Instant, NodeId, RingId, RingSeqStore, SubmitError, Transmit,
+    Gather, Guarantee, Instant, NodeId, RingId, RingSeqStore, SubmitError, Transmit,
 };
 use crate::wire::pack::{Part, Reassembler, SendQueue};
 use crate::wire::packet::{MCAST_OVERHEAD, McastBuilder, McastFields};
@@ -488,7 +488,7 @@ impl Node {
     fn send(&mut self, destination: Destination, packet: &Packet) -> Transmit {
         let transmit = Transmit {
             destination,
-            payload: packet.encode(self.config.cluster_id),
+            payload: Gather::from(packet.encode(self.config.cluster_id)),
         };
         self.transmits.push_back(transmit.clone());
         transmit
@@ -557,20 +557,39 @@ impl Node {
         };
         let sender = message.origin;
         let mut delivered = 0;
-        let mut batch = events.batch(&message.payload, sender, ring_id, guarantee);
-        let malformed = reassembler.push_parts(sender, &message.payload, |part| {
-            delivered += 1;
-            match part {
-                Part::Whole(range) => batch.push_range(range),
-                Part::Joined(payload) => batch.push_event(Event::Deliver(Delivery {
-                    sender,
-                    ring_id,
-                    guarantee,
-                    payload,
-                })),
-            }
-        });
-        drop(batch);
+        let malformed = if message.payload.is_contiguous() && message.fragment_of.is_none() {
+            let payload = message.payload.head();
+            let mut batch = events.batch(payload, sender, ring_id, guarantee);
+            reassembler.push_parts(sender, payload, |part| {
+                delivered += 1;
+                match part {
+                    Part::Whole(range) => batch.push_range(range),
+                    Part::Joined(payload) => batch.push_event(Event::Deliver(Delivery {
+                        sender,
+                        ring_id,
+                        guarantee,
+                        payload,
+                    })),
+                }
+            })
+        } else {
+            // Our own payload with messages packed by reference: they are delivered as
+            // the `Bytes` we were given (no reassembly copy for our own fragments).
+            reassembler.push_gather(
+                sender,
+                &message.payload,
+                message.fragment_of.as_ref(),
+                |payload| {
+                    delivered += 1;
+                    events.push(Event::Deliver(Delivery {
+                        sender,
+                        ring_id,
+                        guarantee,
+                        payload,
+                    }));
+                },
+            )
+        };
         stats.messages_delivered += delivered;
         stats.chunks_malformed += malformed as u64;
     }
@@ -848,9 +867,11 @@ impl Node {
                 } else {
                     &mut self.send_queue
                 };
-                // The payload is packed straight into the datagram.
-                let mut builder = McastBuilder::new(self.max_payload);
-                let safe = queue.append_payload(builder.datagram_mut(), self.max_payload)?;
+                // The payload is packed straight into the datagram, large messages by
+                // reference.
+                let mut builder =
+                    McastBuilder::new(self.max_payload, self.config.pack_by_reference_min);
+                let safe = queue.append_payload(&mut builder, self.max_payload)?;
                 let fields = McastFields {
                     sender: self.me,
                     ring_id: self.regular.ring_id,
@@ -858,13 +879,14 @@ impl Node {
                     origin: self.me,
                     safe,
                 };
-                let (datagram, payload) = builder.finish(self.config.cluster_id, fields);
+                let built = builder.finish(self.config.cluster_id, fields);
                 Some(Stored {
                     origin: self.me,
                     safe,
                     recovered: None,
-                    payload,
-                    datagram,
+                    payload: built.payload,
+                    datagram: built.datagram,
+                    fragment_of: built.fragment_of,
                 })
             }
             NodeState::Recovery => {
@@ -877,6 +899,9 @@ impl Node {
                     origin: old.origin,
                     safe: old.safe,
                 });
+                // A carrier is one contiguous datagram: an old message of ours packed
+                // by reference is copied here (recovery only).
+                let payload = old.payload.to_bytes();
                 let mcast = Mcast {
                     sender: self.me,
                     ring_id: next.ring.ring_id,
@@ -884,14 +909,15 @@ impl Node {
                     origin: self.me,
                     safe: false,
                     recovered,
-                    payload: old.payload.clone(),
+                    payload: payload.clone(),
                 };
                 Some(Stored {
                     origin: self.me,
                     safe: false,
                     recovered,
-                    payload: old.payload,
-                    datagram: Packet::Mcast(mcast).encode(self.config.cluster_id),
+                    payload: Gather::from(payload),
+                    datagram: Gather::from(Packet::Mcast(mcast).encode(self.config.cluster_id)),
+                    fragment_of: None,
                 })
             }
             NodeState::Gather | NodeState::Commit => None,
@@ -915,8 +941,9 @@ impl Node {
             origin: mcast.origin,
             safe: mcast.safe,
             recovered: mcast.recovered,
-            payload: mcast.payload.clone(),
-            datagram: datagram.clone(),
+            payload: Gather::from(mcast.payload.clone()),
+            datagram: Gather::from(datagram.clone()),
+            fragment_of: None,
         };
         match self.state {
             NodeState::Operational | NodeState::Gather if mcast.ring_id == self.regular.ring_id => {
@@ -955,8 +982,9 @@ impl Node {
                             origin: old.origin,
                             safe: old.safe,
                             recovered: None,
-                            payload: mcast.payload,
-                            datagram: Bytes::new(),
+                            payload: Gather::from(mcast.payload),
+                            datagram: Gather::default(),
+                            fragment_of: None,
                         },
                     );
                 }

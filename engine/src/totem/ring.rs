@@ -7,6 +7,7 @@ use bytes::Bytes;
 
 use super::{NodeId, RingId};
 use crate::wire::Recovered;
+use crate::wire::gather::Gather;
 
 /// A message of this ring, kept until every member holds it and it has been delivered
 /// here, so that any holder can serve a retransmission request (Totem §3.2).
@@ -17,10 +18,13 @@ pub(super) struct Stored {
     /// Set on a new-ring message that carries an old-ring one during recovery: it is
     /// ordered like any other but delivers nothing itself.
     pub recovered: Option<Recovered>,
-    pub payload: Bytes,
+    pub payload: Gather,
     /// The datagram as it went on the wire, resent as-is on a retransmission request.
     /// Empty for old-ring messages learned during recovery (never resent on their ring).
-    pub datagram: Bytes,
+    pub datagram: Gather,
+    /// Our own message of which `payload` carries a fragment (see
+    /// [`BuiltMcast::fragment_of`](crate::wire::packet::BuiltMcast::fragment_of)).
+    pub fragment_of: Option<Bytes>,
 }
 
 #[derive(Debug)]
@@ -147,8 +151,9 @@ mod tests {
             origin: 1,
             safe: false,
             recovered: None,
-            payload: Bytes::new(),
-            datagram: Bytes::new(),
+            payload: Gather::default(),
+            datagram: Gather::default(),
+            fragment_of: None,
         }
     }
 

@@ -2,6 +2,7 @@
 //! application messages into one datagram / fragmentation of large ones (`pack`).
 //! Pure code: bytes in, bytes out, every read bounds-checked, no panics on bad input.
 
+pub mod gather;
 pub mod pack;
 pub mod packet;
 pub mod seal;

@@ -30,10 +30,12 @@
 //! Every chunk of one payload has the same delivery guarantee (the `Mcast::safe` flag).
 
 use std::collections::{HashMap, VecDeque};
+use std::ops::Range;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::MAX_MEMBERS;
+use super::gather::Gather;
 use crate::totem::{NodeId, SubmitError};
 
 /// The smallest `max_payload` that `SendQueue::next_payload` accepts: room for the
@@ -46,6 +48,42 @@ pub const MIN_PAYLOAD: usize = 32;
 /// iff `len + whole_overhead(len)` fits in its remaining space.
 pub fn whole_overhead(len: usize) -> usize {
     varint_len(tag(len, Kind::Whole))
+}
+
+/// Where [`SendQueue::append_payload`] writes a payload. A `BytesMut` copies every
+/// byte; a sink may instead take a large message's data by reference (see
+/// [`super::gather`]), as long as the bytes it stands for are the same.
+pub trait PayloadSink {
+    /// Bytes written so far.
+    fn written(&self) -> usize;
+    /// Room for `additional` more bytes, ahead of writing them.
+    fn reserve(&mut self, additional: usize);
+    /// One varint of framing.
+    fn put_varint(&mut self, value: u64);
+    /// A chunk's data, `message[range]`; `fragment` for a First, Middle or Last.
+    fn put_data(&mut self, message: &Bytes, range: Range<usize>, fragment: bool);
+}
+
+impl PayloadSink for BytesMut {
+    #[inline]
+    fn written(&self) -> usize {
+        self.len()
+    }
+
+    #[inline]
+    fn reserve(&mut self, additional: usize) {
+        BytesMut::reserve(self, additional);
+    }
+
+    #[inline]
+    fn put_varint(&mut self, value: u64) {
+        put_varint(self, value);
+    }
+
+    #[inline]
+    fn put_data(&mut self, message: &Bytes, range: Range<usize>, _fragment: bool) {
+        self.extend_from_slice(&message[range]);
+    }
 }
 
 /// Application messages waiting to be sent, bounded in bytes.
@@ -131,28 +169,32 @@ impl SendQueue {
     /// that a caller can write the payload straight into its datagram.
     ///
     /// Panics if `max_payload < MIN_PAYLOAD` (a configuration bug, not input).
-    pub fn append_payload(&mut self, out: &mut BytesMut, max_payload: usize) -> Option<bool> {
+    pub fn append_payload(
+        &mut self,
+        out: &mut impl PayloadSink,
+        max_payload: usize,
+    ) -> Option<bool> {
         assert!(
             max_payload >= MIN_PAYLOAD,
             "max_payload {max_payload} below {MIN_PAYLOAD}"
         );
         let safe = self.queue.front()?.1;
-        let base = out.len();
+        let base = out.written();
         out.reserve(max_payload);
 
         // A fragmented head message goes on first: as Last if the rest fits, else as a
         // Middle that fills the whole payload.
         if self.sent > 0 {
             let (message, _) = self.queue.front()?;
-            let rest = &message[self.sent..];
-            if chunk_len(rest.len(), Kind::Last) <= max_payload {
-                put_chunk(out, Kind::Last, rest);
+            let rest = message.len() - self.sent;
+            if chunk_len(rest, Kind::Last) <= max_payload {
+                put_chunk(out, Kind::Last, message, self.sent..message.len());
                 self.pop_front();
             } else {
                 // `rest` does not fit with a Last header, and a Middle header of the same
                 // length is as long, so this Middle never carries the whole rest.
                 let len = fragment_len(max_payload, Kind::Middle, 0);
-                put_chunk(out, Kind::Middle, &rest[..len]);
+                put_chunk(out, Kind::Middle, message, self.sent..self.sent + len);
                 self.sent += len;
                 return Some(safe);
             }
@@ -163,18 +205,18 @@ impl SendQueue {
             if *message_safe != safe {
                 break;
             }
-            let used = out.len() - base;
+            let used = out.written() - base;
             let room = max_payload - used;
             if chunk_len(message.len(), Kind::Whole) <= room {
-                put_chunk(out, Kind::Whole, message);
+                put_chunk(out, Kind::Whole, message, 0..message.len());
                 self.pop_front();
             } else if used == 0 {
                 // Too large even for an empty payload: its First fills this one.
                 let total = message.len();
                 let len = fragment_len(max_payload, Kind::First, total);
-                put_varint(out, tag(len, Kind::First));
-                put_varint(out, total as u64);
-                out.extend_from_slice(&message[..len]);
+                out.put_varint(tag(len, Kind::First));
+                out.put_varint(total as u64);
+                out.put_data(message, 0..len, true);
                 self.sent = len;
                 break;
             } else {
@@ -182,7 +224,7 @@ impl SendQueue {
                 break;
             }
         }
-        debug_assert!(out.len() - base <= max_payload);
+        debug_assert!(out.written() - base <= max_payload);
         Some(safe)
     }
 
@@ -225,10 +267,26 @@ pub enum Part {
 /// A message of which First and maybe some Middle chunks have arrived.
 #[derive(Debug)]
 struct Partial {
-    /// The bytes so far; its capacity never exceeds `total`.
+    /// The bytes so far; its capacity never exceeds `total`. Empty when `original` is
+    /// set.
     data: Vec<u8>,
-    /// The length First declared; `data.len() < total` until Last.
+    /// Bytes received so far; `< total` until Last.
+    received: usize,
+    /// The length First declared.
     total: usize,
+    /// The whole message, when the sender is this node and handed it over with its
+    /// First: its fragments are counted, not copied, and Last delivers it.
+    original: Option<Bytes>,
+}
+
+/// What one chunk did to its origin's reassembly.
+enum Outcome {
+    /// Nothing to deliver yet (or a malformed chunk, counted).
+    Nothing,
+    /// The chunk is a whole message: deliver its data.
+    Whole,
+    /// The chunk completed this message.
+    Joined(Bytes),
 }
 
 /// A First reserves at most this much up front; the buffer then doubles as data
@@ -289,6 +347,63 @@ impl Reassembler {
         malformed
     }
 
+    /// [`Reassembler::push`] for a payload in pieces (see [`super::gather`]): a chunk's
+    /// data lies inside one piece, or is the whole of the piece after its header (a
+    /// message packed by reference). `original` is this node's own fragmented message
+    /// whose First, Middle or Last the payload carries, if any: its fragments are not
+    /// copied, and its Last delivers `original` itself. Other payloads pass None.
+    pub fn push_gather(
+        &mut self,
+        origin: NodeId,
+        payload: &Gather,
+        original: Option<&Bytes>,
+        mut deliver: impl FnMut(Bytes),
+    ) -> usize {
+        let mut partial = if self.partials.is_empty() {
+            None
+        } else {
+            self.partials.remove(&origin)
+        };
+        let mut malformed = 0;
+        let mut pieces = payload.pieces();
+        'pieces: while let Some(piece) = pieces.next() {
+            let mut pos = 0;
+            while pos < piece.len() {
+                let Some(header) = parse_header(piece, &mut pos) else {
+                    malformed += 1;
+                    break 'pieces;
+                };
+                let rest = piece.len() - pos;
+                let data = if header.len <= rest as u64 {
+                    let range = pos..pos + header.len as usize;
+                    pos = range.end;
+                    piece.slice(range)
+                } else {
+                    // By reference: the header ends its piece and the next piece is
+                    // exactly the data.
+                    match pieces.next() {
+                        Some(next) if rest == 0 && next.len() as u64 == header.len => next.clone(),
+                        _ => {
+                            malformed += 1;
+                            break 'pieces;
+                        }
+                    }
+                };
+                let (bad, outcome) = self.on_chunk(&header, &data, original, &mut partial);
+                malformed += bad;
+                match outcome {
+                    Outcome::Nothing => {}
+                    Outcome::Whole => deliver(data),
+                    Outcome::Joined(message) => deliver(message),
+                }
+            }
+        }
+        if let Some(partial) = partial {
+            self.partials.insert(origin, partial);
+        }
+        malformed
+    }
+
     /// The chunk loop of `push_parts`; `partial` is `origin`'s partial message, which
     /// `self.partials` does not hold meanwhile.
     fn unpack(
@@ -304,68 +419,101 @@ impl Reassembler {
                 return malformed + 1;
             };
             let data = &payload[chunk.data.clone()];
-            match chunk.kind {
-                Kind::Whole => {
-                    if partial.take().is_some() {
-                        malformed += 1;
-                    }
-                    if data.len() > self.max_message_bytes {
-                        malformed += 1;
-                        continue;
-                    }
-                    deliver(Part::Whole(chunk.data));
-                }
-                Kind::First => {
-                    if partial.take().is_some() {
-                        malformed += 1;
-                    }
-                    // `total` comes from the wire: anything over max_message_bytes (or
-                    // over usize) is dropped before it sizes anything.
-                    let total = usize::try_from(chunk.total).unwrap_or(usize::MAX);
-                    if total > self.max_message_bytes || total <= data.len() {
-                        malformed += 1;
-                        continue;
-                    }
-                    // One partial per origin; origins are ring members, so more than
-                    // MAX_MEMBERS of them is not a ring we are in. (This origin's own
-                    // partial is out of the map, as it was just dropped.)
-                    if self.partials.len() >= MAX_MEMBERS {
-                        malformed += 1;
-                        continue;
-                    }
-                    let mut buffer = Vec::with_capacity(total.min(INITIAL_RESERVE.max(data.len())));
-                    buffer.extend_from_slice(data);
-                    *partial = Some(Partial {
-                        data: buffer,
-                        total,
-                    });
-                }
-                Kind::Middle | Kind::Last => {
-                    let Some(open) = partial.as_mut() else {
-                        malformed += 1;
-                        continue;
-                    };
-                    let len = open.data.len() + data.len();
-                    let continues = match chunk.kind {
-                        Kind::Middle => len < open.total,
-                        _ => len == open.total,
-                    };
-                    if !continues {
-                        *partial = None;
-                        malformed += 1;
-                        continue;
-                    }
-                    open.append(data);
-                    if chunk.kind == Kind::Last {
-                        if let Some(done) = partial.take() {
-                            // No copy: the Vec becomes the Bytes.
-                            deliver(Part::Joined(Bytes::from(done.data)));
-                        }
-                    }
-                }
+            let (bad, outcome) = self.on_chunk(&chunk.header, data, None, partial);
+            malformed += bad;
+            match outcome {
+                Outcome::Nothing => {}
+                Outcome::Whole => deliver(Part::Whole(chunk.data)),
+                Outcome::Joined(message) => deliver(Part::Joined(message)),
             }
         }
         malformed
+    }
+
+    /// One chunk with its data: the malformed count it adds and what to deliver.
+    #[inline]
+    fn on_chunk(
+        &self,
+        chunk: &Header,
+        data: &[u8],
+        original: Option<&Bytes>,
+        partial: &mut Option<Partial>,
+    ) -> (usize, Outcome) {
+        let mut malformed = 0;
+        match chunk.kind {
+            Kind::Whole => {
+                if partial.take().is_some() {
+                    malformed += 1;
+                }
+                if data.len() > self.max_message_bytes {
+                    return (malformed + 1, Outcome::Nothing);
+                }
+                (malformed, Outcome::Whole)
+            }
+            Kind::First => {
+                if partial.take().is_some() {
+                    malformed += 1;
+                }
+                // `total` comes from the wire: anything over max_message_bytes (or
+                // over usize) is dropped before it sizes anything.
+                let total = usize::try_from(chunk.total).unwrap_or(usize::MAX);
+                if total > self.max_message_bytes || total <= data.len() {
+                    return (malformed + 1, Outcome::Nothing);
+                }
+                // One partial per origin; origins are ring members, so more than
+                // MAX_MEMBERS of them is not a ring we are in. (This origin's own
+                // partial is out of the map, as it was just dropped.)
+                if self.partials.len() >= MAX_MEMBERS {
+                    return (malformed + 1, Outcome::Nothing);
+                }
+                // Our own message, if it is the one this First starts.
+                let original = original
+                    .filter(|m| {
+                        m.len() == total && (m.as_ptr() == data.as_ptr() || m.starts_with(data))
+                    })
+                    .cloned();
+                let buffer = if original.is_some() {
+                    Vec::new()
+                } else {
+                    let mut buffer = Vec::with_capacity(total.min(INITIAL_RESERVE.max(data.len())));
+                    buffer.extend_from_slice(data);
+                    buffer
+                };
+                *partial = Some(Partial {
+                    data: buffer,
+                    received: data.len(),
+                    total,
+                    original,
+                });
+                (malformed, Outcome::Nothing)
+            }
+            Kind::Middle | Kind::Last => {
+                let Some(open) = partial.as_mut() else {
+                    return (malformed + 1, Outcome::Nothing);
+                };
+                let len = open.received + data.len();
+                let continues = match chunk.kind {
+                    Kind::Middle => len < open.total,
+                    _ => len == open.total,
+                };
+                if !continues {
+                    *partial = None;
+                    return (malformed + 1, Outcome::Nothing);
+                }
+                open.append(data);
+                if chunk.kind == Kind::Last
+                    && let Some(done) = partial.take()
+                {
+                    let message = match done.original {
+                        Some(original) => original,
+                        // No copy: the Vec becomes the Bytes.
+                        None => Bytes::from(done.data),
+                    };
+                    return (malformed, Outcome::Joined(message));
+                }
+                (malformed, Outcome::Nothing)
+            }
+        }
     }
 
     /// Drops every partial message (at a regular configuration change).
@@ -378,6 +526,10 @@ impl Partial {
     /// Appends `data`, which the caller checked ends at or before `total`: grows the
     /// buffer by doubling, never beyond `total`.
     fn append(&mut self, data: &[u8]) {
+        self.received += data.len();
+        if self.original.is_some() {
+            return;
+        }
         let needed = self.data.len() + data.len();
         if needed > self.data.capacity() {
             let target = needed.max(self.data.capacity() * 2).min(self.total);
@@ -395,18 +547,26 @@ enum Kind {
     Last = 3,
 }
 
-/// One parsed chunk: its kind, First's declared total (0 otherwise), and where its data
-/// lies in the payload.
+/// A chunk's header: its kind, First's declared total (0 otherwise) and its data length
+/// (from the wire: not yet checked against anything).
 #[derive(Debug)]
-struct Chunk {
+struct Header {
     kind: Kind,
     total: u64,
+    len: u64,
+}
+
+/// One parsed chunk: its header and where its data lies in the payload.
+#[derive(Debug)]
+struct Chunk {
+    header: Header,
     data: std::ops::Range<usize>,
 }
 
-/// Parses the chunk at `*pos` and moves past it, or None when its header is truncated or
-/// garbage or its data runs past the end of the payload.
-fn parse_chunk(payload: &[u8], pos: &mut usize) -> Option<Chunk> {
+/// Parses the chunk header at `*pos` and moves past it, or None when it is truncated or
+/// garbage.
+#[inline]
+fn parse_header(payload: &[u8], pos: &mut usize) -> Option<Header> {
     let tag = read_varint(payload, pos)?;
     let kind = match tag & 3 {
         0 => Kind::Whole,
@@ -419,17 +579,27 @@ fn parse_chunk(payload: &[u8], pos: &mut usize) -> Option<Chunk> {
     } else {
         0
     };
-    let len = tag >> 2;
+    Some(Header {
+        kind,
+        total,
+        len: tag >> 2,
+    })
+}
+
+/// Parses the chunk at `*pos` and moves past it, or None when its header is truncated or
+/// garbage or its data runs past the end of the payload.
+#[inline]
+fn parse_chunk(payload: &[u8], pos: &mut usize) -> Option<Chunk> {
+    let header = parse_header(payload, pos)?;
     let rest = payload.len().checked_sub(*pos)?;
-    if len > rest as u64 {
+    if header.len > rest as u64 {
         return None;
     }
     // len <= rest, so it fits in usize.
     let start = *pos;
-    *pos += len as usize;
+    *pos += header.len as usize;
     Some(Chunk {
-        kind,
-        total,
+        header,
         data: start..*pos,
     })
 }
@@ -460,17 +630,19 @@ fn fragment_len(space: usize, kind: Kind, total: usize) -> usize {
     len
 }
 
-fn put_chunk(out: &mut BytesMut, kind: Kind, data: &[u8]) {
-    put_varint(out, tag(data.len(), kind));
-    out.extend_from_slice(data);
+/// Appends the chunk carrying `message[range]`.
+#[inline]
+fn put_chunk(out: &mut impl PayloadSink, kind: Kind, message: &Bytes, range: Range<usize>) {
+    out.put_varint(tag(range.len(), kind));
+    out.put_data(message, range, kind != Kind::Whole);
 }
 
-fn varint_len(value: u64) -> usize {
+pub(super) fn varint_len(value: u64) -> usize {
     let bits = 64 - (value | 1).leading_zeros() as usize;
     bits.div_ceil(7)
 }
 
-fn put_varint(out: &mut BytesMut, mut value: u64) {
+pub(super) fn put_varint(out: &mut BytesMut, mut value: u64) {
     // Byte by byte: each is a single store into reserved capacity, cheaper on the hot
     // path (two bytes for a 64-byte message) than a variable-length copy.
     while value >= 0x80 {
@@ -559,7 +731,7 @@ mod tests {
             let parsed = chunks(&payload).expect("payload parses");
             for chunk in &parsed {
                 assert_eq!(expected[next].1, safe, "SAFE and non-SAFE mixed");
-                match chunk.kind {
+                match chunk.header.kind {
                     Kind::First | Kind::Middle => {
                         assert_eq!(parsed.len(), 1, "a fragment shares its payload");
                         assert!(max_payload - payload.len() < 8, "fragment does not fill");
@@ -567,7 +739,7 @@ mod tests {
                     Kind::Whole | Kind::Last => next += 1,
                 }
             }
-            let last = parsed.last().map(|c| c.kind);
+            let last = parsed.last().map(|c| c.header.kind);
             if matches!(last, Some(Kind::Whole | Kind::Last)) {
                 if let Some((message, message_safe)) = expected.get(next) {
                     assert!(
@@ -676,6 +848,114 @@ mod tests {
             assert_eq!(b.append_payload(&mut out, max_payload), None);
             assert!(out.is_empty());
         }
+    }
+
+    /// Packed by reference into a datagram in pieces: the bytes are those of a copying
+    /// pack; a receiver of the joined datagram and the sender unpacking its own pieces
+    /// deliver the same messages; and the sender delivers its large messages (whole or
+    /// fragmented) as the very `Bytes` it was given, with no reassembly copy.
+    #[test]
+    fn packing_by_reference_delivers_the_senders_own_bytes() {
+        use crate::totem::RingId;
+        use crate::wire::packet::{McastBuilder, McastFields};
+        let mut rng = Rng(17);
+        for &max_payload in &PAYLOAD_SIZES {
+            for by_reference_min in [256, 4096] {
+                let mut copying = SendQueue::new(8 * MIB, MIB);
+                let mut referencing = SendQueue::new(8 * MIB, MIB);
+                let mut expected = Vec::new();
+                for _ in 0..200 {
+                    let len = [0, 1, 64, 300, 3000, 5000, 70_000][rng.below(7)];
+                    let message = rng.bytes(len);
+                    let safe = rng.below(4) == 0;
+                    copying.push(message.clone(), safe).unwrap();
+                    referencing.push(message.clone(), safe).unwrap();
+                    expected.push(message);
+                }
+                let mut own = Reassembler::new(MIB);
+                let mut remote = Reassembler::new(MIB);
+                let (mut own_got, mut remote_got) = (Vec::new(), Vec::new());
+                while let Some((flat, safe)) = copying.next_payload(max_payload) {
+                    let mut builder = McastBuilder::new(max_payload, by_reference_min);
+                    assert_eq!(
+                        referencing.append_payload(&mut builder, max_payload),
+                        Some(safe)
+                    );
+                    let fields = McastFields {
+                        sender: 1,
+                        ring_id: RingId::default(),
+                        seq: 1,
+                        origin: 1,
+                        safe,
+                    };
+                    let built = builder.finish(0, fields);
+                    assert_eq!(built.payload.to_bytes(), flat);
+                    let own_bad =
+                        own.push_gather(1, &built.payload, built.fragment_of.as_ref(), |m| {
+                            own_got.push(m)
+                        });
+                    assert_eq!(own_bad, 0);
+                    assert_eq!(remote.push(1, &flat, |m| remote_got.push(m)), 0);
+                }
+                assert_eq!(own_got, expected);
+                assert_eq!(remote_got, expected);
+                for (got, sent) in own_got.iter().zip(&expected) {
+                    let fragmented = sent.len() + whole_overhead(sent.len()) > max_payload;
+                    if sent.len() >= by_reference_min || (fragmented && !sent.is_empty()) {
+                        assert_eq!(got.as_ptr(), sent.as_ptr(), "{} bytes copied", sent.len());
+                    }
+                }
+            }
+        }
+    }
+
+    /// A payload in pieces whose by-reference piece does not match the chunk header
+    /// before it is malformed, never misread.
+    #[test]
+    fn mismatched_pieces_are_malformed() {
+        let mut header = BytesMut::new();
+        put_varint(&mut header, tag(100, Kind::Whole));
+        let header = header.freeze();
+        let mut reassembler = Reassembler::new(MIB);
+        for data in [99, 101] {
+            let payload = Gather::from_pieces(vec![header.clone(), Bytes::from(vec![1; data])]);
+            let mut got = 0;
+            assert_eq!(reassembler.push_gather(3, &payload, None, |_| got += 1), 1);
+            assert_eq!(got, 0);
+        }
+        // Data that does not start right after its header is not a piece of it.
+        let mut early = BytesMut::from(&header[..]);
+        early.extend_from_slice(&[0]);
+        let payload = Gather::from_pieces(vec![early.freeze(), Bytes::from(vec![1; 100])]);
+        assert_eq!(reassembler.push_gather(3, &payload, None, |_| {}), 1);
+        // The right piece is one message.
+        let payload = Gather::from_pieces(vec![header, Bytes::from(vec![1; 100])]);
+        let mut got = Vec::new();
+        assert_eq!(
+            reassembler.push_gather(3, &payload, None, |m| got.push(m)),
+            0
+        );
+        assert_eq!(got, vec![Bytes::from(vec![1; 100])]);
+    }
+
+    /// An original that is not the message a First starts (wrong length or bytes) is
+    /// ignored: the fragments are reassembled from what arrived.
+    #[test]
+    fn a_foreign_original_is_not_delivered() {
+        let mut queue = SendQueue::new(MIB, MIB);
+        let message = Bytes::from(vec![5u8; 3000]);
+        queue.push(message.clone(), false).unwrap();
+        let impostor = Bytes::from(vec![6u8; 3000]);
+        let mut reassembler = Reassembler::new(MIB);
+        let mut got = Vec::new();
+        while let Some((payload, _)) = queue.next_payload(1500) {
+            let payload = Gather::from(payload);
+            assert_eq!(
+                reassembler.push_gather(2, &payload, Some(&impostor), |m| got.push(m)),
+                0
+            );
+        }
+        assert_eq!(got, vec![message]);
     }
 
     #[test]

@@ -21,10 +21,14 @@
 //! later version can give them a meaning without being misread by this one. A packet is
 //! exactly as long as its header and counts say: anything left over is `Malformed`.
 
+use std::ops::Range;
+
 use bytes::{Bytes, BytesMut};
 use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
+use super::gather::Gather;
+use super::pack::PayloadSink;
 use super::{MAX_MEMBERS, MAX_RTR_ENTRIES};
 use crate::totem::{NodeId, RingId};
 
@@ -468,35 +472,72 @@ impl Packet {
 /// into it: room for the header is kept in front, and [`McastBuilder::finish`] fills it
 /// in once the payload's length is known. Encoding `Packet::Mcast` would copy the
 /// payload into a second buffer; a sender's own payload needs no such copy.
+///
+/// As a [`PayloadSink`], it copies framing and messages under `by_reference_min` bytes
+/// and takes larger ones by reference: the datagram is then in pieces ([`Gather`]).
 #[derive(Debug)]
 pub struct McastBuilder {
-    buf: BytesMut,
+    /// The header room and the payload up to the first piece taken by reference.
+    first: BytesMut,
+    /// Pieces after `first`, in order.
+    pieces: Vec<Bytes>,
+    /// Bytes copied after the last piece taken by reference.
+    current: BytesMut,
+    payload_len: usize,
+    by_reference_min: usize,
+    /// The message a fragment in this payload belongs to.
+    fragment_of: Option<Bytes>,
 }
 
 /// What precedes the payload in a mcast without `recovered`.
 const PLAIN_MCAST_PREFIX: usize = HEADER_LEN + MCAST_BODY_LEN;
 
+/// A datagram built by [`McastBuilder::finish`].
+#[derive(Debug)]
+pub struct BuiltMcast {
+    /// The datagram as it goes on the wire.
+    pub datagram: Gather,
+    /// Its payload: the datagram without its header.
+    pub payload: Gather,
+    /// The whole message of which the payload carries a First, Middle or Last chunk,
+    /// for delivering it without reassembly ([`Reassembler::push_gather`]).
+    ///
+    /// [`Reassembler::push_gather`]: super::pack::Reassembler::push_gather
+    pub fragment_of: Option<Bytes>,
+}
+
 impl McastBuilder {
     /// A builder with room for `payload_capacity` bytes of payload (more may be written;
-    /// the buffer grows).
-    pub fn new(payload_capacity: usize) -> McastBuilder {
-        let mut buf = BytesMut::with_capacity(PLAIN_MCAST_PREFIX + payload_capacity);
-        buf.resize(PLAIN_MCAST_PREFIX, 0);
-        McastBuilder { buf }
+    /// the buffer grows), taking messages of `by_reference_min` bytes or more by
+    /// reference (`usize::MAX`: never).
+    pub fn new(payload_capacity: usize, by_reference_min: usize) -> McastBuilder {
+        let mut first = BytesMut::with_capacity(PLAIN_MCAST_PREFIX + payload_capacity);
+        first.resize(PLAIN_MCAST_PREFIX, 0);
+        McastBuilder {
+            first,
+            pieces: Vec::new(),
+            current: BytesMut::new(),
+            payload_len: 0,
+            by_reference_min,
+            fragment_of: None,
+        }
     }
 
-    /// The datagram so far: the payload is appended to it. Bytes already in it (the
-    /// room for the header) must be left alone.
-    pub fn datagram_mut(&mut self) -> &mut BytesMut {
-        &mut self.buf
+    /// Where copied bytes go now.
+    #[inline]
+    fn copy_target(&mut self) -> &mut BytesMut {
+        if self.pieces.is_empty() {
+            &mut self.first
+        } else {
+            &mut self.current
+        }
     }
 
     /// The finished datagram, as `Packet::Mcast` with these fields, `recovered: None`
-    /// and the payload appended would encode it; and its payload, a slice of it.
-    pub fn finish(mut self, cluster_id: u32, m: McastFields) -> (Bytes, Bytes) {
-        let payload_len = self.buf.len() - PLAIN_MCAST_PREFIX;
+    /// and the payload appended would encode it.
+    pub fn finish(mut self, cluster_id: u32, m: McastFields) -> BuiltMcast {
         // Payloads are at most one datagram; 4 GiB would be a caller bug.
-        let payload_len = u32::try_from(payload_len).expect("mcast payload larger than 4 GiB");
+        let payload_len = u32::try_from(self.payload_len).expect("mcast payload larger than 4 GiB");
         let header = Header {
             magic: U16::new(MAGIC),
             version: VERSION,
@@ -513,11 +554,58 @@ impl McastBuilder {
             reserved: U16::new(0),
             payload_len: U32::new(payload_len),
         };
-        self.buf[..HEADER_LEN].copy_from_slice(header.as_bytes());
-        self.buf[HEADER_LEN..PLAIN_MCAST_PREFIX].copy_from_slice(body.as_bytes());
-        let datagram = self.buf.freeze();
-        let payload = datagram.slice(PLAIN_MCAST_PREFIX..);
-        (datagram, payload)
+        self.first[..HEADER_LEN].copy_from_slice(header.as_bytes());
+        self.first[HEADER_LEN..PLAIN_MCAST_PREFIX].copy_from_slice(body.as_bytes());
+        let datagram = if self.pieces.is_empty() {
+            Gather::from(self.first.freeze())
+        } else {
+            let mut pieces = Vec::with_capacity(self.pieces.len() + 2);
+            pieces.push(self.first.freeze());
+            pieces.append(&mut self.pieces);
+            pieces.push(self.current.freeze());
+            Gather::from_pieces(pieces)
+        };
+        let payload = datagram.skip(PLAIN_MCAST_PREFIX);
+        BuiltMcast {
+            datagram,
+            payload,
+            fragment_of: self.fragment_of,
+        }
+    }
+}
+
+impl PayloadSink for McastBuilder {
+    #[inline]
+    fn written(&self) -> usize {
+        self.payload_len
+    }
+
+    #[inline]
+    fn reserve(&mut self, additional: usize) {
+        self.copy_target().reserve(additional);
+    }
+
+    #[inline]
+    fn put_varint(&mut self, value: u64) {
+        self.payload_len += super::pack::varint_len(value);
+        super::pack::put_varint(self.copy_target(), value);
+    }
+
+    #[inline]
+    fn put_data(&mut self, message: &Bytes, range: Range<usize>, fragment: bool) {
+        self.payload_len += range.len();
+        if fragment && self.fragment_of.is_none() {
+            self.fragment_of = Some(message.clone());
+        }
+        if range.len() < self.by_reference_min {
+            self.copy_target().extend_from_slice(&message[range]);
+            return;
+        }
+        if !self.current.is_empty() {
+            let copied = self.current.split().freeze();
+            self.pieces.push(copied);
+        }
+        self.pieces.push(message.slice(range));
     }
 }
 
@@ -990,26 +1078,43 @@ mod tests {
                     origin: 3,
                     safe,
                 };
-                // A small capacity: the buffer must grow, not overflow.
-                let mut builder = McastBuilder::new(16);
-                builder.datagram_mut().extend_from_slice(payload);
-                let (datagram, built_payload) = builder.finish(CLUSTER, fields);
-                let expected = Packet::Mcast(Mcast {
-                    sender: fields.sender,
-                    ring_id: fields.ring_id,
-                    seq: fields.seq,
-                    origin: fields.origin,
-                    safe,
-                    recovered: None,
-                    payload: Bytes::copy_from_slice(payload),
-                });
-                assert_eq!(datagram, expected.encode(CLUSTER));
-                assert_eq!(built_payload, payload);
-                assert_eq!(
-                    built_payload.as_ptr_range().end,
-                    datagram.as_ptr_range().end
-                );
-                assert_eq!(decode(&datagram), Ok(expected));
+                for by_reference_min in [usize::MAX, 256] {
+                    // A small capacity: the buffer must grow, not overflow.
+                    let mut builder = McastBuilder::new(16, by_reference_min);
+                    let message = Bytes::copy_from_slice(payload);
+                    builder.put_varint(300);
+                    builder.put_data(&message, 0..message.len(), false);
+                    builder.put_varint(7);
+                    let built = builder.finish(CLUSTER, fields);
+                    let mut expected_payload = BytesMut::new();
+                    super::super::pack::put_varint(&mut expected_payload, 300);
+                    expected_payload.extend_from_slice(payload);
+                    super::super::pack::put_varint(&mut expected_payload, 7);
+                    let expected = Packet::Mcast(Mcast {
+                        sender: fields.sender,
+                        ring_id: fields.ring_id,
+                        seq: fields.seq,
+                        origin: fields.origin,
+                        safe,
+                        recovered: None,
+                        payload: expected_payload.freeze(),
+                    });
+                    let datagram = built.datagram.to_bytes();
+                    assert_eq!(datagram, expected.encode(CLUSTER));
+                    assert_eq!(built.payload, built.datagram.skip(PLAIN_MCAST_PREFIX));
+                    assert_eq!(built.fragment_of, None);
+                    assert_eq!(decode(&datagram), Ok(expected));
+                    // Taken by reference: the message's own bytes are a piece.
+                    let by_reference = payload.len() >= by_reference_min;
+                    assert_eq!(
+                        built
+                            .datagram
+                            .pieces()
+                            .any(|p| p.as_ptr() == message.as_ptr()),
+                        by_reference && !payload.is_empty()
+                    );
+                    assert_eq!(built.datagram.is_contiguous(), !by_reference);
+                }
             }
         }
     }

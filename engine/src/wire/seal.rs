@@ -183,17 +183,29 @@ impl Sealer {
 
     /// Seals `plaintext` into a new datagram of `plaintext.len() + OVERHEAD` bytes.
     pub fn seal(&mut self, plaintext: &[u8]) -> Vec<u8> {
+        self.seal_pieces(plaintext.len(), [plaintext])
+    }
+
+    /// [`Sealer::seal`] of the concatenation of `pieces` (`len` bytes in all): a datagram
+    /// in pieces is encrypted into the sealed one without being joined first.
+    pub fn seal_pieces<'a>(
+        &mut self,
+        len: usize,
+        pieces: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Vec<u8> {
         let counter = self.counter;
         // Counters never repeat: at 2^64 − 1 the node would need a new key (centuries).
         self.counter = self.counter.checked_add(1).expect("seal counter exhausted");
-        let mut out = Vec::with_capacity(plaintext.len() + OVERHEAD);
+        let mut out = Vec::with_capacity(len + OVERHEAD);
         out.extend_from_slice(&MAGIC.to_le_bytes());
         out.push(VERSION);
         out.push(0);
         out.extend_from_slice(&self.sender.to_le_bytes());
         out.extend_from_slice(&counter.to_le_bytes());
         let aad = associated_data(&out, self.cluster_id);
-        out.extend_from_slice(plaintext);
+        for piece in pieces {
+            out.extend_from_slice(piece);
+        }
         let tag = self
             .cipher
             .encrypt_in_place_detached(&nonce(self.sender, counter), &aad, &mut out[HEADER_BYTES..])

@@ -89,11 +89,12 @@ impl Cluster {
                         Destination::All => {
                             for to in 1..=n {
                                 self.in_flight
-                                    .push_back((from, to, transmit.payload.clone()));
+                                    .push_back((from, to, transmit.payload.to_bytes()));
                             }
                         }
                         Destination::Node(to) => {
-                            self.in_flight.push_back((from, to, transmit.payload))
+                            self.in_flight
+                                .push_back((from, to, transmit.payload.to_bytes()))
                         }
                     }
                 }
@@ -518,7 +519,7 @@ fn sync_barrier_never_interleaves_fragments() {
                 Destination::Node(n) => vec![n],
             };
             for n in to {
-                c.node(n).handle_packet(now, &t.payload);
+                c.node(n).handle_packet(now, &t.payload.to_bytes());
             }
         }
     }

@@ -1,0 +1,141 @@
+//! Bytes in pieces: a datagram (or its payload) into which large application messages
+//! went by reference instead of by copy.
+//!
+//! The packer copies framing and small messages into one buffer and, for a message of
+//! at least `pack_by_reference_min` bytes, ends that buffer and appends the message's
+//! own `Bytes` as the next piece. The caller sends the pieces as one datagram (a
+//! vectored send), and a node delivers its own large messages from those same `Bytes`:
+//! the payload is never copied on the sending host. A datagram received from the
+//! network is one piece.
+
+use bytes::Bytes;
+
+/// The bytes of `head` followed by those of each piece of `tail`, in order.
+#[derive(Clone, Debug, Default)]
+pub struct Gather {
+    head: Bytes,
+    tail: Vec<Bytes>,
+}
+
+impl Gather {
+    /// Pieces in order; empty pieces are dropped (the head may be empty).
+    pub fn from_pieces(mut pieces: Vec<Bytes>) -> Gather {
+        pieces.retain(|p| !p.is_empty());
+        if pieces.is_empty() {
+            return Gather::default();
+        }
+        let head = pieces.remove(0);
+        Gather { head, tail: pieces }
+    }
+
+    pub fn len(&self) -> usize {
+        self.head.len() + self.tail.iter().map(Bytes::len).sum::<usize>()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// One piece (or none): `head()` is all of it.
+    pub fn is_contiguous(&self) -> bool {
+        self.tail.is_empty()
+    }
+
+    /// The first piece.
+    pub fn head(&self) -> &Bytes {
+        &self.head
+    }
+
+    /// Every piece, in order.
+    pub fn pieces(&self) -> impl Iterator<Item = &Bytes> {
+        std::iter::once(&self.head).chain(self.tail.iter())
+    }
+
+    /// How many pieces (at least one, the possibly empty head).
+    pub fn piece_count(&self) -> usize {
+        1 + self.tail.len()
+    }
+
+    /// The bytes as one `Bytes`: the head itself when contiguous, else a copy (for
+    /// paths where a contiguous buffer is required and rare: sealing, recovery, tests).
+    pub fn to_bytes(&self) -> Bytes {
+        if self.tail.is_empty() {
+            return self.head.clone();
+        }
+        let mut out = Vec::with_capacity(self.len());
+        for piece in self.pieces() {
+            out.extend_from_slice(piece);
+        }
+        Bytes::from(out)
+    }
+
+    /// Everything after the first `n` bytes, which must lie in the head.
+    ///
+    /// Panics if `n > self.head().len()` (a caller bug: only headers are skipped).
+    pub fn skip(&self, n: usize) -> Gather {
+        Gather {
+            head: self.head.slice(n..),
+            tail: self.tail.clone(),
+        }
+    }
+}
+
+impl From<Bytes> for Gather {
+    fn from(head: Bytes) -> Gather {
+        Gather {
+            head,
+            tail: Vec::new(),
+        }
+    }
+}
+
+/// Equal bytes, however they are cut into pieces.
+impl PartialEq for Gather {
+    fn eq(&self, other: &Gather) -> bool {
+        if self.len() != other.len() {
+            return false;
+        }
+        let mut a = self.pieces().flat_map(|p| p.iter());
+        let mut b = other.pieces().flat_map(|p| p.iter());
+        loop {
+            match (a.next(), b.next()) {
+                (None, None) => return true,
+                (x, y) if x == y => {}
+                _ => return false,
+            }
+        }
+    }
+}
+
+impl Eq for Gather {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pieces_read_as_their_concatenation() {
+        let g = Gather::from_pieces(vec![
+            Bytes::from_static(b"ab"),
+            Bytes::new(),
+            Bytes::from_static(b"cde"),
+        ]);
+        assert_eq!(g.len(), 5);
+        assert_eq!(g.piece_count(), 2);
+        assert!(!g.is_contiguous());
+        assert_eq!(&g.to_bytes()[..], b"abcde");
+        assert_eq!(&g.skip(1).to_bytes()[..], b"bcde");
+        assert_eq!(g, Gather::from(Bytes::from_static(b"abcde")));
+        assert_ne!(g, Gather::from(Bytes::from_static(b"abcdf")));
+        assert_ne!(g, Gather::from(Bytes::from_static(b"abcd")));
+    }
+
+    #[test]
+    fn a_contiguous_gather_is_its_head_without_a_copy() {
+        let b = Bytes::from(vec![7u8; 100]);
+        let g = Gather::from(b.clone());
+        assert!(g.is_contiguous());
+        assert_eq!(g.to_bytes().as_ptr(), b.as_ptr());
+        assert!(Gather::from_pieces(Vec::new()).is_empty());
+    }
+}
