@@ -12,9 +12,13 @@
 //! mapping or `write(2)` fails, whoever holds the fd. It is also sealed against
 //! shrinking and growing, so a reader cannot be made to fault.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
 
 use memmap2::{Mmap, MmapOptions, MmapRaw};
 
@@ -223,5 +227,304 @@ mod tests {
             DeliveryPoolView::open(OwnedFd::from(memfd)),
             Err(RegionError::NotSealed)
         ));
+    }
+}
+
+/// Engine side: the pool shared by the engine's own owners of its buffers (the engine
+/// loop, Totem's queue through [`bytes::Bytes`], readers' descriptors), with one count of
+/// holders per buffer. A buffer returns to the allocator when its last holder lets go.
+///
+/// Cheap to clone; single-threaded use in practice (the engine loop), but `Send + Sync`
+/// because `Bytes` owners must be.
+#[derive(Clone)]
+pub struct SharedDeliveryPool {
+    inner: Arc<SharedInner>,
+}
+
+struct SharedInner {
+    pool: DeliveryPool,
+    /// Address of the mapping, for telling whether a slice lies in it.
+    base: usize,
+    state: Mutex<SharedState>,
+}
+
+struct SharedState {
+    alloc: crate::PoolAllocator,
+    /// Live buffers by start offset: (length, holders).
+    live: BTreeMap<u64, (u64, u32)>,
+}
+
+impl std::fmt::Debug for SharedDeliveryPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedDeliveryPool")
+            .field("pool", &self.inner.pool)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SharedDeliveryPool {
+    /// Shares `pool`, handing out buffers in runs of `block` bytes.
+    pub fn new(pool: DeliveryPool, block: usize) -> SharedDeliveryPool {
+        let alloc = crate::PoolAllocator::new(pool.len(), block);
+        let base = pool.map.as_ptr() as usize;
+        SharedDeliveryPool {
+            inner: Arc::new(SharedInner {
+                pool,
+                base,
+                state: Mutex::new(SharedState {
+                    alloc,
+                    live: BTreeMap::new(),
+                }),
+            }),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, SharedState> {
+        // Nothing here can panic while the lock is held but an allocator bug; a poisoned
+        // lock still has consistent counts.
+        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.pool.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.inner.pool.is_empty()
+    }
+
+    pub fn huge_pages(&self) -> bool {
+        self.inner.pool.huge_pages()
+    }
+
+    /// The fd to pass to clients.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.inner.pool.fd()
+    }
+
+    /// Bytes in free blocks.
+    pub fn free_bytes(&self) -> usize {
+        self.state().alloc.free_bytes()
+    }
+
+    /// Live buffers (for tests and counters).
+    pub fn live_buffers(&self) -> usize {
+        self.state().live.len()
+    }
+
+    /// A new buffer of `len` bytes, held once by the returned handle.
+    pub fn alloc(&self, len: usize) -> Option<PoolBuffer> {
+        let mut state = self.state();
+        let buf = state.alloc.alloc(len)?;
+        state.live.insert(buf.offset(), (buf.len(), 1));
+        Some(PoolBuffer {
+            pool: self.clone(),
+            offset: buf.offset(),
+            len: buf.len(),
+        })
+    }
+
+    /// If `bytes` lies inside one live buffer of this pool: one more holder of that
+    /// buffer, and the pool offset where `bytes` starts (a descriptor for a reader).
+    pub fn retain_slice(&self, bytes: &[u8]) -> Option<u64> {
+        let start = (bytes.as_ptr() as usize).checked_sub(self.inner.base)? as u64;
+        let end = start.checked_add(bytes.len() as u64)?;
+        if end > self.len() as u64 {
+            return None;
+        }
+        let mut state = self.state();
+        let (&buffer_start, entry) = state.live.range_mut(..=start).next_back()?;
+        if end > buffer_start + entry.0 {
+            return None;
+        }
+        entry.1 += 1;
+        Some(start)
+    }
+
+    /// One holder of the buffer containing pool offset `offset` let go. False if no
+    /// live buffer contains it.
+    pub fn release(&self, offset: u64) -> bool {
+        let mut state = self.state();
+        let Some((&start, &(len, holders))) = state.live.range(..=offset).next_back() else {
+            return false;
+        };
+        if offset >= start + len.max(1) {
+            return false;
+        }
+        if holders > 1 {
+            state.live.insert(start, (len, holders - 1));
+        } else {
+            state.live.remove(&start);
+            let freed = state
+                .alloc
+                .free(crate::PoolBuf::from_descriptor(start, len));
+            debug_assert!(freed.is_ok(), "pool buffer {start} not live: {freed:?}");
+        }
+        true
+    }
+
+    fn holders(&self, start: u64) -> u32 {
+        self.state().live.get(&start).map_or(0, |&(_, n)| n)
+    }
+
+    fn retain(&self, start: u64) {
+        if let Some((_, n)) = self.state().live.get_mut(&start) {
+            *n += 1;
+        }
+    }
+}
+
+/// One buffer of a [`SharedDeliveryPool`], held by this handle (released on drop).
+/// Writable only while nothing else holds it, so no reader ever sees bytes change.
+#[derive(Debug)]
+pub struct PoolBuffer {
+    pool: SharedDeliveryPool,
+    offset: u64,
+    len: u64,
+}
+
+impl PoolBuffer {
+    /// Pool offset of the buffer's first byte.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Copies `data` to `at` in the buffer. False (nothing written) if the range is
+    /// outside the buffer or anything else holds the buffer (a `Bytes` or a reader).
+    pub fn write(&mut self, at: usize, data: &[u8]) -> bool {
+        let Some(end) = at.checked_add(data.len()) else {
+            return false;
+        };
+        if end > self.len as usize || self.pool.holders(self.offset) != 1 {
+            return false;
+        }
+        let start = self.offset as usize + at;
+        // SAFETY: [start, start + len) lies in this buffer (checked above), inside the
+        // mapping that `self.pool` keeps alive; this handle is the buffer's only holder
+        // (checked above, and only holders can create references into it), so no
+        // reference into these bytes exists in this process; clients cannot write the
+        // pool (sealed), and no descriptor to this buffer was handed out (that would be
+        // a holder).
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                data.as_ptr(),
+                (self.pool.inner.base + start) as *mut u8,
+                data.len(),
+            );
+        }
+        true
+    }
+
+    /// The bytes `range` of the buffer as a `Bytes` that holds the buffer while it (or
+    /// any clone or slice of it) lives.
+    ///
+    /// # Panics
+    ///
+    /// If `range` is not inside the buffer (a caller bug).
+    pub fn bytes(&self, range: std::ops::Range<usize>) -> Bytes {
+        assert!(
+            range.start <= range.end && range.end <= self.len as usize,
+            "range {range:?} outside a {}-byte pool buffer",
+            self.len
+        );
+        self.pool.retain(self.offset);
+        Bytes::from_owner(Held {
+            pool: self.pool.clone(),
+            start: self.offset,
+            at: self.offset as usize + range.start,
+            len: range.len(),
+        })
+    }
+
+    /// One more holder for a reader's descriptor (released with
+    /// [`SharedDeliveryPool::release`] of the returned offset, the buffer's start).
+    pub fn share(&self) -> u64 {
+        self.pool.retain(self.offset);
+        self.offset
+    }
+}
+
+impl Drop for PoolBuffer {
+    fn drop(&mut self) {
+        self.pool.release(self.offset);
+    }
+}
+
+/// The owner behind a pool-backed `Bytes`.
+struct Held {
+    pool: SharedDeliveryPool,
+    start: u64,
+    at: usize,
+    len: usize,
+}
+
+impl AsRef<[u8]> for Held {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: [at, at + len) lies in a live buffer (checked when this was made), in
+        // the mapping `self.pool` keeps alive; this owner holds the buffer, so the engine
+        // does not write it ([`PoolBuffer::write`] refuses a shared buffer) and clients
+        // cannot (sealed).
+        unsafe {
+            std::slice::from_raw_parts((self.pool.inner.base + self.at) as *const u8, self.len)
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.pool.release(self.start);
+    }
+}
+
+#[cfg(test)]
+mod shared_tests {
+    use super::*;
+
+    #[test]
+    #[cfg_attr(miri, ignore)]
+    fn a_buffer_lives_while_anything_holds_it_and_is_written_only_when_unshared() {
+        let pool = SharedDeliveryPool::new(
+            DeliveryPool::create(2 << 20, HugePages::Never).unwrap(),
+            4096,
+        );
+        let view = DeliveryPoolView::open(pool.fd().try_clone_to_owned().unwrap()).unwrap();
+        let total = pool.free_bytes();
+        let mut buf = pool.alloc(10_000).unwrap();
+        assert!(buf.write(100, b"payload"));
+        assert!(!buf.write(9_999, b"xy"), "past the end");
+        let bytes = buf.bytes(100..107);
+        assert_eq!(&bytes[..], b"payload");
+        assert!(!buf.write(0, b"h"), "written while a Bytes holds it");
+        // A slice of it is recognised and held for a reader.
+        let offset = pool.retain_slice(&bytes[2..]).unwrap();
+        assert_eq!(offset, buf.offset() + 102);
+        assert_eq!(view.slice(offset, 5).unwrap(), b"yload");
+        assert_eq!(pool.retain_slice(b"elsewhere"), None);
+        drop(buf);
+        drop(bytes);
+        assert_eq!(pool.live_buffers(), 1, "the reader still holds it");
+        assert!(pool.release(offset));
+        assert_eq!(pool.live_buffers(), 0);
+        assert_eq!(pool.free_bytes(), total);
+        assert!(!pool.release(offset), "nothing left to release");
+
+        // share(): descriptors for readers of a copied payload.
+        let mut buf = pool.alloc(5000).unwrap();
+        assert!(buf.write(0, &[7; 5000]));
+        let a = buf.share();
+        let b = buf.share();
+        drop(buf);
+        assert!(pool.release(a));
+        assert_eq!(pool.live_buffers(), 1);
+        assert!(pool.release(b));
+        assert_eq!(pool.free_bytes(), total);
     }
 }

@@ -744,6 +744,41 @@ impl Service {
         }
     }
 
+    /// [`Service::mcast`] of a `payload_len`-byte payload the caller already holds
+    /// somewhere of its own (the engine's delivery pool): `frame` gets the header and
+    /// returns the whole message, that header directly in front of the payload, as one
+    /// `Bytes`; so the payload is not copied here. `frame` is called only when the
+    /// message goes to Totem now; `None` from it is `TryAgain` (nothing sent).
+    pub fn mcast_framed(
+        &mut self,
+        conn: ConnId,
+        guarantee: Guarantee,
+        payload_len: usize,
+        frame: impl FnOnce(&[u8]) -> Option<Bytes>,
+        totem: &mut impl Submit,
+    ) -> Result<(), CpgError> {
+        let c = self.conns.get(&conn).ok_or(CpgError::BadHandle)?;
+        if payload_len > self.limits.max_message_bytes {
+            return Err(CpgError::TooBig);
+        }
+        if self.in_sync() {
+            return Err(CpgError::TryAgain);
+        }
+        let group = match (c.state, &c.group) {
+            (ConnState::JoinStarted | ConnState::JoinCompleted, Some(group)) => group,
+            _ => {
+                self.stats.dropped_not_joined += 1;
+                return Ok(());
+            }
+        };
+        let mut header = [0u8; MCAST_HEADER_MAX];
+        let header = &mut header[..codec::mcast_header_len(group)];
+        codec::write_mcast_header(header, group, c.pid);
+        let message = frame(header).ok_or(CpgError::TryAgain)?;
+        debug_assert_eq!(message.len(), header.len() + payload_len);
+        submit(totem, message, guarantee)
+    }
+
     /// The client went away (EOF or finalize). A connection that joined (or is joining)
     /// and is not leaving gets a PROCDOWN (CPG_SPEC.md §5.3); if Totem cannot take it
     /// now, or a sync is running, it is owed and `poll` sends it. It is never lost.

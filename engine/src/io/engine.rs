@@ -1185,6 +1185,7 @@ impl Engine {
         st.set(Counter::PoolPlaced, c.pool_placed);
         st.set(Counter::PoolDescriptors, c.pool_descriptors);
         st.set(Counter::PoolInlineFallbacks, c.pool_inline_fallbacks);
+        st.set(Counter::PoolSent, c.pool_sent);
         let state = self.leaving_until.is_none().then(|| self.node.state());
         self.stats
             .set_ring(self.node.ring_id(), state, self.node.members());

@@ -179,6 +179,10 @@ counters! {
     /// it directly instead of through the kernel (counted in `packets_in` too, not in
     /// `packets_out`).
     PacketsToSelf = "packets_to_self",
+    /// Local multicasts copied from a submit ring straight into the pool (Totem sends
+    /// them from there, local receivers read them there); a retry after TryAgain counts
+    /// again.
+    PoolSent = "pool_sent",
 }
 
 /// `NodeState` as stored in the page (`u64::MAX` = left the ring).

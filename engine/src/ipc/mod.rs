@@ -36,6 +36,8 @@ use ringcast_shm::{DeliveryPool, EventFd, HugePages, Region, RegionSpec, RingErr
 
 use crate::cpg::{self, CpgError, GroupName, IterationKind, Service, TotemSubmit};
 use crate::totem::{Event, Guarantee, Instant, Node, NodeId};
+use ringcast_shm::delivery_pool::PoolBuffer;
+use session::AssemblyBuf;
 use session::{Assembly, BacklogLimits, MAX_ITERATIONS, Outgoing, Ready, Session, SessionFault};
 use shared_pool::SharedPool;
 
@@ -89,6 +91,8 @@ pub struct IpcStats {
     pub pool_descriptors: u64,
     /// Pool-sized deliveries that went inline (pool full, receiver over its share).
     pub pool_inline_fallbacks: u64,
+    /// Local multicasts taken from a submit ring straight into the pool.
+    pub pool_sent: u64,
 }
 
 /// Every session of this engine, the listening socket and the CPG service.
@@ -192,6 +196,7 @@ impl Ipc {
             stats.pool_placed = pool.stats.placed;
             stats.pool_descriptors = pool.stats.descriptors;
             stats.pool_inline_fallbacks = pool.stats.inline_fallbacks;
+            stats.pool_sent = pool.stats.sent_from_pool;
         }
         stats
     }
@@ -783,7 +788,29 @@ impl Ipc {
                         Guarantee::Agreed
                     };
                     let len = record.payload.len();
-                    match self.service.mcast(conn, g, &[record.payload], &mut totem) {
+                    let from_pool = match &mut self.pool {
+                        Some(pool) if pool.wants(len) => {
+                            pool.alloc_message(cpg::MCAST_HEADER_MAX + len)
+                        }
+                        _ => None,
+                    };
+                    let sent = match from_pool {
+                        // Straight into the delivery pool: Totem sends it from there and
+                        // local receivers read it there.
+                        Some(mut buffer) => {
+                            let copied = buffer.write(cpg::MCAST_HEADER_MAX, record.payload);
+                            debug_assert!(copied, "a fresh buffer is ours alone");
+                            self.service.mcast_framed(
+                                conn,
+                                g,
+                                len,
+                                |header| frame(&mut buffer, header, len),
+                                &mut totem,
+                            )
+                        }
+                        None => self.service.mcast(conn, g, &[record.payload], &mut totem),
+                    };
+                    match sent {
                         Ok(()) => Step::Taken(len),
                         Err(CpgError::TryAgain) => Step::Blocked,
                         // Not joined (compatible: accepted and dropped, CPG_SPEC §13.3) or
@@ -801,6 +828,7 @@ impl Ipc {
                         };
                         part(
                             &mut ready.assembly,
+                            self.pool.as_mut(),
                             &mut self.service,
                             conn,
                             g,
@@ -1002,6 +1030,7 @@ enum Step {
 #[allow(clippy::too_many_arguments)]
 fn part(
     assembly: &mut Option<Assembly>,
+    pool: Option<&mut SharedPool>,
     service: &mut Service,
     conn: cpg::ConnId,
     guarantee: Guarantee,
@@ -1010,8 +1039,9 @@ fn part(
     max_message: usize,
     totem: &mut TotemSubmit<'_>,
 ) -> Step {
-    // The buffer keeps room for the CPG header in front (`Service::mcast_in_place`), so
-    // the assembled message is not copied again.
+    // The buffer keeps room for the CPG header in front, so the assembled message is
+    // not copied again: in the delivery pool when there is one and room in it (Totem
+    // then sends it from there and local receivers read it there), else on the heap.
     const ROOM: usize = cpg::MCAST_HEADER_MAX;
     if h.flags & PART_FIRST != 0 {
         let Ok(total) = usize::try_from(h.total_len) else {
@@ -1020,8 +1050,18 @@ fn part(
         if total > max_message {
             return Step::Fault("message larger than the maximum");
         }
-        let mut buf = BytesMut::with_capacity(ROOM + total);
-        buf.resize(ROOM, 0);
+        let buf = match pool {
+            Some(pool) if pool.wants(total) => pool.alloc_message(ROOM + total),
+            _ => None,
+        };
+        let buf = match buf {
+            Some(buffer) => AssemblyBuf::Pool { buffer, filled: 0 },
+            None => {
+                let mut buf = BytesMut::with_capacity(ROOM + total);
+                buf.resize(ROOM, 0);
+                AssemblyBuf::Heap(buf)
+            }
+        };
         *assembly = Some(Assembly {
             guarantee,
             total_len: total,
@@ -1031,41 +1071,65 @@ fn part(
     let Some(a) = assembly.as_mut() else {
         return Step::Fault("message piece without a first piece");
     };
-    let have = a.buf.len() - ROOM;
     if h.total_len != a.total_len as u64 {
         return Step::Fault("message pieces exceed the announced length");
     }
-    if h.flags & PART_LAST == 0 {
-        if have + piece.len() > a.total_len {
-            return Step::Fault("message pieces exceed the announced length");
-        }
-        a.buf.extend_from_slice(piece);
-        return Step::Piece;
-    }
+    let have = a.buf.filled();
+    let last = h.flags & PART_LAST != 0;
     // The last piece stays in the ring until the message is taken: after a TryAgain it
     // is read again, and is already in the buffer.
-    if have < a.total_len {
-        if have + piece.len() != a.total_len {
-            return Step::Fault("message pieces short of the announced length");
+    if !last || have < a.total_len {
+        if have + piece.len() > a.total_len || (last && have + piece.len() != a.total_len) {
+            return Step::Fault("message pieces do not add up to the announced length");
         }
-        a.buf.extend_from_slice(piece);
+        a.buf.append(piece);
+    }
+    if !last {
+        return Step::Piece;
     }
     let len = a.total_len;
-    let buf = std::mem::take(&mut a.buf);
-    match service.mcast_in_place(conn, a.guarantee, buf, totem) {
+    let result = match &mut a.buf {
+        AssemblyBuf::Pool { buffer, .. } => service.mcast_framed(
+            conn,
+            a.guarantee,
+            len,
+            |header| frame(buffer, header, len),
+            totem,
+        ),
+        AssemblyBuf::Heap(buf) => {
+            let buf = std::mem::take(buf);
+            match service.mcast_in_place(conn, a.guarantee, buf, totem) {
+                Ok(()) => Ok(()),
+                Err((e, back)) => {
+                    if let Some(back) = back {
+                        a.buf = AssemblyBuf::Heap(back);
+                    }
+                    Err(e)
+                }
+            }
+        }
+    };
+    match result {
         Ok(()) => {
             *assembly = None;
             Step::Taken(len)
         }
-        Err((CpgError::TryAgain, Some(buf))) => {
-            a.buf = buf;
-            Step::Blocked
-        }
+        Err(CpgError::TryAgain) if a.buf.filled() == a.total_len => Step::Blocked,
         Err(_) => {
             *assembly = None;
             Step::Dropped
         }
     }
+}
+
+/// The header written into the room in front of a payload at `buffer[MCAST_HEADER_MAX..]`
+/// and the message as one `Bytes` over the pool buffer; `None` if the buffer is still
+/// held elsewhere (it is not: Totem let go of an earlier attempt).
+fn frame(buffer: &mut PoolBuffer, header: &[u8], len: usize) -> Option<bytes::Bytes> {
+    let at = cpg::MCAST_HEADER_MAX - header.len();
+    buffer
+        .write(at, header)
+        .then(|| buffer.bytes(at..cpg::MCAST_HEADER_MAX + len))
 }
 
 /// The `cs_error_t` a client sees for a service error.

@@ -23,7 +23,40 @@ pub const MAX_ITERATIONS: usize = 16;
 pub struct Assembly {
     pub guarantee: Guarantee,
     pub total_len: usize,
-    pub buf: BytesMut,
+    pub buf: AssemblyBuf,
+}
+
+/// Where a message in pieces is assembled: behind `cpg::MCAST_HEADER_MAX` bytes of room
+/// for its header.
+#[derive(Debug)]
+pub enum AssemblyBuf {
+    Heap(BytesMut),
+    Pool {
+        buffer: ringcast_shm::delivery_pool::PoolBuffer,
+        filled: usize,
+    },
+}
+
+impl AssemblyBuf {
+    /// Payload bytes so far.
+    pub fn filled(&self) -> usize {
+        match self {
+            AssemblyBuf::Heap(buf) => buf.len().saturating_sub(crate::cpg::MCAST_HEADER_MAX),
+            AssemblyBuf::Pool { filled, .. } => *filled,
+        }
+    }
+
+    /// Appends a piece the caller checked fits.
+    pub fn append(&mut self, piece: &[u8]) {
+        match self {
+            AssemblyBuf::Heap(buf) => buf.extend_from_slice(piece),
+            AssemblyBuf::Pool { buffer, filled } => {
+                let written = buffer.write(crate::cpg::MCAST_HEADER_MAX + *filled, piece);
+                debug_assert!(written, "an assembling buffer is ours alone");
+                *filled += piece.len();
+            }
+        }
+    }
 }
 
 /// What the engine owes a client: a service event, or a delivery whose payload is in

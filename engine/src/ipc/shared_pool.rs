@@ -1,40 +1,42 @@
-//! Which buffers of the delivery pool hold which payload, and who still reads them.
+//! The engine's use of the delivery pool: where deliveries go, and who still reads them.
 //!
-//! A delivery of at least `min_bytes` is copied into the pool once, however many local
-//! receivers it has; each receiver gets a descriptor and hands it back (`RELEASE`). A
-//! buffer returns to the allocator when its last reader released it. When the pool is
-//! full, or a receiver already pins its share of it, deliveries go inline as before:
-//! a slow reader costs copies, never progress.
-
-use std::collections::HashMap;
+//! A local multicast of at least `min_bytes` is copied from the sender's submit ring
+//! straight into a pool buffer, and Totem sends and keeps it from there; when it is
+//! delivered on this host, every local receiver gets a descriptor into that same buffer
+//! (no further copy). A delivery from another node is copied into the pool once, however
+//! many local receivers it has. Each receiver hands its descriptor back (`RELEASE`); a
+//! buffer returns to the allocator when its last holder (Totem, a receiver) let go.
+//! When the pool is full, or a receiver already pins its share of it, deliveries go
+//! inline as before: a slow reader costs copies, never progress.
 
 use bytes::Bytes;
-use ringcast_shm::{DeliveryPool, PoolAllocator, PoolBuf};
+use ringcast_shm::DeliveryPool;
+use ringcast_shm::delivery_pool::{PoolBuffer, SharedDeliveryPool};
 
-/// Allocation granularity: deliveries placed here are at least a few KiB.
+/// Allocation granularity: what goes through the pool is at least a few KiB.
 const BLOCK_BYTES: usize = 4096;
 
 #[derive(Debug)]
 pub struct SharedPool {
-    pool: DeliveryPool,
-    alloc: PoolAllocator,
-    /// Live buffers by offset: the buffer and how many descriptors name it.
-    refs: HashMap<u64, (PoolBuf, u32)>,
+    pool: SharedDeliveryPool,
     min_bytes: usize,
     /// Most pool bytes one session may hold at once.
     per_session_max: usize,
-    /// The payload placed last and where: its other receivers' events follow it
+    /// The payload copied in last and its buffer: its other receivers' events follow it
     /// directly, and share the copy. Holding the `Bytes` keeps its address from being
     /// reused by another payload while this entry lives.
-    last: Option<(Bytes, u64)>,
+    last: Option<(Bytes, PoolBuffer)>,
     pub stats: PoolStats,
 }
 
 #[derive(Copy, Clone, Debug, Default)]
 pub struct PoolStats {
-    /// Payloads copied into the pool.
+    /// Payloads copied into the pool at delivery (from other nodes, or local ones that
+    /// were not sent from the pool).
     pub placed: u64,
-    /// Descriptors handed to receivers (placed + shared copies).
+    /// Local multicasts taken from a submit ring straight into the pool.
+    pub sent_from_pool: u64,
+    /// Descriptors handed to receivers.
     pub descriptors: u64,
     /// Deliveries that would have gone to the pool but went inline (pool full or the
     /// receiver over its share).
@@ -45,9 +47,7 @@ impl SharedPool {
     pub fn new(pool: DeliveryPool, min_bytes: usize) -> SharedPool {
         let len = pool.len();
         SharedPool {
-            alloc: PoolAllocator::new(len, BLOCK_BYTES),
-            pool,
-            refs: HashMap::new(),
+            pool: SharedDeliveryPool::new(pool, BLOCK_BYTES),
             min_bytes: min_bytes.max(1),
             per_session_max: len / 4,
             last: None,
@@ -55,74 +55,71 @@ impl SharedPool {
         }
     }
 
-    pub fn pool(&self) -> &DeliveryPool {
+    pub fn pool(&self) -> &SharedDeliveryPool {
         &self.pool
     }
 
-    /// Whether a payload of `len` bytes should travel by descriptor.
+    /// Whether a payload of `len` bytes should travel through the pool.
     pub fn wants(&self, len: usize) -> bool {
         len >= self.min_bytes
     }
 
+    /// A buffer for a local multicast (header room included), or `None` when the pool
+    /// is too full to spare it.
+    pub fn alloc_message(&mut self, len: usize) -> Option<PoolBuffer> {
+        let buffer = self.pool.alloc(len)?;
+        self.stats.sent_from_pool += 1;
+        Some(buffer)
+    }
+
     /// A descriptor offset for `payload`, for a receiver that already holds
-    /// `session_bytes` of the pool: the copy made for the previous receiver of the same
-    /// payload, or a new one. `None`: deliver it inline.
+    /// `session_bytes` of the pool: in place when the payload already lives in the pool
+    /// (a local multicast), else the copy made for the previous receiver of the same
+    /// payload, else a new copy. `None`: deliver it inline.
     pub fn place(&mut self, payload: &Bytes, session_bytes: usize) -> Option<u64> {
         if session_bytes + payload.len() > self.per_session_max {
             self.stats.inline_fallbacks += 1;
             return None;
         }
-        if let Some((last, offset)) = &self.last {
+        if let Some(offset) = self.pool.retain_slice(payload) {
+            self.stats.descriptors += 1;
+            return Some(offset);
+        }
+        if let Some((last, buffer)) = &self.last {
             if last.as_ptr() == payload.as_ptr() && last.len() == payload.len() {
-                let offset = *offset;
-                if let Some((_, n)) = self.refs.get_mut(&offset) {
-                    *n += 1;
-                    self.stats.descriptors += 1;
-                    return Some(offset);
-                }
+                self.stats.descriptors += 1;
+                return Some(buffer.share());
             }
         }
-        let Some(buf) = self.alloc.alloc(payload.len()) else {
+        let Some(mut buffer) = self.pool.alloc(payload.len()) else {
             self.stats.inline_fallbacks += 1;
             return None;
         };
-        let offset = buf.offset();
-        self.pool.write(offset as usize, payload);
-        self.refs.insert(offset, (buf, 1));
-        self.last = Some((payload.clone(), offset));
+        let written = buffer.write(0, payload);
+        debug_assert!(written, "a fresh buffer is ours alone");
+        let offset = buffer.share();
+        self.last = Some((payload.clone(), buffer));
         self.stats.placed += 1;
         self.stats.descriptors += 1;
         Some(offset)
     }
 
-    /// Forgets the last placed payload (call when a batch of events is done, so the
-    /// `Bytes` it holds is not kept alive).
+    /// Forgets the last copied payload (call when a batch of events is done, so that
+    /// neither it nor its buffer is kept alive).
     pub fn end_batch(&mut self) {
         self.last = None;
     }
 
-    /// One descriptor of the buffer at `offset` was handed back (by a receiver, or by
+    /// One descriptor naming pool offset `offset` was handed back (by a receiver, or by
     /// the engine for a receiver that went away).
     pub fn release(&mut self, offset: u64) {
-        let Some((buf, n)) = self.refs.get_mut(&offset) else {
-            debug_assert!(false, "release of an unknown pool buffer {offset}");
-            return;
-        };
-        *n -= 1;
-        if *n == 0 {
-            let buf = PoolBuf::from_descriptor(buf.offset(), buf.len());
-            self.refs.remove(&offset);
-            if matches!(&self.last, Some((_, o)) if *o == offset) {
-                self.last = None;
-            }
-            let freed = self.alloc.free(buf);
-            debug_assert!(freed.is_ok(), "pool buffer {offset} not live: {freed:?}");
-        }
+        let released = self.pool.release(offset);
+        debug_assert!(released, "release of an unknown pool buffer {offset}");
     }
 
     /// Bytes in free blocks.
     pub fn free_bytes(&self) -> usize {
-        self.alloc.free_bytes()
+        self.pool.free_bytes()
     }
 }
 
@@ -155,10 +152,34 @@ mod tests {
         let second = p.place(&b, 0).unwrap();
         assert_ne!(second, first);
         assert_eq!(view.slice(second, 5000).unwrap(), &b[..]);
+        p.end_batch();
         for _ in 0..3 {
             p.release(first);
         }
         p.release(second);
+        assert_eq!(p.free_bytes(), total);
+    }
+
+    #[test]
+    fn a_local_multicast_is_delivered_from_where_it_was_sent() {
+        let mut p = pool();
+        let view = DeliveryPoolView::open(p.pool().fd().try_clone_to_owned().unwrap()).unwrap();
+        let total = p.free_bytes();
+        let mut buffer = p.alloc_message(16 + 6000).unwrap();
+        assert!(buffer.write(16, &[5; 6000]));
+        assert!(buffer.write(10, b"header"));
+        let message = buffer.bytes(10..16 + 6000); // what Totem holds
+        drop(buffer);
+        let payload = message.slice(6..); // what the CPG service delivers
+        let a = p.place(&payload, 0).unwrap();
+        let b = p.place(&payload, 0).unwrap();
+        assert_eq!((a, b), (a, a));
+        assert_eq!(view.slice(a, 6000).unwrap(), &[5; 6000][..]);
+        assert_eq!(p.stats.placed, 0, "no copy");
+        drop((message, payload)); // Totem done with it
+        assert!(p.free_bytes() < total, "readers still hold it");
+        p.release(a);
+        p.release(b);
         assert_eq!(p.free_bytes(), total);
     }
 
@@ -175,7 +196,10 @@ mod tests {
         // Fill the pool from several sessions, then one more does not fit.
         p.end_batch();
         let mut held = Vec::new();
-        while let Some(o) = p.place(&Bytes::from(vec![3u8; 500 << 10]), 0) {
+        loop {
+            let payload = Bytes::from(vec![3u8; 500 << 10]);
+            let Some(o) = p.place(&payload, 0) else { break };
+            p.end_batch();
             held.push(o);
         }
         assert!(p.stats.inline_fallbacks >= 3);
