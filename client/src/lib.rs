@@ -1085,6 +1085,13 @@ impl Cpg {
         self.max_message_bytes
     }
 
+    /// Largest message [`Cpg::mcast_with`] builds in place in shared memory (one ring
+    /// record); a larger one is built in a heap buffer and copied into the ring in
+    /// pieces.
+    pub fn max_in_place_message(&self) -> usize {
+        lock(&self.submit).max_record_len()
+    }
+
     /// `Enabled` while the submit ring is more than three quarters full (sends may soon
     /// get `TryAgain`). Corosync always reports `Disabled`; the C ABI keeps that.
     pub fn flow_control_state(&self) -> FlowControl {

@@ -648,6 +648,15 @@ fn large_deliveries_travel_through_the_pool_and_come_back() {
     assert_eq!(cluster.counter(1, "pool_sent"), 100);
     assert_eq!(cluster.counter(1, "pool_placed"), 0);
     assert_eq!(cluster.counter(1, "pool_inline_fallbacks"), 0);
+    // One engine copy of each large payload in all (submit ring -> pool); Totem packed
+    // them by reference. The slack is the small message and CPG's own messages.
+    let large = 100 * (256 << 10);
+    let copied = cluster.counter(1, "payload_bytes_copied");
+    assert!(
+        (large..large + (64 << 10)).contains(&copied),
+        "{copied} bytes copied for {large} bytes sent"
+    );
+    assert!(cluster.counter(1, "bytes_packed_by_reference") >= large);
 
     for i in 100..120u64 {
         retry(|| cpg.mcast(Guarantee::Agreed, &checksummed(256 << 10, i)));

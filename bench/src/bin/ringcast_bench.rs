@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use hdrhistogram::Histogram;
 use ringcast::{ConnectOptions, Cpg, Dispatch, Guarantee, Handler};
+use ringcast_engine::io::stats::StatsReader;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -238,9 +239,41 @@ fn fill(buf: &mut [u8], i: u64) {
 struct RunResult {
     msgs_per_s: f64,
     mb_per_s: f64,
+    /// Payload copies per message made by the engine (its `payload_bytes_copied`
+    /// counter over the bytes sent), when the engine's stats page is known.
+    engine_copies: Option<f64>,
+    /// Payload copies per message made by the sending client library: 0 when the
+    /// message is built in place in the submit ring, 1 when it is too large for that.
+    sender_copies: u32,
 }
 
-fn throughput(socket: &Path, size: usize, receivers: usize, count: u64) -> RunResult {
+/// The engine's `payload_bytes_copied` counter, read once the page has settled (it is
+/// republished every few milliseconds).
+fn engine_bytes_copied(stats: &Path) -> Option<u64> {
+    let read = || {
+        StatsReader::open(stats)
+            .ok()?
+            .snapshot()
+            .counter("payload_bytes_copied")
+    };
+    let mut last = read()?;
+    loop {
+        std::thread::sleep(Duration::from_millis(30));
+        let now = read()?;
+        if now == last {
+            return Some(now);
+        }
+        last = now;
+    }
+}
+
+fn throughput(
+    socket: &Path,
+    stats: Option<&Path>,
+    size: usize,
+    receivers: usize,
+    count: u64,
+) -> RunResult {
     let group = format!("tp-{size}-{receivers}-{}", std::process::id());
     let mut children: Vec<(Child, BufReader<std::process::ChildStdout>)> = (0..receivers)
         .map(|_| {
@@ -274,6 +307,8 @@ fn throughput(socket: &Path, size: usize, receivers: usize, count: u64) -> RunRe
         sum: 0,
         first: None,
     };
+    let copied_before = stats.and_then(engine_bytes_copied);
+    let sender_copies = u32::from(size > cpg.max_in_place_message());
     let start = Instant::now();
     let mut sent = 0u64;
     while sent < count {
@@ -305,10 +340,19 @@ fn throughput(socket: &Path, size: usize, receivers: usize, count: u64) -> RunRe
         child.wait().expect("receiver exit");
     }
     let elapsed = start.elapsed().as_secs_f64();
+    let copied_after = stats.and_then(engine_bytes_copied);
     let _ = cpg.leave(group.as_bytes());
+    let engine_copies = match (copied_before, copied_after) {
+        (Some(a), Some(b)) if size > 0 => {
+            Some(b.saturating_sub(a) as f64 / (count as f64 * size as f64))
+        }
+        _ => None,
+    };
     RunResult {
         msgs_per_s: count as f64 / elapsed,
         mb_per_s: (count as f64 * size as f64) / elapsed / 1e6,
+        engine_copies,
+        sender_copies,
     }
 }
 
@@ -393,6 +437,9 @@ fn raw_ring(size: usize, count: u64) -> RunResult {
     RunResult {
         msgs_per_s: count as f64 / elapsed,
         mb_per_s: count as f64 * size as f64 / elapsed / 1e6,
+        // The raw ring: the sender writes in place, the consumer reads in place.
+        engine_copies: Some(0.0),
+        sender_copies: 0,
     }
 }
 
@@ -478,34 +525,53 @@ fn orchestrate(args: Args) {
         .clone()
         .or_else(|| engine.as_ref().map(|e| e.socket.clone()))
         .expect("socket");
+    // The engine we started is the only one writing a stats page in its state dir.
+    let stats = engine.as_ref().and_then(|e| {
+        std::fs::read_dir(&e.dir)
+            .ok()?
+            .flatten()
+            .map(|entry| entry.path())
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("stats_"))
+            })
+    });
     println!("# ringcast-bench on {}", machine());
     println!(
-        "# copies of a payload on the host per message: sender's write into shm (1, the production),"
+        "# copies of a payload per message beyond the sender's own write of it into shared memory:"
     );
     println!(
-        "#   engine submit ring -> Totem queue (1), Totem packet packing (1), then under the engine's"
+        "#   sender = the client library's (1 when the message is larger than one submit-ring record);"
     );
     println!(
-        "#   delivery_pool_min_bytes (8 KiB) one per local receiver (event ring), at or above it one in all"
+        "#   engine = measured, the engine's payload_bytes_copied counter over the bytes sent (submit"
     );
-    println!("#   (the shared read-only delivery pool; receivers read in place)");
+    println!(
+        "#   ring -> pool or heap, packing under pack_by_reference_min, inline deliveries into event rings)."
+    );
+    println!("#   Receivers read in place (event ring or the read-only delivery pool).");
     println!();
     println!(
-        "| size | receivers | ringcast msg/s | ringcast MB/s | raw ring msg/s | raw ring MB/s | ratio |"
+        "| size | receivers | ringcast msg/s | ringcast MB/s | raw ring msg/s | raw ring MB/s | ratio | copies: sender | engine |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &size in &sizes {
         let count = messages.min(((2u64 << 30) / size as u64).max(50));
         let raw = raw_ring(size, count);
         for r in 1..=receivers {
-            let rc = throughput(&socket, size, r, count);
+            let rc = throughput(&socket, stats.as_deref(), size, r, count);
+            let engine_copies = rc
+                .engine_copies
+                .map_or_else(|| "?".to_string(), |c| format!("{c:.2}"));
             println!(
-                "| {size} | {r} | {:.0} | {:.1} | {:.0} | {:.1} | {:.3} |",
+                "| {size} | {r} | {:.0} | {:.1} | {:.0} | {:.1} | {:.3} | {} | {engine_copies} |",
                 rc.msgs_per_s,
                 rc.mb_per_s,
                 raw.msgs_per_s,
                 raw.mb_per_s,
-                rc.msgs_per_s / raw.msgs_per_s
+                rc.msgs_per_s / raw.msgs_per_s,
+                rc.sender_copies,
             );
         }
     }

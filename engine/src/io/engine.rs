@@ -236,6 +236,8 @@ pub struct Engine {
     /// `Destination::Node`, sorted by id.
     node_dests: Vec<(NodeId, RawAddr)>,
     pending: VecDeque<Transmit>,
+    /// Bytes of received datagrams copied out of the provided buffers.
+    datagram_bytes_copied: u64,
     /// Packets Totem addressed to this node, handed back at the next iteration (a
     /// datagram to ourselves would cost a send, a receive and two kernel copies).
     to_self: VecDeque<Bytes>,
@@ -480,6 +482,7 @@ impl Engine {
             all_dests,
             node_dests,
             pending: VecDeque::new(),
+            datagram_bytes_copied: 0,
             to_self: VecDeque::new(),
             origin,
             last_heartbeat: Instant::ZERO,
@@ -908,6 +911,8 @@ impl Engine {
             return;
         }
         let payload = &mut buf[payload_range];
+        // Out of the provided buffer, which goes straight back to the kernel.
+        self.datagram_bytes_copied += payload.len() as u64;
         let packet = match &mut self.opener {
             None => Bytes::copy_from_slice(payload),
             Some(opener) => match opener.open_from(payload, from) {
@@ -1186,6 +1191,14 @@ impl Engine {
         st.set(Counter::PoolDescriptors, c.pool_descriptors);
         st.set(Counter::PoolInlineFallbacks, c.pool_inline_fallbacks);
         st.set(Counter::PoolSent, c.pool_sent);
+        st.set(
+            Counter::PayloadBytesCopied,
+            c.payload_bytes_copied
+                + s.bytes_packed_by_copy
+                + s.bytes_reassembled
+                + self.datagram_bytes_copied,
+        );
+        st.set(Counter::BytesPackedByReference, s.bytes_packed_by_reference);
         let state = self.leaving_until.is_none().then(|| self.node.state());
         self.stats
             .set_ring(self.node.ring_id(), state, self.node.members());

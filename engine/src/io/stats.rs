@@ -183,6 +183,14 @@ counters! {
     /// them from there, local receivers read them there); a retry after TryAgain counts
     /// again.
     PoolSent = "pool_sent",
+    /// Application payload bytes copied by the engine: from submit rings (once per
+    /// message), into datagrams (messages under `pack_by_reference_min`), to reassemble
+    /// fragments, into event rings and into the delivery pool, and received datagrams
+    /// out of the kernel's provided buffers (whole, headers included). Divided by the bytes
+    /// multicast, the engine's copies per message.
+    PayloadBytesCopied = "payload_bytes_copied",
+    /// Application bytes that went into datagrams by reference (no copy).
+    BytesPackedByReference = "bytes_packed_by_reference",
 }
 
 /// `NodeState` as stored in the page (`u64::MAX` = left the ring).

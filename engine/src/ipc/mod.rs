@@ -93,6 +93,10 @@ pub struct IpcStats {
     pub pool_inline_fallbacks: u64,
     /// Local multicasts taken from a submit ring straight into the pool.
     pub pool_sent: u64,
+    /// Payload bytes the engine copied between its clients and Totem: each message
+    /// taken from a submit ring (once, into the pool or the heap), each inline delivery
+    /// into an event ring, each placement into the pool.
+    pub payload_bytes_copied: u64,
 }
 
 /// Every session of this engine, the listening socket and the CPG service.
@@ -197,6 +201,12 @@ impl Ipc {
             stats.pool_descriptors = pool.stats.descriptors;
             stats.pool_inline_fallbacks = pool.stats.inline_fallbacks;
             stats.pool_sent = pool.stats.sent_from_pool;
+            stats.payload_bytes_copied += pool.stats.placed_bytes;
+        }
+        for session in self.slots.iter().flatten() {
+            if let Some(ready) = &session.ready {
+                stats.payload_bytes_copied += ready.copied_bytes;
+            }
         }
         stats
     }
@@ -635,6 +645,9 @@ impl Ipc {
         };
         self.slot_of.remove(&session.conn);
         self.closed.push((slot, self.generations[slot]));
+        if let Some(ready) = &session.ready {
+            self.stats.payload_bytes_copied += ready.copied_bytes;
+        }
         if let (Some(ready), Some(pool)) = (&session.ready, &mut self.pool) {
             for &offset in ready.held.keys() {
                 pool.release(offset);
@@ -846,6 +859,7 @@ impl Ipc {
                     ready.submit.consume();
                     self.stats.client_messages += 1;
                     self.stats.client_bytes += len as u64;
+                    self.stats.payload_bytes_copied += len as u64;
                     taken += 1;
                 }
                 Step::Piece | Step::Dropped => {

@@ -112,6 +112,8 @@ pub struct Ready {
     /// and length. Released by the engine for it when the session ends.
     pub held: std::collections::HashMap<u64, u64>,
     pub held_bytes: usize,
+    /// Payload bytes copied into this client's event ring (inline deliveries).
+    pub copied_bytes: u64,
 }
 
 #[derive(Debug)]
@@ -149,6 +151,7 @@ impl Ready {
             next_iteration: 1,
             held: std::collections::HashMap::new(),
             held_bytes: 0,
+            copied_bytes: 0,
         })
     }
 
@@ -266,7 +269,10 @@ impl Ready {
                             buf[DeliverHeader::BYTES..].copy_from_slice(payload);
                         },
                     ) {
-                        Ok(()) => true,
+                        Ok(()) => {
+                            self.copied_bytes += payload.len() as u64;
+                            true
+                        }
                         Err(PushError::Full) => false,
                         Err(PushError::TooBig) => unreachable!("checked against max_record_len"),
                     }
@@ -304,6 +310,7 @@ impl Ready {
                         ) {
                             Ok(()) => {
                                 item.sent += n;
+                                self.copied_bytes += n as u64;
                                 self.unpublished = true;
                             }
                             Err(_) => break false,

@@ -34,6 +34,8 @@ pub struct PoolStats {
     /// Payloads copied into the pool at delivery (from other nodes, or local ones that
     /// were not sent from the pool).
     pub placed: u64,
+    /// Bytes of those payloads.
+    pub placed_bytes: u64,
     /// Local multicasts taken from a submit ring straight into the pool.
     pub sent_from_pool: u64,
     /// Descriptors handed to receivers.
@@ -100,6 +102,7 @@ impl SharedPool {
         let offset = buffer.share();
         self.last = Some((payload.clone(), buffer));
         self.stats.placed += 1;
+        self.stats.placed_bytes += payload.len() as u64;
         self.stats.descriptors += 1;
         Some(offset)
     }

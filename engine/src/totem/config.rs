@@ -44,8 +44,8 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// Bytes of application messages that may wait in the send queue.
     pub send_queue_bytes: usize,
-    /// Messages (and fragments) of at least this many bytes go into datagrams by
-    /// reference, not by copy: the datagram is handed out in pieces
+    /// Messages of at least this many bytes (all their fragments too) go into datagrams
+    /// by reference, not by copy: the datagram is handed out in pieces
     /// ([`Gather`](crate::wire::gather::Gather)) and this node delivers such messages
     /// from the very `Bytes` it was given. Below it a copy is cheaper than a piece.
     pub pack_by_reference_min: usize,

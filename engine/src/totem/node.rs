@@ -52,6 +52,12 @@ pub struct Stats {
     pub rings_installed: u64,
     pub token_losses: u64,
     pub failed_to_receive: u64,
+    /// Application bytes copied into datagrams this node originated.
+    pub bytes_packed_by_copy: u64,
+    /// Application bytes that went into datagrams by reference (no copy).
+    pub bytes_packed_by_reference: u64,
+    /// Fragment bytes copied to reassemble messages.
+    pub bytes_reassembled: u64,
 }
 
 /// The ring being installed: from the commit token's first visit to installation.
@@ -591,6 +597,7 @@ impl Node {
             )
         };
         stats.messages_delivered += delivered;
+        stats.bytes_reassembled = reassembler.copied_bytes();
         stats.chunks_malformed += malformed as u64;
     }
 
@@ -880,6 +887,8 @@ impl Node {
                     safe,
                 };
                 let built = builder.finish(self.config.cluster_id, fields);
+                self.stats.bytes_packed_by_copy += built.copied as u64;
+                self.stats.bytes_packed_by_reference += built.referenced as u64;
                 Some(Stored {
                     origin: self.me,
                     safe,

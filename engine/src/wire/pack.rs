@@ -253,6 +253,8 @@ impl SendQueue {
 pub struct Reassembler {
     partials: HashMap<NodeId, Partial>,
     max_message_bytes: usize,
+    /// Fragment bytes copied into partial messages, ever.
+    copied: std::cell::Cell<u64>,
 }
 
 /// One message completed by [`Reassembler::push_parts`].
@@ -299,7 +301,14 @@ impl Reassembler {
         Reassembler {
             partials: HashMap::new(),
             max_message_bytes,
+            copied: std::cell::Cell::new(0),
         }
+    }
+
+    /// Fragment bytes copied to reassemble messages so far (not counting our own
+    /// fragments delivered from their original).
+    pub fn copied_bytes(&self) -> u64 {
+        self.copied.get()
     }
 
     /// Unpacks one delivered payload from `origin`, calling `deliver` with each message
@@ -475,6 +484,7 @@ impl Reassembler {
                 let buffer = if original.is_some() {
                     Vec::new()
                 } else {
+                    self.copied.set(self.copied.get() + data.len() as u64);
                     let mut buffer = Vec::with_capacity(total.min(INITIAL_RESERVE.max(data.len())));
                     buffer.extend_from_slice(data);
                     buffer
@@ -499,6 +509,9 @@ impl Reassembler {
                 if !continues {
                     *partial = None;
                     return (malformed + 1, Outcome::Nothing);
+                }
+                if open.original.is_none() {
+                    self.copied.set(self.copied.get() + data.len() as u64);
                 }
                 open.append(data);
                 if chunk.kind == Kind::Last

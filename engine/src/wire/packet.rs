@@ -474,7 +474,8 @@ impl Packet {
 /// payload into a second buffer; a sender's own payload needs no such copy.
 ///
 /// As a [`PayloadSink`], it copies framing and messages under `by_reference_min` bytes
-/// and takes larger ones by reference: the datagram is then in pieces ([`Gather`]).
+/// and takes larger ones (and each of their fragments) by reference: the datagram is
+/// then in pieces ([`Gather`]).
 #[derive(Debug)]
 pub struct McastBuilder {
     /// The header room and the payload up to the first piece taken by reference.
@@ -484,6 +485,9 @@ pub struct McastBuilder {
     /// Bytes copied after the last piece taken by reference.
     current: BytesMut,
     payload_len: usize,
+    /// Message bytes copied / taken by reference so far.
+    copied: usize,
+    referenced: usize,
     by_reference_min: usize,
     /// The message a fragment in this payload belongs to.
     fragment_of: Option<Bytes>,
@@ -504,6 +508,9 @@ pub struct BuiltMcast {
     ///
     /// [`Reassembler::push_gather`]: super::pack::Reassembler::push_gather
     pub fragment_of: Option<Bytes>,
+    /// Message bytes copied into the datagram, and taken by reference.
+    pub copied: usize,
+    pub referenced: usize,
 }
 
 impl McastBuilder {
@@ -518,6 +525,8 @@ impl McastBuilder {
             pieces: Vec::new(),
             current: BytesMut::new(),
             payload_len: 0,
+            copied: 0,
+            referenced: 0,
             by_reference_min,
             fragment_of: None,
         }
@@ -570,6 +579,8 @@ impl McastBuilder {
             datagram,
             payload,
             fragment_of: self.fragment_of,
+            copied: self.copied,
+            referenced: self.referenced,
         }
     }
 }
@@ -597,10 +608,14 @@ impl PayloadSink for McastBuilder {
         if fragment && self.fragment_of.is_none() {
             self.fragment_of = Some(message.clone());
         }
-        if range.len() < self.by_reference_min {
+        // By the message's size, not the chunk's: every fragment of a large message
+        // goes by reference, however small the datagrams.
+        if message.len() < self.by_reference_min {
+            self.copied += range.len();
             self.copy_target().extend_from_slice(&message[range]);
             return;
         }
+        self.referenced += range.len();
         if !self.current.is_empty() {
             let copied = self.current.split().freeze();
             self.pieces.push(copied);
