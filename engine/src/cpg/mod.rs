@@ -684,22 +684,20 @@ impl Service {
         parts: &[&[u8]],
         totem: &mut impl Submit,
     ) -> Result<(), CpgError> {
-        let c = self.conns.get(&conn).ok_or(CpgError::BadHandle)?;
         let len = parts.iter().fold(0usize, |a, p| a.saturating_add(p.len()));
-        if len > self.limits.max_message_bytes {
-            return Err(CpgError::TooBig);
-        }
-        if self.in_sync() {
-            return Err(CpgError::TryAgain);
-        }
-        let group = match (c.state, &c.group) {
-            (ConnState::JoinStarted | ConnState::JoinCompleted, Some(group)) => group,
-            _ => {
-                self.stats.dropped_not_joined += 1;
-                return Ok(());
-            }
+        let in_sync = self.in_sync();
+        let Some((group, pid)) = mcast_sender(
+            &self.conns,
+            &mut self.stats,
+            &self.limits,
+            in_sync,
+            conn,
+            len,
+        )?
+        else {
+            return Ok(());
         };
-        let message = codec::encode_mcast_into(&mut self.arena, group, c.pid, parts);
+        let message = codec::encode_mcast_into(&mut self.arena, group, pid, parts);
         submit(totem, message, guarantee)
     }
 
@@ -757,23 +755,21 @@ impl Service {
         frame: impl FnOnce(&[u8]) -> Option<Bytes>,
         totem: &mut impl Submit,
     ) -> Result<(), CpgError> {
-        let c = self.conns.get(&conn).ok_or(CpgError::BadHandle)?;
-        if payload_len > self.limits.max_message_bytes {
-            return Err(CpgError::TooBig);
-        }
-        if self.in_sync() {
-            return Err(CpgError::TryAgain);
-        }
-        let group = match (c.state, &c.group) {
-            (ConnState::JoinStarted | ConnState::JoinCompleted, Some(group)) => group,
-            _ => {
-                self.stats.dropped_not_joined += 1;
-                return Ok(());
-            }
+        let in_sync = self.in_sync();
+        let Some((group, pid)) = mcast_sender(
+            &self.conns,
+            &mut self.stats,
+            &self.limits,
+            in_sync,
+            conn,
+            payload_len,
+        )?
+        else {
+            return Ok(());
         };
         let mut header = [0u8; MCAST_HEADER_MAX];
         let header = &mut header[..codec::mcast_header_len(group)];
-        codec::write_mcast_header(header, group, c.pid);
+        codec::write_mcast_header(header, group, pid);
         let message = frame(header).ok_or(CpgError::TryAgain)?;
         debug_assert_eq!(message.len(), header.len() + payload_len);
         submit(totem, message, guarantee)
@@ -1338,6 +1334,36 @@ fn submit(totem: &mut impl Submit, payload: Bytes, guarantee: Guarantee) -> Resu
         SubmitError::TryAgain => CpgError::TryAgain,
         SubmitError::TooBig { .. } => CpgError::TooBig,
     })
+}
+
+/// The checks of every multicast: a known connection (`BadHandle`), not too big
+/// (`TooBig`), no sync running (`TryAgain`). `Ok(None)` when the connection is not a
+/// member: the message is dropped, counted (CPG_SPEC.md §13 quirk 3). Else its group and
+/// pid.
+fn mcast_sender<'a>(
+    conns: &'a BTreeMap<ConnId, Conn>,
+    stats: &mut Stats,
+    limits: &Limits,
+    in_sync: bool,
+    conn: ConnId,
+    len: usize,
+) -> Result<Option<(&'a GroupName, u32)>, CpgError> {
+    let c = conns.get(&conn).ok_or(CpgError::BadHandle)?;
+    if len > limits.max_message_bytes {
+        return Err(CpgError::TooBig);
+    }
+    if in_sync {
+        return Err(CpgError::TryAgain);
+    }
+    match (c.state, &c.group) {
+        (ConnState::JoinStarted | ConnState::JoinCompleted, Some(group)) => {
+            Ok(Some((group, c.pid)))
+        }
+        _ => {
+            stats.dropped_not_joined += 1;
+            Ok(None)
+        }
+    }
 }
 
 #[cfg(test)]

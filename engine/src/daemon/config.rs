@@ -94,6 +94,7 @@ pub struct TotemSettings {
     pub miss_count_const: Option<u32>,
     pub max_message_bytes: Option<usize>,
     pub send_queue_bytes: Option<usize>,
+    pub pack_by_reference_min: Option<usize>,
 }
 
 /// The internal load generator (issue 3, "Figures"): the engine submits messages itself.
@@ -842,6 +843,9 @@ fn totem_config(
     if let Some(v) = t.send_queue_bytes {
         config.send_queue_bytes = v;
     }
+    if let Some(v) = t.pack_by_reference_min {
+        config.pack_by_reference_min = v;
+    }
     // The CPG service runs its sync (joinlists) ahead of application messages after
     // every configuration change, as Corosync's totempg does (CPG_SPEC §5.5).
     config.sync_barrier = true;
@@ -982,6 +986,12 @@ join_ms = 40
                 .starts_with("multicast_group:")
         );
         assert!(error_of(&["--set", "recv_buffers=3"]).starts_with("recv_buffers:"));
+        assert!(
+            error_of(&["--set", "totem.pack_by_reference_min=100"])
+                .contains("pack_by_reference_min")
+        );
+        let c = resolve(&["--set", "totem.pack_by_reference_min=65536"]).unwrap();
+        assert_eq!(c.totem.pack_by_reference_min, 65536);
     }
 
     /// Issue 3: the receive buffers hold every control packet of the configured ring,
