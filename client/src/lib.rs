@@ -30,6 +30,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod error;
+mod send_buffer;
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
@@ -47,6 +48,7 @@ use ringcast_shm::{Consumer, DeliveryPoolView, EventFd, Producer, PushError, Reg
 pub use error::{Error, Result, Status};
 pub use ringcast_shm::proto::WireAddress as Address;
 pub use ringcast_shm::proto::reason;
+pub use send_buffer::SendBuffer;
 
 /// Where the engine listens unless told otherwise (`RINGCAST_SOCKET` overrides).
 pub const DEFAULT_SOCKET: &str = "/run/ringcast/ringcast.sock";
@@ -222,6 +224,8 @@ pub struct Cpg {
     region: Arc<Region>,
     /// The engine's delivery pool, read-only: large deliveries are read in place there.
     delivery_pool: Option<DeliveryPoolView>,
+    /// The region's send buffers (see [`SendBuffer`]).
+    send_pool: Mutex<send_buffer::SendPool>,
     wake: EventFd,
     engine_wake: EventFd,
     /// epoll over `wake` and the socket: readable when events are pending or the
@@ -371,7 +375,9 @@ impl Cpg {
         };
         let poll_fd = epoll_over(&[wake.as_raw_fd(), socket.as_raw_fd()])
             .map_err(|e| Error::from_io(&e, "epoll"))?;
+        let send_pool = Mutex::new(send_buffer::SendPool::new(region.pool_len()));
         let cpg = Cpg {
+            send_pool,
             socket: Mutex::new(socket),
             submit: Mutex::new(submit),
             receiver: Mutex::new(Receiver {
@@ -495,7 +501,9 @@ impl Cpg {
 
     /// Zero-copy send: reserves `len` bytes in shared memory and lets `write` build the
     /// message there (`cpg_zcb_alloc` → write → `cpg_zcb_mcast_joined`, without the
-    /// copy). Messages larger than one ring record fall back to a copy.
+    /// copy): in a submit-ring record, or above one record in a send buffer
+    /// ([`Cpg::alloc`]; `TryAgain` while those are busy). Only a message larger than all
+    /// the send buffers is built on the heap and copied into the ring in pieces.
     pub fn mcast_with(
         &self,
         guarantee: Guarantee,
@@ -504,6 +512,12 @@ impl Cpg {
     ) -> Result<()> {
         self.check_send(len)?;
         let mut producer = lock(&self.submit);
+        if len > producer.max_record_len() && len <= self.send_buffer_capacity() {
+            drop(producer);
+            let mut buffer = self.alloc(len)?;
+            write(&mut buffer);
+            return self.mcast_buffer(guarantee, buffer).map_err(|(e, _)| e);
+        }
         if len > producer.max_record_len() {
             let mut buf = vec![0u8; len];
             write(&mut buf);
@@ -1086,10 +1100,11 @@ impl Cpg {
     }
 
     /// Largest message [`Cpg::mcast_with`] builds in place in shared memory (one ring
-    /// record); a larger one is built in a heap buffer and copied into the ring in
-    /// pieces.
+    /// record, or one send buffer); a larger one is built in a heap buffer and copied
+    /// into the ring in pieces.
     pub fn max_in_place_message(&self) -> usize {
-        lock(&self.submit).max_record_len()
+        let record = lock(&self.submit).max_record_len();
+        record.max(self.send_buffer_capacity())
     }
 
     /// `Enabled` while the submit ring is more than three quarters full (sends may soon

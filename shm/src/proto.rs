@@ -25,7 +25,7 @@
 /// First four bytes of a `Hello`: "RCST".
 pub const HELLO_MAGIC: u32 = 0x5453_4352;
 /// Bumped on any incompatible change to this module or to the region layout.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 /// Longest group name (CPG_SPEC §2.4).
 pub const MAX_NAME_BYTES: usize = 128;
 /// Largest control-socket message either side sends.
@@ -591,6 +591,48 @@ pub mod submit {
     pub const MCAST_PART: u32 = 3;
     /// The client is done with a `DELIVER_REF` buffer: its pool offset as a u64.
     pub const RELEASE: u32 = 4;
+    /// A whole message the client wrote into its region's buffer pool:
+    /// [`super::MessageRef`]. The engine copies it out before it consumes the record, so
+    /// the buffer is the client's again once the ring's head has passed the record.
+    pub const MCAST_REF: u32 = 5;
+}
+
+/// A `MCAST_REF` record: a message in the client's buffer pool.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct MessageRef {
+    /// As [`WireGuarantee::to_u32`].
+    pub guarantee: u32,
+    /// Offset from the start of the region's pool.
+    pub offset: u64,
+    pub len: u64,
+}
+
+impl MessageRef {
+    pub const BYTES: usize = 24;
+
+    pub fn encode(&self) -> [u8; Self::BYTES] {
+        let mut out = [0u8; Self::BYTES];
+        out[0..4].copy_from_slice(&self.guarantee.to_le_bytes());
+        // 4..8 reserved, zero.
+        out[8..16].copy_from_slice(&self.offset.to_le_bytes());
+        out[16..24].copy_from_slice(&self.len.to_le_bytes());
+        out
+    }
+
+    pub fn decode(payload: &[u8]) -> Result<MessageRef, ProtoError> {
+        let mut r = Reader::new(payload);
+        let guarantee = r.u32()?;
+        if r.u32()? != 0 {
+            return Err(ProtoError::BadField("reserved"));
+        }
+        let m = MessageRef {
+            guarantee,
+            offset: r.u64()?,
+            len: r.u64()?,
+        };
+        r.finish()?;
+        Ok(m)
+    }
 }
 
 /// Bit 0 of [`PartHeader::flags`]: the first piece (carries `total_len`).
@@ -935,6 +977,26 @@ mod tests {
         h.write(&mut buf);
         buf[PartHeader::BYTES..].copy_from_slice(b"abc");
         assert_eq!(PartHeader::read(&buf).unwrap(), (h, &b"abc"[..]));
+    }
+
+    #[test]
+    fn message_refs_round_trip_and_refuse_junk() {
+        let m = MessageRef {
+            guarantee: 2,
+            offset: 1 << 33,
+            len: 64 << 20,
+        };
+        let enc = m.encode();
+        assert_eq!(MessageRef::decode(&enc), Ok(m));
+        for cut in 0..enc.len() {
+            assert!(MessageRef::decode(&enc[..cut]).is_err());
+        }
+        let mut long = enc.to_vec();
+        long.push(0);
+        assert_eq!(MessageRef::decode(&long), Err(ProtoError::Trailing));
+        let mut reserved = enc;
+        reserved[5] = 1;
+        assert!(MessageRef::decode(&reserved).is_err());
     }
 
     /// Untrusted input: every prefix and every single-byte corruption decodes to a

@@ -359,6 +359,22 @@ impl Producer {
         self.mem.capacity as u64 - (self.tail - self.cached_head)
     }
 
+    /// Ring position just past the last record written (published or not): a record
+    /// pushed now ends here, and the consumer is done with it once
+    /// [`consumed_upto`](Self::consumed_upto) reaches this position.
+    pub fn written_upto(&self) -> u64 {
+        self.tail
+    }
+
+    /// How far the consumer has consumed: every record ending at or before this position
+    /// is done with. Never moves back; stays put once the ring is failed.
+    pub fn consumed_upto(&mut self) -> u64 {
+        if self.failed.is_none() {
+            self.refresh_head();
+        }
+        self.cached_head
+    }
+
     fn head_error(&self, head: u64) -> Option<&'static str> {
         if head > self.published_tail {
             Some("consumer head is ahead of the published tail")
@@ -740,6 +756,27 @@ mod tests {
         assert_eq!(pop(&mut c), None);
         // Publishing with nothing new is a no-op that does not report a wake-up.
         assert!(!p.publish());
+    }
+
+    /// The producer learns which of its records the consumer is done with (how a client
+    /// knows a buffer a record names is its own again).
+    #[test]
+    fn the_producer_sees_how_far_the_consumer_got() {
+        let (_h, mut p, mut c) = ring(256);
+        let mut ends = Vec::new();
+        for i in 0..3u32 {
+            p.try_push(i, &[&[0u8; 20]]).unwrap();
+            ends.push(p.written_upto());
+        }
+        assert_eq!(ends, vec![32, 64, 96]);
+        assert_eq!(p.consumed_upto(), 0);
+        assert!(!p.publish(), "nobody sleeps");
+        assert_eq!(p.consumed_upto(), 0, "published is not consumed");
+        assert!(pop(&mut c).is_some());
+        assert_eq!(p.consumed_upto(), ends[0]);
+        assert!(pop(&mut c).is_some());
+        assert!(pop(&mut c).is_some());
+        assert_eq!(p.consumed_upto(), ends[2]);
     }
 
     #[test]

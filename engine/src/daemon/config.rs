@@ -141,6 +141,11 @@ pub struct IpcConfig {
     /// are used as buffers are, up to this size.
     pub delivery_pool_bytes: usize,
     pub delivery_pool_min_bytes: usize,
+    /// Send buffers in each client's region: a message larger than one submit-ring
+    /// record is written there in place (`Cpg::alloc`, `mcast_with`) and the engine
+    /// copies it out once. A multiple of 2 MiB; 0 = none (such messages are copied into
+    /// the ring in pieces). Pages are used as buffers are.
+    pub send_buffer_bytes: usize,
 }
 
 impl Default for IpcConfig {
@@ -158,6 +163,7 @@ impl Default for IpcConfig {
             max_groups: 4096,
             delivery_pool_bytes: 256 << 20,
             delivery_pool_min_bytes: 8 << 10,
+            send_buffer_bytes: 16 << 20,
         }
     }
 }
@@ -532,6 +538,12 @@ fn check_ipc(ipc: &IpcConfig) -> Result<(), SettingError> {
     if ipc.delivery_pool_bytes % (2 << 20) != 0 || ipc.delivery_pool_bytes > 64 << 30 {
         return Err(invalid(
             "ipc.delivery_pool_bytes",
+            "a multiple of 2 MiB (2097152), at most 64 GiB, or 0",
+        ));
+    }
+    if ipc.send_buffer_bytes % (2 << 20) != 0 || ipc.send_buffer_bytes > 64 << 30 {
+        return Err(invalid(
+            "ipc.send_buffer_bytes",
             "a multiple of 2 MiB (2097152), at most 64 GiB, or 0",
         ));
     }

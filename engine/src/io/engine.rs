@@ -429,7 +429,7 @@ impl Engine {
                 region: ringcast_shm::RegionSpec {
                     submit_ring_bytes: ipc_config.submit_ring_bytes,
                     event_ring_bytes: ipc_config.event_ring_bytes,
-                    pool_bytes: 0,
+                    pool_bytes: ipc_config.send_buffer_bytes,
                 },
                 huge_pages: ipc_config.huge_pages,
                 max_clients: ipc_config.max_clients,
@@ -1199,6 +1199,7 @@ impl Engine {
                 + self.datagram_bytes_copied,
         );
         st.set(Counter::BytesPackedByReference, s.bytes_packed_by_reference);
+        st.set(Counter::SendBufferMessages, c.send_buffer_messages);
         let state = self.leaving_until.is_none().then(|| self.node.state());
         self.stats
             .set_ring(self.node.ring_id(), state, self.node.members());

@@ -191,6 +191,8 @@ counters! {
     PayloadBytesCopied = "payload_bytes_copied",
     /// Application bytes that went into datagrams by reference (no copy).
     BytesPackedByReference = "bytes_packed_by_reference",
+    /// Messages clients wrote into their send buffers and named by reference.
+    SendBufferMessages = "send_buffer_messages",
 }
 
 /// `NodeState` as stored in the page (`u64::MAX` = left the ring).

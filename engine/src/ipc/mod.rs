@@ -97,6 +97,8 @@ pub struct IpcStats {
     /// taken from a submit ring (once, into the pool or the heap), each inline delivery
     /// into an event ring, each placement into the pool.
     pub payload_bytes_copied: u64,
+    /// Messages taken from clients' send buffers (`MCAST_REF`).
+    pub send_buffer_messages: u64,
 }
 
 /// Every session of this engine, the listening socket and the CPG service.
@@ -800,35 +802,44 @@ impl Ipc {
                     } else {
                         Guarantee::Agreed
                     };
-                    let len = record.payload.len();
-                    let from_pool = match &mut self.pool {
-                        Some(pool) if pool.wants(len) => {
-                            pool.alloc_message(cpg::MCAST_HEADER_MAX + len)
-                        }
-                        _ => None,
-                    };
-                    let sent = match from_pool {
-                        // Straight into the delivery pool: Totem sends it from there and
-                        // local receivers read it there.
-                        Some(mut buffer) => {
-                            let copied = buffer.write(cpg::MCAST_HEADER_MAX, record.payload);
-                            debug_assert!(copied, "a fresh buffer is ours alone");
-                            self.service.mcast_framed(
+                    take_message(
+                        self.pool.as_mut(),
+                        &mut self.service,
+                        conn,
+                        g,
+                        record.payload,
+                        &mut totem,
+                    )
+                }
+                proto::submit::MCAST_REF => {
+                    // A message the client wrote into its region's buffer pool: copied
+                    // out (once, as any message) before the record is consumed, which is
+                    // what gives the buffer back to the client.
+                    let message = proto::MessageRef::decode(record.payload)
+                        .ok()
+                        .and_then(|m| {
+                            let g = match WireGuarantee::from_cpg(m.guarantee)? {
+                                WireGuarantee::Safe => Guarantee::Safe,
+                                WireGuarantee::Agreed => Guarantee::Agreed,
+                            };
+                            Some((g, ready.region.pool_slice(m.offset, m.len)?))
+                        });
+                    match message {
+                        None => Step::Fault("bad message buffer reference"),
+                        Some((g, payload)) => {
+                            let step = take_message(
+                                self.pool.as_mut(),
+                                &mut self.service,
                                 conn,
                                 g,
-                                len,
-                                |header| frame(&mut buffer, header, len),
+                                payload,
                                 &mut totem,
-                            )
+                            );
+                            if matches!(step, Step::Taken(_)) {
+                                self.stats.send_buffer_messages += 1;
+                            }
+                            step
                         }
-                        None => self.service.mcast(conn, g, &[record.payload], &mut totem),
-                    };
-                    match sent {
-                        Ok(()) => Step::Taken(len),
-                        Err(CpgError::TryAgain) => Step::Blocked,
-                        // Not joined (compatible: accepted and dropped, CPG_SPEC §13.3) or
-                        // too big: the record is consumed either way.
-                        Err(_) => Step::Dropped,
                     }
                 }
                 proto::submit::MCAST_PART => match PartHeader::read(record.payload) {
@@ -1133,6 +1144,45 @@ fn part(
             *assembly = None;
             Step::Dropped
         }
+    }
+}
+
+/// One whole message from a client (a ring record or a buffer of its pool), copied once:
+/// into the delivery pool when it is pool-sized and there is room (Totem sends it from
+/// there and local receivers read it there), else onto the heap.
+fn take_message(
+    pool: Option<&mut SharedPool>,
+    service: &mut Service,
+    conn: cpg::ConnId,
+    guarantee: Guarantee,
+    payload: &[u8],
+    totem: &mut TotemSubmit<'_>,
+) -> Step {
+    let len = payload.len();
+    let from_pool = match pool {
+        Some(pool) if pool.wants(len) => pool.alloc_message(cpg::MCAST_HEADER_MAX + len),
+        _ => None,
+    };
+    let sent = match from_pool {
+        Some(mut buffer) => {
+            let copied = buffer.write(cpg::MCAST_HEADER_MAX, payload);
+            debug_assert!(copied, "a fresh buffer is ours alone");
+            service.mcast_framed(
+                conn,
+                guarantee,
+                len,
+                |header| frame(&mut buffer, header, len),
+                totem,
+            )
+        }
+        None => service.mcast(conn, guarantee, &[payload], totem),
+    };
+    match sent {
+        Ok(()) => Step::Taken(len),
+        Err(CpgError::TryAgain) => Step::Blocked,
+        // Not joined (compatible: accepted and dropped, CPG_SPEC §13.3) or too big: the
+        // record is consumed either way.
+        Err(_) => Step::Dropped,
     }
 }
 
