@@ -444,6 +444,19 @@ impl PoolBuffer {
         })
     }
 
+    /// Where the buffer starts in this process, for handing it to the kernel to fill (a
+    /// receive). Writing through it is the caller's `unsafe` business: only while this
+    /// handle is the buffer's one holder (no `Bytes` of it, no descriptor), as for
+    /// [`PoolBuffer::write`].
+    pub fn as_mut_ptr(&mut self) -> *mut u8 {
+        (self.pool.inner.base + self.offset as usize) as *mut u8
+    }
+
+    /// Whether this handle is the buffer's only holder.
+    pub fn is_unique(&self) -> bool {
+        self.pool.holders(self.offset) == 1
+    }
+
     /// One more holder for a reader's descriptor (released with
     /// [`SharedDeliveryPool::release`] of the returned offset, the buffer's start).
     pub fn share(&self) -> u64 {

@@ -15,11 +15,18 @@
 //! publishes with release ordering; the kernel consumes entries from its own head.
 //! Invariant: a buffer id is either owned by the kernel (in the ring) or by the engine
 //! (handed out in a completion, until [`BufRing::recycle`]).
+//!
+//! A buffer id may instead point at a buffer of the delivery pool
+//! ([`BufRing::attach`]): the kernel then receives the datagram straight into memory
+//! local clients read, and the engine can keep it (its `Bytes` holds the pool buffer)
+//! and attach a fresh one before recycling the id. The attached buffer's handle is its
+//! only holder while the kernel owns the id, so nothing reads it while it is written.
 
 use std::sync::atomic::{AtomicU16, Ordering};
 
 use io_uring::types::BufRingEntry;
 use memmap2::{MmapMut, MmapOptions};
+use ringcast_shm::delivery_pool::PoolBuffer;
 
 const ENTRY_BYTES: usize = size_of::<BufRingEntry>();
 const _: () = assert!(ENTRY_BYTES == 16);
@@ -39,6 +46,8 @@ pub struct BufRing {
     tail: u16,
     /// Whether `bufs` is backed by huge pages.
     huge: bool,
+    /// Per id: a delivery pool buffer used instead of the id's slot in `bufs`.
+    attached: Vec<Option<PoolBuffer>>,
 }
 
 impl std::fmt::Debug for BufRing {
@@ -87,6 +96,7 @@ impl BufRing {
             group,
             tail: 0,
             huge,
+            attached: (0..entries).map(|_| None).collect(),
         };
         for bid in 0..entries {
             ring.write_entry(bid);
@@ -133,7 +143,10 @@ impl BufRing {
     /// Writes the entry at the tail for buffer `bid` (not yet visible to the kernel).
     fn write_entry(&mut self, bid: u16) {
         let index = usize::from(self.tail & (self.entries - 1));
-        let addr = self.bufs.as_ptr() as u64 + u64::from(bid) * self.buf_bytes as u64;
+        let addr = match &mut self.attached[usize::from(bid)] {
+            Some(buffer) => buffer.as_mut_ptr() as u64,
+            None => self.bufs.as_ptr() as u64 + u64::from(bid) * self.buf_bytes as u64,
+        };
         let entry = &mut self.ring[index * ENTRY_BYTES..index * ENTRY_BYTES + TAIL_OFFSET];
         entry[0..8].copy_from_slice(&addr.to_ne_bytes());
         entry[8..12].copy_from_slice(&(self.buf_bytes as u32).to_ne_bytes());
@@ -153,12 +166,22 @@ impl BufRing {
         unsafe { (*tail).store(self.tail, Ordering::Release) };
     }
 
-    /// The first `len` bytes of buffer `bid`, which a completion handed to the engine.
-    /// `None` for an id or length the kernel cannot have produced.
+    /// [`BufRing::buf_mut`], to read.
+    pub fn buf(&self, bid: u16, len: usize) -> Option<&[u8]> {
+        if bid >= self.entries || len > self.buf_bytes {
+            return None;
+        }
+        let start = usize::from(bid) * self.buf_bytes;
+        Some(&self.bufs[start..start + len])
+    }
+
+    /// The first `len` bytes of buffer `bid` (not attached), which a completion handed
+    /// to the engine. `None` for an id or length the kernel cannot have produced.
     pub fn buf_mut(&mut self, bid: u16, len: usize) -> Option<&mut [u8]> {
         if bid >= self.entries || len > self.buf_bytes {
             return None;
         }
+        debug_assert!(self.attached[usize::from(bid)].is_none());
         let start = usize::from(bid) * self.buf_bytes;
         Some(&mut self.bufs[start..start + len])
     }
@@ -166,7 +189,51 @@ impl BufRing {
     /// Gives buffer `bid` back to the kernel.
     pub fn recycle(&mut self, bid: u16) {
         debug_assert!(bid < self.entries);
+        debug_assert!(
+            self.attached[usize::from(bid)]
+                .as_ref()
+                .is_none_or(PoolBuffer::is_unique),
+            "an attached buffer is read elsewhere while the kernel owns it"
+        );
         self.write_entry(bid);
         self.publish();
+    }
+
+    /// The delivery pool buffer that id `bid` (handed to the engine by a completion)
+    /// received into, if any: the id falls back to its own buffer unless another is
+    /// attached before it is recycled.
+    pub fn take_attached(&mut self, bid: u16) -> Option<PoolBuffer> {
+        self.attached.get_mut(usize::from(bid))?.take()
+    }
+
+    /// Attaches a buffer from `alloc` (while it gives some) to every id. Only before any
+    /// receive using this ring was submitted: the kernel has taken no entry yet, so the
+    /// entries can be written again with the new addresses.
+    pub fn attach_all_before_use(&mut self, mut alloc: impl FnMut() -> Option<PoolBuffer>) {
+        self.tail = self.tail.wrapping_sub(self.entries);
+        for bid in 0..self.entries {
+            if let Some(buffer) = alloc() {
+                assert!(buffer.len() >= self.buf_bytes, "attached buffer too short");
+                self.attached[usize::from(bid)] = Some(buffer);
+            }
+            self.write_entry(bid);
+        }
+        self.publish();
+    }
+
+    pub fn has_attached(&self, bid: u16) -> bool {
+        self.attached
+            .get(usize::from(bid))
+            .is_some_and(Option::is_some)
+    }
+
+    /// Makes id `bid` (owned by the engine) receive into `buffer` from its next
+    /// recycle on. `buffer` must be at least `buf_bytes` long and held by nothing else.
+    pub fn attach(&mut self, bid: u16, buffer: PoolBuffer) {
+        assert!(buffer.len() >= self.buf_bytes, "attached buffer too short");
+        debug_assert!(buffer.is_unique());
+        if let Some(slot) = self.attached.get_mut(usize::from(bid)) {
+            *slot = Some(buffer);
+        }
     }
 }

@@ -36,7 +36,9 @@ use crate::totem::{
     ConfigurationKind, Destination, Event, Gather, Guarantee, Instant, Node, NodeId, NodeState,
     SubmitError, Transmit,
 };
+use crate::wire::packet::looks_like_mcast;
 use crate::wire::seal::{self, Key, OpenError, Opener, Sealer};
+use ringcast_shm::delivery_pool::{PoolBuffer, SharedDeliveryPool};
 
 /// Submission queue entries (completions: 4×, and the kernel buffers overflow).
 const SQ_ENTRIES: u32 = 1024;
@@ -196,6 +198,10 @@ fn zeroed_msghdr() -> libc::msghdr {
     unsafe { std::mem::zeroed() }
 }
 
+/// Datagrams at least this long stay in the delivery pool buffer they were received
+/// into; shorter ones (tokens, joins, small packed messages) are cheaper to copy out.
+const KEEP_IN_POOL_MIN: usize = 4096;
+
 /// Most packets to ourselves waiting for the next iteration (Totem sends itself a
 /// token or two per rotation; past this they go through the kernel like any other).
 const TO_SELF_MAX: usize = 64;
@@ -238,6 +244,9 @@ pub struct Engine {
     pending: VecDeque<Transmit>,
     /// Bytes of received datagrams copied out of the provided buffers.
     datagram_bytes_copied: u64,
+    /// The delivery pool, when datagrams are received into it (no pool, or sealed
+    /// datagrams - decrypted into a copy - mean never).
+    recv_pool: Option<SharedDeliveryPool>,
     /// Packets Totem addressed to this node, handed back at the next iteration (a
     /// datagram to ourselves would cost a send, a receive and two kernel copies).
     to_self: VecDeque<Bytes>,
@@ -456,6 +465,17 @@ impl Engine {
             socket = %s.ipc_socket.display(),
             "clients connect here (RINGCAST_SOCKET for a non-default path); try `ringcast listen demo` and `ringcast send demo hello`"
         );
+        let recv_pool = if opener.is_none() && config.recv_datagram_bytes >= KEEP_IN_POOL_MIN {
+            ipc.delivery_pool()
+        } else {
+            None
+        };
+        let mut bufring = bufring;
+        if let Some(pool) = &recv_pool {
+            // No receive is armed yet (the loop arms them).
+            let buf_bytes = bufring.buf_bytes();
+            bufring.attach_all_before_use(|| pool.alloc(buf_bytes));
+        }
         Ok(Engine {
             ipc,
             ring,
@@ -483,6 +503,7 @@ impl Engine {
             node_dests,
             pending: VecDeque::new(),
             datagram_bytes_copied: 0,
+            recv_pool,
             to_self: VecDeque::new(),
             origin,
             last_heartbeat: Instant::ZERO,
@@ -820,6 +841,7 @@ impl Engine {
                 self.recv_ok = true;
                 if let Some(bid) = cqueue::buffer_select(flags) {
                     self.on_datagram(now, index, bid, result as usize);
+                    self.refill(bid);
                     self.bufring.recycle(bid);
                 }
             }
@@ -878,41 +900,57 @@ impl Engine {
     }
 
     /// One datagram in buffer `bid`: check its source, open its seal, hand it to Totem.
+    /// Where in buffer `buf` (as the kernel filled it) the datagram lies and which node
+    /// sent it; the counter to bump when it is dropped.
+    fn locate_datagram(
+        &self,
+        socket: usize,
+        buf: &[u8],
+    ) -> Result<(NodeId, std::ops::Range<usize>), Counter> {
+        let out = RecvMsgOut::parse(buf, &self.recv_msghdrs[socket])
+            .map_err(|()| Counter::DropTruncated)?;
+        self.stats
+            .add(Counter::BytesIn, out.payload_data().len() as u64);
+        if out.is_payload_truncated() || out.is_name_data_truncated() {
+            return Err(Counter::DropTruncated);
+        }
+        let start = out.payload_data().as_ptr() as usize - buf.as_ptr() as usize;
+        let range = start..start + out.payload_data().len();
+        let from = parse_name(out.name_data())
+            .and_then(|addr| self.config.node_of(&addr))
+            .ok_or(Counter::DropUnlisted)?;
+        if self.drop_from.contains(&from) {
+            return Err(Counter::DropRule);
+        }
+        Ok((from, range))
+    }
+
     fn on_datagram(&mut self, now: Instant, socket: usize, bid: u16, len: usize) {
+        // Counted first: every datagram in packets_in lands in exactly one drop counter
+        // or in packets_accepted.
+        self.stats.add(Counter::PacketsIn, 1);
+        if let Some(buffer) = self.bufring.take_attached(bid) {
+            self.on_datagram_in_pool(now, socket, bid, len, buffer);
+            return;
+        }
+        let Some(buf) = self.bufring.buf(bid, len) else {
+            return;
+        };
+        let (from, payload_range) = match self.locate_datagram(socket, buf) {
+            Ok(found) => found,
+            Err(counter) => {
+                self.stats.add(counter, 1);
+                return;
+            }
+        };
         let Some(buf) = self.bufring.buf_mut(bid, len) else {
             return;
         };
-        let (source, payload_range) = {
-            // Counted first: every datagram in packets_in lands in exactly one drop
-            // counter or in packets_accepted.
-            self.stats.add(Counter::PacketsIn, 1);
-            let Ok(out) = RecvMsgOut::parse(buf, &self.recv_msghdrs[socket]) else {
-                self.stats.add(Counter::DropTruncated, 1);
-                return;
-            };
-            self.stats
-                .add(Counter::BytesIn, out.payload_data().len() as u64);
-            if out.is_payload_truncated() || out.is_name_data_truncated() {
-                self.stats.add(Counter::DropTruncated, 1);
-                return;
-            }
-            let start = out.payload_data().as_ptr() as usize - buf.as_ptr() as usize;
-            (
-                parse_name(out.name_data()),
-                start..start + out.payload_data().len(),
-            )
-        };
-        let Some(from) = source.and_then(|addr| self.config.node_of(&addr)) else {
-            self.stats.add(Counter::DropUnlisted, 1);
-            return;
-        };
-        if self.drop_from.contains(&from) {
-            self.stats.add(Counter::DropRule, 1);
-            return;
-        }
         let payload = &mut buf[payload_range];
         // Out of the provided buffer, which goes straight back to the kernel.
-        self.datagram_bytes_copied += payload.len() as u64;
+        if looks_like_mcast(payload) {
+            self.datagram_bytes_copied += payload.len() as u64;
+        }
         let packet = match &mut self.opener {
             None => Bytes::copy_from_slice(payload),
             Some(opener) => match opener.open_from(payload, from) {
@@ -932,6 +970,61 @@ impl Engine {
             },
         };
         self.node.handle_packet(now, &packet);
+    }
+
+    /// A datagram the kernel received into a delivery pool buffer: a large one stays
+    /// there (its `Bytes` holds the buffer; Totem's deliveries are slices of it and
+    /// local clients get descriptors into it), a small one is copied out and the buffer
+    /// goes back to the id.
+    fn on_datagram_in_pool(
+        &mut self,
+        now: Instant,
+        socket: usize,
+        bid: u16,
+        len: usize,
+        buffer: PoolBuffer,
+    ) {
+        let whole = buffer.bytes(0..len.min(buffer.len()));
+        let packet = match self.locate_datagram(socket, &whole) {
+            Err(counter) => {
+                self.stats.add(counter, 1);
+                None
+            }
+            Ok((_, range)) if range.len() >= KEEP_IN_POOL_MIN => Some(whole.slice(range)),
+            Ok((_, range)) => {
+                let payload = &whole[range];
+                if looks_like_mcast(payload) {
+                    self.datagram_bytes_copied += payload.len() as u64;
+                }
+                Some(Bytes::copy_from_slice(payload))
+            }
+        };
+        drop(whole);
+        if buffer.is_unique() {
+            // Nothing kept it: the id receives into it again.
+            self.bufring.attach(bid, buffer);
+        } else {
+            self.stats.add(Counter::DatagramsInPool, 1);
+            drop(buffer);
+        }
+        if let Some(packet) = packet {
+            self.node.handle_packet(now, &packet);
+        }
+    }
+
+    /// Before id `bid` goes back to the kernel: unless it has a pool buffer, give it a
+    /// fresh one when the pool can spare it (a quarter of the pool stays for deliveries
+    /// copied in and for senders); else it receives into its own buffer.
+    fn refill(&mut self, bid: u16) {
+        let Some(pool) = &self.recv_pool else {
+            return;
+        };
+        if self.bufring.has_attached(bid) || pool.free_bytes() < pool.len() / 4 {
+            return;
+        }
+        if let Some(buffer) = pool.alloc(self.bufring.buf_bytes()) {
+            self.bufring.attach(bid, buffer);
+        }
     }
 
     /// Fault injection for partition tests (issue 3, "the engine's own test-only drop

@@ -193,6 +193,9 @@ counters! {
     BytesPackedByReference = "bytes_packed_by_reference",
     /// Messages clients wrote into their send buffers and named by reference.
     SendBufferMessages = "send_buffer_messages",
+    /// Datagrams kept where the kernel received them, in the delivery pool (their
+    /// messages are delivered to local clients from there, no copy).
+    DatagramsInPool = "datagrams_in_pool",
 }
 
 /// `NodeState` as stored in the page (`u64::MAX` = left the ring).

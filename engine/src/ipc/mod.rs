@@ -196,6 +196,11 @@ impl Ipc {
         })
     }
 
+    /// The delivery pool, for receiving datagrams straight into it (None when off).
+    pub fn delivery_pool(&self) -> Option<ringcast_shm::delivery_pool::SharedDeliveryPool> {
+        self.pool.as_ref().map(|p| p.pool().clone())
+    }
+
     pub fn stats(&self) -> IpcStats {
         let mut stats = self.stats;
         if let Some(pool) = &self.pool {

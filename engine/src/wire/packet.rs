@@ -677,6 +677,12 @@ pub const MAX_CONTROL_PACKET_BYTES: usize = {
     if max > token { max } else { token }
 };
 
+/// Whether `datagram` claims to be a multicast (application messages), by its header
+/// alone: for accounting before it is decoded, not a check of anything.
+pub fn looks_like_mcast(datagram: &[u8]) -> bool {
+    datagram.get(3) == Some(&KIND_MCAST)
+}
+
 const KIND_TOKEN: u8 = 1;
 const KIND_MCAST: u8 = 2;
 const KIND_JOIN: u8 = 3;
