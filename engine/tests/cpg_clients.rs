@@ -809,6 +809,34 @@ fn remote_messages_are_read_where_the_kernel_put_them() {
     );
     let copied = cluster.counter(2, "payload_bytes_copied") - copied_before;
     assert!(copied < 4096, "the receiving engine copied {copied} bytes");
+
+    // Larger than a datagram: joined once, in the pool, where node 2's client reads it.
+    let copied_before = cluster.counter(2, "payload_bytes_copied");
+    let descriptors = cluster.counter(2, "pool_descriptors");
+    let len = 1 << 20;
+    for i in 0..10u64 {
+        retry(|| sender.mcast(Guarantee::Agreed, &checksummed(len, i)));
+        for cpg in [&receiver, &sender] {
+            match next_group_event(cpg) {
+                Event::Deliver { msg, .. } => assert!(msg == checksummed(len, i), "message {i}"),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    assert!(wait_for(EVENT_TIMEOUT, || {
+        cluster.counter(2, "pool_descriptors") == descriptors + 10
+    }));
+    assert_eq!(
+        cluster.counter(2, "pool_placed"),
+        placed_before,
+        "copied into the pool"
+    );
+    let copied = cluster.counter(2, "payload_bytes_copied") - copied_before;
+    let sent = 10 * len as u64;
+    assert!(
+        (sent..sent + 4096).contains(&copied),
+        "node 2 copied {copied} bytes of {sent} (one reassembly copy each expected)"
+    );
 }
 
 /// Garbage received into the delivery pool (no key, 64 KB datagrams, from a configured

@@ -470,6 +470,13 @@ impl Engine {
         } else {
             None
         };
+        let mut node = node;
+        if let Some(pool) = ipc.delivery_pool() {
+            node.set_reassembly_buffers(
+                ipc_config.delivery_pool_min_bytes,
+                crate::ipc::shared_pool::reassembly_buffers(pool),
+            );
+        }
         let mut bufring = bufring;
         if let Some(pool) = &recv_pool {
             // No receive is armed yet (the loop arms them).

@@ -13,6 +13,8 @@ use bytes::Bytes;
 use ringcast_shm::DeliveryPool;
 use ringcast_shm::delivery_pool::{PoolBuffer, SharedDeliveryPool};
 
+use crate::wire::pack::{ReassemblyBuffer, ReassemblyBuffers};
+
 /// Allocation granularity: what goes through the pool is at least a few KiB.
 const BLOCK_BYTES: usize = 4096;
 
@@ -123,6 +125,38 @@ impl SharedPool {
     /// Bytes in free blocks.
     pub fn free_bytes(&self) -> usize {
         self.pool.free_bytes()
+    }
+}
+
+/// Reassembly of large fragmented messages in the pool (see
+/// [`crate::totem::Node::set_reassembly_buffers`]): the one copy that joins the fragments
+/// puts the message where local readers read it, instead of on the heap and then into
+/// the pool. A quarter of the pool stays for the rest; past that, the heap.
+pub fn reassembly_buffers(pool: SharedDeliveryPool) -> ReassemblyBuffers {
+    Box::new(move |total| {
+        if pool.free_bytes() < pool.len() / 4 + total {
+            return None;
+        }
+        let buffer = pool.alloc(total)?;
+        Some(Box::new(PoolReassembly { buffer, filled: 0 }) as Box<dyn ReassemblyBuffer>)
+    })
+}
+
+/// A message being joined in a pool buffer that nothing else holds yet.
+struct PoolReassembly {
+    buffer: PoolBuffer,
+    filled: usize,
+}
+
+impl ReassemblyBuffer for PoolReassembly {
+    fn append(&mut self, data: &[u8]) {
+        let written = self.buffer.write(self.filled, data);
+        debug_assert!(written, "a reassembly buffer is ours alone and long enough");
+        self.filled += data.len();
+    }
+
+    fn finish(self: Box<Self>) -> Bytes {
+        self.buffer.bytes(0..self.filled)
     }
 }
 

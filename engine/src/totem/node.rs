@@ -16,7 +16,7 @@ use super::{
     Config, ConfigError, ConfigurationChange, ConfigurationKind, Delivery, Destination, Event,
     Gather, Guarantee, Instant, NodeId, RingId, RingSeqStore, SubmitError, Transmit,
 };
-use crate::wire::pack::{Part, Reassembler, SendQueue};
+use crate::wire::pack::{Part, Reassembler, ReassemblyBuffers, SendQueue};
 use crate::wire::packet::{MCAST_OVERHEAD, McastBuilder, McastFields};
 use crate::wire::{
     CommitEntry, CommitToken, Join, MAX_RTR_ENTRIES, Mcast, Packet, Recovered, Token,
@@ -251,6 +251,13 @@ impl Node {
         };
         node.gather_enter(now);
         Ok(node)
+    }
+
+    /// Joins fragmented messages of at least `min_bytes` in buffers from `buffers`
+    /// (when it gives one) instead of on the heap: the caller's own memory, e.g. memory
+    /// its local readers share. What is delivered is the same.
+    pub fn set_reassembly_buffers(&mut self, min_bytes: usize, buffers: ReassemblyBuffers) {
+        self.reassembler.set_buffers(min_bytes, buffers);
     }
 
     pub fn node_id(&self) -> NodeId {

@@ -248,13 +248,38 @@ impl SendQueue {
     }
 }
 
+/// Where a fragmented message is reassembled, when not on the heap: the caller's memory
+/// (the engine's delivery pool, so that local readers read the message where it was
+/// joined).
+pub trait ReassemblyBuffer: Send {
+    /// Appends `data`; the reassembler never appends past the `total` the buffer was
+    /// made for.
+    fn append(&mut self, data: &[u8]);
+    /// The message, once `total` bytes were appended.
+    fn finish(self: Box<Self>) -> Bytes;
+}
+
+/// Makes a buffer for a message of `total` bytes, or None (then the heap is used).
+pub type ReassemblyBuffers = Box<dyn FnMut(usize) -> Option<Box<dyn ReassemblyBuffer>> + Send>;
+
 /// Reassembly of the messages in delivered payloads, per originator.
-#[derive(Debug)]
 pub struct Reassembler {
     partials: HashMap<NodeId, Partial>,
     max_message_bytes: usize,
     /// Fragment bytes copied into partial messages, ever.
     copied: std::cell::Cell<u64>,
+    /// Buffers for messages of at least `.0` bytes.
+    buffers: Option<(usize, std::cell::RefCell<ReassemblyBuffers>)>,
+}
+
+impl std::fmt::Debug for Reassembler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reassembler")
+            .field("partials", &self.partials.len())
+            .field("max_message_bytes", &self.max_message_bytes)
+            .field("buffers_from", &self.buffers.as_ref().map(|b| b.0))
+            .finish()
+    }
 }
 
 /// One message completed by [`Reassembler::push_parts`].
@@ -267,11 +292,12 @@ pub enum Part {
 }
 
 /// A message of which First and maybe some Middle chunks have arrived.
-#[derive(Debug)]
 struct Partial {
-    /// The bytes so far; its capacity never exceeds `total`. Empty when `original` is
-    /// set.
+    /// The bytes so far; its capacity never exceeds `total`. Empty when `original` or
+    /// `external` is set.
     data: Vec<u8>,
+    /// The caller's buffer the message is joined in instead of `data`.
+    external: Option<Box<dyn ReassemblyBuffer>>,
     /// Bytes received so far; `< total` until Last.
     received: usize,
     /// The length First declared.
@@ -302,7 +328,14 @@ impl Reassembler {
             partials: HashMap::new(),
             max_message_bytes,
             copied: std::cell::Cell::new(0),
+            buffers: None,
         }
+    }
+
+    /// Joins messages of at least `min_bytes` in buffers from `buffers` (when it gives
+    /// one) instead of on the heap.
+    pub fn set_buffers(&mut self, min_bytes: usize, buffers: ReassemblyBuffers) {
+        self.buffers = Some((min_bytes, std::cell::RefCell::new(buffers)));
     }
 
     /// Fragment bytes copied to reassemble messages so far (not counting our own
@@ -481,16 +514,28 @@ impl Reassembler {
                         m.len() == total && (m.as_ptr() == data.as_ptr() || m.starts_with(data))
                     })
                     .cloned();
+                let mut external = None;
                 let buffer = if original.is_some() {
                     Vec::new()
                 } else {
                     self.copied.set(self.copied.get() + data.len() as u64);
-                    let mut buffer = Vec::with_capacity(total.min(INITIAL_RESERVE.max(data.len())));
-                    buffer.extend_from_slice(data);
-                    buffer
+                    external = self.external_buffer(total);
+                    match &mut external {
+                        Some(external) => {
+                            external.append(data);
+                            Vec::new()
+                        }
+                        None => {
+                            let mut buffer =
+                                Vec::with_capacity(total.min(INITIAL_RESERVE.max(data.len())));
+                            buffer.extend_from_slice(data);
+                            buffer
+                        }
+                    }
                 };
                 *partial = Some(Partial {
                     data: buffer,
+                    external,
                     received: data.len(),
                     total,
                     original,
@@ -517,16 +562,27 @@ impl Reassembler {
                 if chunk.kind == Kind::Last
                     && let Some(done) = partial.take()
                 {
-                    let message = match done.original {
-                        Some(original) => original,
+                    let message = match (done.original, done.external) {
+                        (Some(original), _) => original,
+                        (None, Some(external)) => external.finish(),
                         // No copy: the Vec becomes the Bytes.
-                        None => Bytes::from(done.data),
+                        (None, None) => Bytes::from(done.data),
                     };
                     return (malformed, Outcome::Joined(message));
                 }
                 (malformed, Outcome::Nothing)
             }
         }
+    }
+
+    /// A caller's buffer for a message of `total` bytes, if it wants such messages.
+    fn external_buffer(&self, total: usize) -> Option<Box<dyn ReassemblyBuffer>> {
+        let (min_bytes, buffers) = self.buffers.as_ref()?;
+        if total < *min_bytes {
+            return None;
+        }
+        let mut make = buffers.try_borrow_mut().ok()?;
+        make(total)
     }
 
     /// Drops every partial message (at a regular configuration change).
@@ -541,6 +597,10 @@ impl Partial {
     fn append(&mut self, data: &[u8]) {
         self.received += data.len();
         if self.original.is_some() {
+            return;
+        }
+        if let Some(external) = &mut self.external {
+            external.append(data);
             return;
         }
         let needed = self.data.len() + data.len();
@@ -920,6 +980,70 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Fragmented messages of at least the threshold are joined in the caller's buffers
+    /// (when it has one), smaller ones and refused ones on the heap; all arrive intact.
+    #[test]
+    fn reassembly_goes_into_the_callers_buffers() {
+        use std::sync::{Arc, Mutex};
+        struct Counted {
+            data: Vec<u8>,
+            appended: Arc<Mutex<usize>>,
+        }
+        impl ReassemblyBuffer for Counted {
+            fn append(&mut self, data: &[u8]) {
+                *self.appended.lock().unwrap() += data.len();
+                self.data.extend_from_slice(data);
+            }
+            fn finish(self: Box<Self>) -> Bytes {
+                Bytes::from(self.data)
+            }
+        }
+        let appended = Arc::new(Mutex::new(0usize));
+        let made = Arc::new(Mutex::new(0usize));
+        let mut reassembler = Reassembler::new(MIB);
+        let (a, m) = (appended.clone(), made.clone());
+        reassembler.set_buffers(
+            10_000,
+            Box::new(move |total| {
+                let mut made = m.lock().unwrap();
+                *made += 1;
+                // Every third request is refused: the heap takes that message.
+                (*made % 3 != 0).then(|| {
+                    Box::new(Counted {
+                        data: Vec::with_capacity(total),
+                        appended: a.clone(),
+                    }) as Box<dyn ReassemblyBuffer>
+                })
+            }),
+        );
+        let mut rng = Rng(23);
+        let mut queue = SendQueue::new(8 * MIB, MIB);
+        let mut expected = Vec::new();
+        for _ in 0..60 {
+            let len = [100, 5000, 20_000, 300_000][rng.below(4)];
+            let message = rng.bytes(len);
+            queue.push(message.clone(), false).unwrap();
+            expected.push(message);
+        }
+        let mut got = Vec::new();
+        while let Some((payload, _)) = queue.next_payload(9000) {
+            assert_eq!(reassembler.push(4, &payload, |m| got.push(m)), 0);
+        }
+        assert_eq!(got, expected);
+        let large: Vec<usize> = expected
+            .iter()
+            .map(Bytes::len)
+            .filter(|&len| len >= 10_000)
+            .collect();
+        let made = *made.lock().unwrap();
+        assert_eq!(made, large.len(), "a buffer asked for each large message");
+        let in_buffers: usize = (1..=made)
+            .filter(|n| n % 3 != 0)
+            .map(|n| large[n - 1])
+            .sum();
+        assert_eq!(*appended.lock().unwrap(), in_buffers);
     }
 
     /// A payload in pieces whose by-reference piece does not match the chunk header
