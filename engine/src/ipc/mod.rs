@@ -210,11 +210,6 @@ impl Ipc {
             stats.pool_sent = pool.stats.sent_from_pool;
             stats.payload_bytes_copied += pool.stats.placed_bytes;
         }
-        for session in self.slots.iter().flatten() {
-            if let Some(ready) = &session.ready {
-                stats.payload_bytes_copied += ready.copied_bytes;
-            }
-        }
         stats
     }
 
@@ -984,13 +979,16 @@ impl Ipc {
             pool.end_batch();
         }
         let mut throttled = false;
+        let mut copied = 0;
         for slot in 0..self.slots.len() {
             if let Some(ready) = self.ready_mut(slot) {
                 ready.publish();
+                copied += std::mem::take(&mut ready.copied_bytes);
                 throttled |= ready.backlog_bytes() > limits.max_bytes / 2
                     || ready.backlog_len() > limits.max_events / 2;
             }
         }
+        self.stats.payload_bytes_copied += copied;
         if throttled != self.throttled {
             tracing::debug!(throttled, "local senders held back by a slow receiver");
         }

@@ -14,7 +14,9 @@ use bytes::Bytes;
 #[derive(Clone, Debug, Default)]
 pub struct Gather {
     head: Bytes,
-    tail: Vec<Bytes>,
+    /// Boxed: most datagrams are one piece, and Totem stores two of these per message,
+    /// so the common case stays small.
+    tail: Option<Box<[Bytes]>>,
 }
 
 impl Gather {
@@ -25,11 +27,16 @@ impl Gather {
             return Gather::default();
         }
         let head = pieces.remove(0);
-        Gather { head, tail: pieces }
+        let tail = (!pieces.is_empty()).then(|| pieces.into_boxed_slice());
+        Gather { head, tail }
     }
 
     pub fn len(&self) -> usize {
-        self.head.len() + self.tail.iter().map(Bytes::len).sum::<usize>()
+        self.head.len() + self.tail().iter().map(Bytes::len).sum::<usize>()
+    }
+
+    fn tail(&self) -> &[Bytes] {
+        self.tail.as_deref().unwrap_or(&[])
     }
 
     pub fn is_empty(&self) -> bool {
@@ -38,7 +45,7 @@ impl Gather {
 
     /// One piece (or none): `head()` is all of it.
     pub fn is_contiguous(&self) -> bool {
-        self.tail.is_empty()
+        self.tail.is_none()
     }
 
     /// The first piece.
@@ -48,18 +55,18 @@ impl Gather {
 
     /// Every piece, in order.
     pub fn pieces(&self) -> impl Iterator<Item = &Bytes> {
-        std::iter::once(&self.head).chain(self.tail.iter())
+        std::iter::once(&self.head).chain(self.tail().iter())
     }
 
     /// How many pieces (at least one, the possibly empty head).
     pub fn piece_count(&self) -> usize {
-        1 + self.tail.len()
+        1 + self.tail().len()
     }
 
     /// The bytes as one `Bytes`: the head itself when contiguous, else a copy (for
     /// paths where a contiguous buffer is required and rare: sealing, recovery, tests).
     pub fn to_bytes(&self) -> Bytes {
-        if self.tail.is_empty() {
+        if self.tail.is_none() {
             return self.head.clone();
         }
         let mut out = Vec::with_capacity(self.len());
@@ -82,10 +89,7 @@ impl Gather {
 
 impl From<Bytes> for Gather {
     fn from(head: Bytes) -> Gather {
-        Gather {
-            head,
-            tail: Vec::new(),
-        }
+        Gather { head, tail: None }
     }
 }
 

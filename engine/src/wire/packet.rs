@@ -484,7 +484,8 @@ pub struct McastBuilder {
     pieces: Vec<Bytes>,
     /// Bytes copied after the last piece taken by reference.
     current: BytesMut,
-    payload_len: usize,
+    /// Bytes in `pieces`.
+    pieces_len: usize,
     /// Message bytes copied / taken by reference so far.
     copied: usize,
     referenced: usize,
@@ -524,7 +525,7 @@ impl McastBuilder {
             first,
             pieces: Vec::new(),
             current: BytesMut::new(),
-            payload_len: 0,
+            pieces_len: 0,
             copied: 0,
             referenced: 0,
             by_reference_min,
@@ -546,7 +547,7 @@ impl McastBuilder {
     /// and the payload appended would encode it.
     pub fn finish(mut self, cluster_id: u32, m: McastFields) -> BuiltMcast {
         // Payloads are at most one datagram; 4 GiB would be a caller bug.
-        let payload_len = u32::try_from(self.payload_len).expect("mcast payload larger than 4 GiB");
+        let payload_len = u32::try_from(self.written()).expect("mcast payload larger than 4 GiB");
         let header = Header {
             magic: U16::new(MAGIC),
             version: VERSION,
@@ -588,7 +589,7 @@ impl McastBuilder {
 impl PayloadSink for McastBuilder {
     #[inline]
     fn written(&self) -> usize {
-        self.payload_len
+        self.first.len() - PLAIN_MCAST_PREFIX + self.pieces_len + self.current.len()
     }
 
     #[inline]
@@ -596,15 +597,13 @@ impl PayloadSink for McastBuilder {
         self.copy_target().reserve(additional);
     }
 
-    #[inline]
+    #[inline(always)]
     fn put_varint(&mut self, value: u64) {
-        self.payload_len += super::pack::varint_len(value);
         super::pack::put_varint(self.copy_target(), value);
     }
 
-    #[inline]
+    #[inline(always)]
     fn put_data(&mut self, message: &Bytes, range: Range<usize>, fragment: bool) {
-        self.payload_len += range.len();
         if fragment && self.fragment_of.is_none() {
             self.fragment_of = Some(message.clone());
         }
@@ -618,8 +617,10 @@ impl PayloadSink for McastBuilder {
         self.referenced += range.len();
         if !self.current.is_empty() {
             let copied = self.current.split().freeze();
+            self.pieces_len += copied.len();
             self.pieces.push(copied);
         }
+        self.pieces_len += range.len();
         self.pieces.push(message.slice(range));
     }
 }
