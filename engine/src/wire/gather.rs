@@ -8,27 +8,41 @@
 //! the payload is never copied on the sending host. A datagram received from the
 //! network is one piece.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 /// The bytes of `head` followed by those of each piece of `tail`, in order.
 #[derive(Clone, Debug, Default)]
 pub struct Gather {
     head: Bytes,
-    /// Boxed: most datagrams are one piece, and Totem stores two of these per message,
-    /// so the common case stays small.
-    tail: Option<Box<[Bytes]>>,
+    /// Shared: a datagram is cloned to be sent and kept, and its payload is a view of it,
+    /// so a clone is one reference count, not an allocation. None for one piece (most
+    /// datagrams), which keeps the common case small.
+    tail: Option<Arc<[Bytes]>>,
 }
 
 impl Gather {
     /// Pieces in order; empty pieces are dropped (the head may be empty).
-    pub fn from_pieces(mut pieces: Vec<Bytes>) -> Gather {
-        pieces.retain(|p| !p.is_empty());
-        if pieces.is_empty() {
+    pub fn from_pieces(pieces: Vec<Bytes>) -> Gather {
+        let mut pieces = pieces.into_iter().filter(|p| !p.is_empty());
+        let Some(head) = pieces.next() else {
             return Gather::default();
+        };
+        let tail: Arc<[Bytes]> = pieces.collect();
+        Gather {
+            head,
+            tail: (!tail.is_empty()).then_some(tail),
         }
-        let head = pieces.remove(0);
-        let tail = (!pieces.is_empty()).then(|| pieces.into_boxed_slice());
-        Gather { head, tail }
+    }
+
+    /// `head` then the non-empty pieces of `tail` (one allocation for them).
+    pub fn with_tail(head: Bytes, tail: Vec<Bytes>) -> Gather {
+        let tail: Arc<[Bytes]> = tail.into_iter().filter(|p| !p.is_empty()).collect();
+        Gather {
+            head,
+            tail: (!tail.is_empty()).then_some(tail),
+        }
     }
 
     pub fn len(&self) -> usize {

@@ -569,11 +569,10 @@ impl McastBuilder {
         let datagram = if self.pieces.is_empty() {
             Gather::from(self.first.freeze())
         } else {
-            let mut pieces = Vec::with_capacity(self.pieces.len() + 2);
-            pieces.push(self.first.freeze());
-            pieces.append(&mut self.pieces);
-            pieces.push(self.current.freeze());
-            Gather::from_pieces(pieces)
+            if !self.current.is_empty() {
+                self.pieces.push(self.current.freeze());
+            }
+            Gather::with_tail(self.first.freeze(), self.pieces)
         };
         let payload = datagram.skip(PLAIN_MCAST_PREFIX);
         BuiltMcast {
@@ -621,6 +620,10 @@ impl PayloadSink for McastBuilder {
             self.pieces.push(copied);
         }
         self.pieces_len += range.len();
+        if self.pieces.capacity() == 0 {
+            // Usually just this piece and what is copied after it.
+            self.pieces.reserve_exact(3);
+        }
         self.pieces.push(message.slice(range));
     }
 }
