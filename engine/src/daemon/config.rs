@@ -193,6 +193,11 @@ pub struct Settings {
     pub sqpoll_idle_ms: u32,
     /// Provided receive buffers (a power of two); 0 = sized from `datagram_bytes`.
     pub recv_buffers: u32,
+    /// Datagrams of at least this many bytes are sent with `IORING_OP_SENDMSG_ZC`: the
+    /// NIC reads the payload where it is, with no copy into a socket buffer. Pays on real
+    /// NICs above ~10 KB (jumbo frames, fragmenting large datagrams); on loopback the
+    /// kernel copies anyway, later. 0 = never (the default).
+    pub send_zerocopy_bytes: usize,
     /// 32-byte pre-shared key; without one the cluster runs in the clear.
     pub key_file: Option<PathBuf>,
     pub ipc_socket: PathBuf,
@@ -227,6 +232,7 @@ impl Default for Settings {
             sqpoll: false,
             sqpoll_idle_ms: 100,
             recv_buffers: 0,
+            send_zerocopy_bytes: 0,
             key_file: None,
             ipc_socket: "/run/ringcast/ringcast.sock".into(),
             state_dir: "/var/lib/ringcast".into(),

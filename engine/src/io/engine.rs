@@ -198,6 +198,12 @@ fn zeroed_msghdr() -> libc::msghdr {
     unsafe { std::mem::zeroed() }
 }
 
+/// Asks a zero-copy send to say in its notification whether it copied after all
+/// (`IORING_SEND_ZC_REPORT_USAGE`, Linux 6.2), which it then reports with
+/// `IORING_NOTIF_USAGE_ZC_COPIED`.
+const ZC_REPORT_USAGE: u16 = 1 << 3;
+const ZC_REPORT_COPIED: u32 = 1 << 31;
+
 /// Datagrams at least this long stay in the delivery pool buffer they were received
 /// into; shorter ones (tokens, joins, small packed messages) are cheaper to copy out.
 const KEEP_IN_POOL_MIN: usize = 4096;
@@ -244,6 +250,8 @@ pub struct Engine {
     pending: VecDeque<Transmit>,
     /// Bytes of received datagrams copied out of the provided buffers.
     datagram_bytes_copied: u64,
+    /// `send_zerocopy_bytes` (0 = off).
+    zerocopy_min: usize,
     /// The delivery pool, when datagrams are received into it (no pool, or sealed
     /// datagrams - decrypted into a copy - mean never).
     recv_pool: Option<SharedDeliveryPool>,
@@ -510,6 +518,7 @@ impl Engine {
             node_dests,
             pending: VecDeque::new(),
             datagram_bytes_copied: 0,
+            zerocopy_min: s.send_zerocopy_bytes,
             recv_pool,
             to_self: VecDeque::new(),
             origin,
@@ -853,9 +862,19 @@ impl Engine {
                 }
             }
             KIND_SEND => {
-                self.slots[index].payload = Gather::default();
-                self.free_slots.push(index);
-                self.sends_in_flight -= 1;
+                if cqueue::notif(flags) {
+                    // A zero-copy send's notification: the kernel is done with the
+                    // payload; its result says whether it had to copy after all.
+                    if result as u32 & ZC_REPORT_COPIED != 0 {
+                        self.stats.add(Counter::SendsZerocopyCopied, 1);
+                    }
+                    self.release_slot(index);
+                    return Ok(());
+                }
+                if !cqueue::more(flags) {
+                    // Done (a plain send, or a zero-copy one that took no reference).
+                    self.release_slot(index);
+                }
                 if result < 0 {
                     self.stats.add(Counter::SendErrors, 1);
                     if self.send_errors_logged < 10 {
@@ -1231,6 +1250,12 @@ impl Engine {
         n
     }
 
+    fn release_slot(&mut self, index: usize) {
+        self.slots[index].payload = Gather::default();
+        self.free_slots.push(index);
+        self.sends_in_flight -= 1;
+    }
+
     fn push_send(&mut self, addr: RawAddr, payload: Gather) {
         let index = self.free_slots.pop().expect("slots checked by the caller");
         let slot = &mut self.slots[index];
@@ -1249,9 +1274,18 @@ impl Engine {
         slot.msghdr.msg_namelen = slot.addr.socklen();
         slot.msghdr.msg_iov = slot.iov.as_mut_ptr();
         slot.msghdr.msg_iovlen = slot.iov.len();
-        let entry = opcode::SendMsg::new(Fd(self.sockets.unicast.as_raw_fd()), &slot.msghdr)
-            .build()
-            .user_data(user_data(KIND_SEND, index));
+        let fd = Fd(self.sockets.unicast.as_raw_fd());
+        let zerocopy = self.zerocopy_min != 0 && slot.payload.len() >= self.zerocopy_min;
+        let entry = if zerocopy {
+            self.stats.add(Counter::SendsZerocopy, 1);
+            // The slot (and the payload) stays until the notification, not the result.
+            opcode::SendMsgZc::new(fd, &slot.msghdr)
+                .ioprio(ZC_REPORT_USAGE)
+                .build()
+        } else {
+            opcode::SendMsg::new(fd, &slot.msghdr).build()
+        }
+        .user_data(user_data(KIND_SEND, index));
         // The slot lives in a never-reallocated boxed slice (its address is stable), holds
         // the payload (whose pieces the iovecs point into), the address and the iovec
         // array the msghdr points to (not touched again until this send completes), and

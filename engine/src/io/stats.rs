@@ -196,6 +196,10 @@ counters! {
     /// Datagrams kept where the kernel received them, in the delivery pool (their
     /// messages are delivered to local clients from there, no copy).
     DatagramsInPool = "datagrams_in_pool",
+    /// Datagram sends with `SENDMSG_ZC` (`send_zerocopy_bytes`), and those of them the
+    /// kernel had to copy after all (loopback, or a device without scatter-gather).
+    SendsZerocopy = "sends_zerocopy",
+    SendsZerocopyCopied = "sends_zerocopy_copied",
 }
 
 /// `NodeState` as stored in the page (`u64::MAX` = left the ring).
