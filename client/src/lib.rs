@@ -38,6 +38,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use ringcast_shm::delivery_pool::PoolWriter;
 use ringcast_shm::proto::{
     self, Confchg, DeliverHeader, DeliverRef, IterEntry, PART_FIRST, PART_LAST, PartHeader, Reply,
     Request, TotemConfchg, Welcome, WireGuarantee, event, submit,
@@ -250,6 +251,10 @@ impl std::fmt::Debug for Cpg {
     }
 }
 
+/// With trusted senders, `mcast_with` builds messages from this size on in a send buffer
+/// of the delivery pool (nothing copies them); smaller ones are cheaper to copy.
+const TRUSTED_IN_PLACE_MIN: usize = 4096;
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic in a user callback must not make the handle unusable.
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -350,10 +355,28 @@ impl Cpg {
                 "welcome without its descriptors",
             ));
         }
+        let trusted = with_pool && welcome.send_slab_bytes > 0;
+        let mut slab = None;
         let delivery_pool = if with_pool {
-            let view = DeliveryPoolView::open(fds.pop().expect("4 fds")).map_err(|e| {
-                Error::with_detail(Status::Library, format!("cannot map the pool: {e}"))
-            })?;
+            let fd = fds.pop().expect("4 fds");
+            let map_err =
+                |e| Error::with_detail(Status::Library, format!("cannot map the pool: {e}"));
+            let view = if trusted {
+                // Trusted senders: this client writes its messages into its slab.
+                let writer_fd = fd
+                    .try_clone()
+                    .map_err(|e| Error::from_io(&e, "pool descriptor"))?;
+                let writer = Arc::new(PoolWriter::open(writer_fd).map_err(map_err)?);
+                slab = Some(send_buffer::Slab {
+                    writer,
+                    offset: welcome.send_slab_offset,
+                    len: welcome.send_slab_bytes as usize,
+                    room: welcome.send_header_room as usize,
+                });
+                DeliveryPoolView::open_trusted(fd).map_err(map_err)?
+            } else {
+                DeliveryPoolView::open(fd).map_err(map_err)?
+            };
             if view.len() as u64 != welcome.delivery_pool_bytes {
                 return Err(Error::with_detail(
                     Status::Library,
@@ -375,7 +398,10 @@ impl Cpg {
         };
         let poll_fd = epoll_over(&[wake.as_raw_fd(), socket.as_raw_fd()])
             .map_err(|e| Error::from_io(&e, "epoll"))?;
-        let send_pool = Mutex::new(send_buffer::SendPool::new(region.pool_len()));
+        let send_pool = Mutex::new(match slab {
+            Some(slab) => send_buffer::SendPool::in_slab(slab),
+            None => send_buffer::SendPool::new(region.pool_len()),
+        });
         let cpg = Cpg {
             send_pool,
             socket: Mutex::new(socket),
@@ -502,8 +528,9 @@ impl Cpg {
     /// Zero-copy send: reserves `len` bytes in shared memory and lets `write` build the
     /// message there (`cpg_zcb_alloc` → write → `cpg_zcb_mcast_joined`, without the
     /// copy): in a submit-ring record, or above one record in a send buffer
-    /// ([`Cpg::alloc`]; `TryAgain` while those are busy). Only a message larger than all
-    /// the send buffers is built on the heap and copied into the ring in pieces.
+    /// ([`Cpg::alloc`]; `TryAgain` while those are busy), and with trusted senders in a
+    /// send buffer from 4 KiB on. Only a message larger than all the send buffers is
+    /// built on the heap and copied into the ring in pieces.
     pub fn mcast_with(
         &self,
         guarantee: Guarantee,
@@ -512,7 +539,11 @@ impl Cpg {
     ) -> Result<()> {
         self.check_send(len)?;
         let mut producer = lock(&self.submit);
-        if len > producer.max_record_len() && len <= self.send_buffer_capacity() {
+        // Above one record, or (trusted senders: no copy at all) from 4 KiB on, where a
+        // reference beats a copy.
+        let in_buffer = len > producer.max_record_len()
+            || (len >= TRUSTED_IN_PLACE_MIN && lock(&self.send_pool).is_trusted());
+        if in_buffer && len <= self.send_buffer_capacity() {
             drop(producer);
             let mut buffer = self.alloc(len)?;
             write(&mut buffer);
@@ -821,11 +852,45 @@ impl Cpg {
     }
 
     /// Takes one record off the event ring and hands it to `f`. False if empty.
+    /// Records for the library itself (send buffers handed back) are handled on the way
+    /// and do not count.
     fn handle_one(
         &self,
         receiver: &mut Receiver,
         f: &mut dyn FnMut(&Cpg, Borrowed<'_>),
     ) -> Result<bool> {
+        loop {
+            let internal = match receiver.stashed.front() {
+                Some((kind, _)) => *kind == event::SENT_RELEASED,
+                None => {
+                    matches!(receiver.events.peek(), Ok(Some(r)) if r.kind == event::SENT_RELEASED)
+                }
+            };
+            if !internal {
+                break;
+            }
+            let released = match receiver.stashed.pop_front() {
+                Some((_, payload)) => {
+                    receiver.stashed_bytes -= payload.len();
+                    <[u8; 8]>::try_from(&payload[..]).ok()
+                }
+                None => {
+                    let r = receiver.events.peek().ok().flatten().map(|r| r.payload);
+                    let offset = r.and_then(|p| <[u8; 8]>::try_from(p).ok());
+                    receiver.events.consume();
+                    offset
+                }
+            };
+            let handed_back = released
+                .map(u64::from_le_bytes)
+                .is_some_and(|offset| lock(&self.send_pool).released(offset));
+            if !handed_back {
+                return Err(Error::with_detail(
+                    Status::Library,
+                    "bad send buffer release from the engine",
+                ));
+            }
+        }
         if let Some((kind, payload)) = receiver.stashed.pop_front() {
             receiver.stashed_bytes -= payload.len();
             let Receiver {
@@ -1007,6 +1072,51 @@ impl Cpg {
             // Pollers must see that events are pending.
             let _ = self.wake.notify();
             receiver.self_signaled = true;
+        }
+    }
+
+    /// Trusted senders: frees the send buffers the engine has handed back in events not
+    /// dispatched yet (the other events move to the stash, in order, as in
+    /// [`Cpg::stash_events`]). For `alloc` when the slab looks full.
+    fn take_released_buffers(&self) {
+        const STASH_MAX_BYTES: usize = 256 << 20;
+        let Ok(mut receiver) = self.receiver.try_lock() else {
+            return;
+        };
+        let receiver = &mut *receiver;
+        let mut freed = Vec::new();
+        let mut kept = std::collections::VecDeque::with_capacity(receiver.stashed.len());
+        for (kind, payload) in receiver.stashed.drain(..) {
+            if kind == event::SENT_RELEASED {
+                receiver.stashed_bytes -= payload.len();
+                freed.push(payload);
+            } else {
+                kept.push_back((kind, payload));
+            }
+        }
+        receiver.stashed = kept;
+        while let Ok(Some(record)) = receiver.events.peek() {
+            if record.kind == event::SENT_RELEASED {
+                freed.push(record.payload.to_vec());
+            } else if receiver.stashed_bytes < STASH_MAX_BYTES {
+                let copy = (record.kind, record.payload.to_vec());
+                receiver.stashed_bytes += copy.1.len();
+                receiver.stashed.push_back(copy);
+            } else {
+                break;
+            }
+            receiver.events.consume();
+        }
+        if !receiver.stashed.is_empty() {
+            // Pollers must see that events are pending.
+            let _ = self.wake.notify();
+            receiver.self_signaled = true;
+        }
+        let mut pool = lock(&self.send_pool);
+        for payload in freed {
+            let offset = <[u8; 8]>::try_from(&payload[..]).map(u64::from_le_bytes);
+            let known = offset.is_ok_and(|offset| pool.released(offset));
+            debug_assert!(known, "the engine released a buffer we did not send");
         }
     }
 

@@ -6,10 +6,17 @@
 //! copy of any message: the pool stays writable by this process, so the engine never
 //! sends or delivers from it). A buffer is therefore this process's again as soon as
 //! the ring's consumer has passed its record; no event has to say so.
+//!
+//! With trusted senders (`ipc.trusted_senders`) the buffers are in this client's slab of
+//! the engine's delivery pool instead, behind room for the engine's header, and named by
+//! `MCAST_POOL_REF`: nothing copies them; Totem sends them from there, local receivers
+//! read them there, and a `SENT_RELEASED` event hands each back when nothing holds it.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
 
+use ringcast_shm::delivery_pool::PoolWriter;
 use ringcast_shm::proto::WireGuarantee;
 use ringcast_shm::{PoolAllocator, PoolBuf};
 
@@ -29,6 +36,21 @@ pub(crate) struct SendPool {
     /// Submitted buffers in ring order, each with the ring position where its record
     /// ends: free again once the consumer got there.
     in_flight: VecDeque<(u64, PoolBuf)>,
+    /// Trusted senders: the slab the buffers are in, and the buffers sent from it by
+    /// pool offset, until the engine says they are released.
+    slab: Option<Slab>,
+    sent: HashMap<u64, PoolBuf>,
+}
+
+/// This client's slab of the delivery pool (trusted senders).
+#[derive(Debug)]
+pub(crate) struct Slab {
+    pub writer: Arc<PoolWriter>,
+    /// Where the slab starts in the pool, and its size.
+    pub offset: u64,
+    pub len: usize,
+    /// Room each buffer leaves in front of the message for the engine's header.
+    pub room: usize,
 }
 
 impl SendPool {
@@ -38,7 +60,40 @@ impl SendPool {
             capacity: alloc.as_ref().map_or(0, |a| a.free_bytes()),
             alloc,
             in_flight: VecDeque::new(),
+            slab: None,
+            sent: HashMap::new(),
         }
+    }
+
+    /// Buffers in a slab of the delivery pool (trusted senders).
+    pub(crate) fn in_slab(slab: Slab) -> SendPool {
+        let alloc = (slab.len >= BLOCK_BYTES).then(|| PoolAllocator::new(slab.len, BLOCK_BYTES));
+        SendPool {
+            capacity: alloc
+                .as_ref()
+                .map_or(0, |a| a.free_bytes().saturating_sub(slab.room)),
+            alloc,
+            in_flight: VecDeque::new(),
+            slab: Some(slab),
+            sent: HashMap::new(),
+        }
+    }
+
+    /// The engine no longer holds the in-place message at pool offset `offset`. False
+    /// if no buffer was sent from there (an engine bug: the caller reports it).
+    pub(crate) fn released(&mut self, offset: u64) -> bool {
+        match self.sent.remove(&offset) {
+            Some(buf) => {
+                self.free(buf);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether the buffers are in a slab of the delivery pool (trusted senders).
+    pub(crate) fn is_trusted(&self) -> bool {
+        self.slab.is_some()
     }
 
     /// Most bytes one buffer can hold (0: no pool).
@@ -73,6 +128,8 @@ pub struct SendBuffer<'a> {
     cpg: &'a Cpg,
     buf: Option<PoolBuf>,
     len: usize,
+    /// Trusted senders: the writable pool mapping and where the message starts in it.
+    slab: Option<(Arc<PoolWriter>, u64)>,
 }
 
 impl std::fmt::Debug for SendBuffer<'_> {
@@ -87,29 +144,47 @@ impl SendBuffer<'_> {
     fn pool_buf(&self) -> &PoolBuf {
         self.buf.as_ref().expect("present until sent or dropped")
     }
+
+    /// The message's bytes.
+    ///
+    /// # Safety
+    ///
+    /// No other slice from this function for this handle may be alive.
+    #[expect(clippy::mut_from_ref, reason = "exclusivity is the caller's contract")]
+    unsafe fn bytes_mut(&self) -> &mut [u8] {
+        let buf = self.pool_buf();
+        match &self.slab {
+            Some((writer, at)) => {
+                // SAFETY: `buf` came from this connection's allocator over its slab and
+                // is live until this handle is sent or dropped, so no other handle
+                // overlaps it; the engine and other clients only read it; the caller
+                // keeps one slice of it at a time.
+                let bytes = unsafe { writer.slice_mut(*at, self.len) };
+                bytes.expect("a slab buffer lies in the pool")
+            }
+            None => {
+                // SAFETY: as above, over this region's pool.
+                let whole = unsafe { self.cpg.region.pool_slice_mut_shared(buf) };
+                &mut whole[..self.len]
+            }
+        }
+    }
 }
 
 impl Deref for SendBuffer<'_> {
     type Target = [u8];
 
     fn deref(&self) -> &[u8] {
-        let buf = self.pool_buf();
-        // SAFETY: `buf` came from this connection's allocator over this region's pool
-        // and is live until this handle is sent or dropped, so no other handle (and no
-        // other slice this process makes of the pool) overlaps it; the engine only reads
-        // it. Reborrowed for `&self`, so no `&mut` from `deref_mut` is alive meanwhile.
-        let whole = unsafe { self.cpg.region.pool_slice_mut_shared(buf) };
-        &whole[..self.len]
+        // SAFETY: as in `bytes_mut`; reborrowed for `&self`, so no `&mut` from
+        // `deref_mut` is alive meanwhile.
+        unsafe { self.bytes_mut() }
     }
 }
 
 impl DerefMut for SendBuffer<'_> {
     fn deref_mut(&mut self) -> &mut [u8] {
-        let len = self.len;
-        let buf = self.pool_buf();
-        // SAFETY: as in `deref`; `&mut self` makes this the only slice of it.
-        let whole = unsafe { self.cpg.region.pool_slice_mut_shared(buf) };
-        &mut whole[..len]
+        // SAFETY: `&mut self` makes this the only slice of the buffer.
+        unsafe { self.bytes_mut() }
     }
 }
 
@@ -129,17 +204,28 @@ impl Cpg {
     /// `TooBig` above [`Cpg::max_message_size`] or the pool's size (`ipc.send_buffer_bytes`
     /// of the engine; [`Cpg::send_buffer_capacity`]).
     pub fn alloc(&self, len: usize) -> Result<SendBuffer<'_>> {
+        match self.alloc_once(len) {
+            Err(e) if e.is_try_again() && lock(&self.send_pool).slab.is_some() => {
+                // Buffers the engine handed back in events not dispatched yet.
+                self.take_released_buffers();
+                self.alloc_once(len)
+            }
+            other => other,
+        }
+    }
+
+    fn alloc_once(&self, len: usize) -> Result<SendBuffer<'_>> {
         self.check_send(len)?;
         let consumed = lock(&self.submit).consumed_upto();
         let mut pool = lock(&self.send_pool);
         pool.reclaim(consumed);
         let capacity = pool.capacity();
-        let Some(alloc) = pool.alloc.as_mut() else {
+        if pool.alloc.is_none() {
             return Err(Error::with_detail(
                 Status::TooBig,
                 "the engine gives this connection no send buffers",
             ));
-        };
+        }
         if len > capacity {
             return Err(Error::with_detail(
                 Status::TooBig,
@@ -147,15 +233,24 @@ impl Cpg {
             ));
         }
         // A zero-length message still takes a block, so that it has a handle.
-        match alloc.alloc(len.max(1)) {
-            Some(buf) => Ok(SendBuffer {
-                cpg: self,
-                buf: Some(buf),
-                len,
-            }),
+        let room = pool.slab.as_ref().map_or(0, |s| s.room);
+        let alloc = pool.alloc.as_mut().expect("checked above");
+        match alloc.alloc((room + len).max(1)) {
+            Some(buf) => {
+                let slab = pool.slab.as_ref().map(|s| {
+                    let at = s.offset + buf.offset() + s.room as u64;
+                    (s.writer.clone(), at)
+                });
+                Ok(SendBuffer {
+                    cpg: self,
+                    buf: Some(buf),
+                    len,
+                    slab,
+                })
+            }
             None => Err(Error::with_detail(
                 Status::TryAgain,
-                "send buffers busy: the engine has not taken earlier messages yet",
+                "send buffers busy: earlier messages are still held by the engine",
             )),
         }
     }
@@ -178,6 +273,14 @@ impl Cpg {
             return Err((e, buffer));
         }
         let buf = buffer.pool_buf();
+        let slab_offset = lock(&self.send_pool).slab.as_ref().map(|s| s.offset);
+        let (kind, offset) = match slab_offset {
+            Some(slab) => (
+                ringcast_shm::proto::submit::MCAST_POOL_REF,
+                slab + buf.offset(),
+            ),
+            None => (ringcast_shm::proto::submit::MCAST_REF, buf.offset()),
+        };
         let record = ringcast_shm::proto::MessageRef {
             guarantee: if guarantee.is_safe() {
                 WireGuarantee::Safe
@@ -185,17 +288,23 @@ impl Cpg {
                 WireGuarantee::Agreed
             }
             .to_u32(),
-            offset: buf.offset(),
+            offset,
             len: buffer.len as u64,
         };
         let mut producer = lock(&self.submit);
-        match producer.try_push(ringcast_shm::proto::submit::MCAST_REF, &[&record.encode()]) {
+        match producer.try_push(kind, &[&record.encode()]) {
             Ok(()) => {}
             Err(_) => return Err((Error::new(Status::TryAgain), buffer)),
         }
         let end = producer.written_upto();
         let buf = buffer.buf.take().expect("present until sent");
-        lock(&self.send_pool).in_flight.push_back((end, buf));
+        let mut pool = lock(&self.send_pool);
+        if slab_offset.is_some() {
+            pool.sent.insert(offset, buf);
+        } else {
+            pool.in_flight.push_back((end, buf));
+        }
+        drop(pool);
         self.publish(&mut producer);
         Ok(())
     }

@@ -32,6 +32,8 @@ pub const DELIVERY_POOL_ALIGN_BYTES: usize = 2 << 20;
 
 const SEALS: libc::c_int =
     libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_FUTURE_WRITE | libc::F_SEAL_SEAL;
+/// For a pool its clients may write (trusted senders): size still fixed.
+const SEALS_WRITABLE: libc::c_int = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
 
 /// Engine side: the pool and its only writable mapping.
 pub struct DeliveryPool {
@@ -54,27 +56,49 @@ impl DeliveryPool {
     /// [`MAX_DELIVERY_POOL_BYTES`]), on huge pages as `huge` says (falling back to
     /// normal pages for [`HugePages::Try`]).
     pub fn create(bytes: usize, huge: HugePages) -> Result<DeliveryPool, RegionError> {
+        Self::create_sealed(bytes, huge, SEALS)
+    }
+
+    /// [`DeliveryPool::create`] for clients that trust each other: whoever holds the fd
+    /// may map it writable (each writes its own messages into it in place), so a client
+    /// can also change what others read. Its size is sealed all the same.
+    pub fn create_writable_by_clients(
+        bytes: usize,
+        huge: HugePages,
+    ) -> Result<DeliveryPool, RegionError> {
+        Self::create_sealed(bytes, huge, SEALS_WRITABLE)
+    }
+
+    fn create_sealed(
+        bytes: usize,
+        huge: HugePages,
+        seals: libc::c_int,
+    ) -> Result<DeliveryPool, RegionError> {
         if bytes == 0 || bytes % DELIVERY_POOL_ALIGN_BYTES != 0 || bytes > MAX_DELIVERY_POOL_BYTES {
             return Err(RegionError::BadPoolSize {
                 bytes: bytes as u64,
             });
         }
         match huge {
-            HugePages::Never => Self::create_with(bytes, false),
-            HugePages::Require => Self::create_with(bytes, true),
-            HugePages::Try => Self::create_with(bytes, true).or_else(|e| match e {
-                RegionError::HugePagesUnavailable { .. } => Self::create_with(bytes, false),
+            HugePages::Never => Self::create_with(bytes, false, seals),
+            HugePages::Require => Self::create_with(bytes, true, seals),
+            HugePages::Try => Self::create_with(bytes, true, seals).or_else(|e| match e {
+                RegionError::HugePagesUnavailable { .. } => Self::create_with(bytes, false, seals),
                 other => Err(other),
             }),
         }
     }
 
-    fn create_with(bytes: usize, huge: bool) -> Result<DeliveryPool, RegionError> {
+    fn create_with(
+        bytes: usize,
+        huge: bool,
+        seals: libc::c_int,
+    ) -> Result<DeliveryPool, RegionError> {
         let file = crate::region::sized_memfd(c"ringcast-delivery-pool", bytes as u64, huge)?;
         let map = crate::region::map_shared(&file, bytes, huge)?;
         // After our mapping: F_SEAL_FUTURE_WRITE leaves existing writable mappings alone.
         // SAFETY: F_ADD_SEALS on an fd we own, with an int argument.
-        if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, SEALS) } < 0 {
+        if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
             return Err(RegionError::Seal(io::Error::last_os_error()));
         }
         Ok(DeliveryPool {
@@ -139,6 +163,16 @@ impl DeliveryPoolView {
     /// Maps a pool fd received from the engine, after checking its seals (so that it
     /// can neither shrink under us nor be written by another client) and its size.
     pub fn open(fd: OwnedFd) -> Result<DeliveryPoolView, RegionError> {
+        Self::open_sealed(fd, libc::F_SEAL_SHRINK | libc::F_SEAL_FUTURE_WRITE)
+    }
+
+    /// [`DeliveryPoolView::open`] of a pool its clients may write (trusted senders,
+    /// [`DeliveryPool::create_writable_by_clients`]): only its size is checked sealed.
+    pub fn open_trusted(fd: OwnedFd) -> Result<DeliveryPoolView, RegionError> {
+        Self::open_sealed(fd, libc::F_SEAL_SHRINK)
+    }
+
+    fn open_sealed(fd: OwnedFd, needed: libc::c_int) -> Result<DeliveryPoolView, RegionError> {
         let file = File::from(fd);
         let bytes = file.metadata().map_err(RegionError::Stat)?.len();
         if bytes == 0 || bytes > MAX_DELIVERY_POOL_BYTES as u64 {
@@ -149,7 +183,6 @@ impl DeliveryPoolView {
         if seals < 0 {
             return Err(RegionError::Seal(io::Error::last_os_error()));
         }
-        let needed = libc::F_SEAL_SHRINK | libc::F_SEAL_FUTURE_WRITE;
         if seals & needed != needed {
             return Err(RegionError::NotSealed);
         }
@@ -230,6 +263,55 @@ mod tests {
     }
 }
 
+/// Client side, trusted senders: the pool mapped writable, for writing messages in
+/// place into this client's slab of it.
+#[derive(Debug)]
+pub struct PoolWriter {
+    map: MmapRaw,
+}
+
+impl PoolWriter {
+    /// Maps a trusted pool fd writable, after checking that it cannot shrink.
+    pub fn open(fd: OwnedFd) -> Result<PoolWriter, RegionError> {
+        let file = File::from(fd);
+        let bytes = file.metadata().map_err(RegionError::Stat)?.len();
+        if bytes == 0 || bytes > MAX_DELIVERY_POOL_BYTES as u64 {
+            return Err(RegionError::BadPoolSize { bytes });
+        }
+        // SAFETY: F_GET_SEALS on an fd we own; no pointer arguments.
+        let seals = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
+        if seals < 0 || seals & libc::F_SEAL_SHRINK == 0 {
+            return Err(RegionError::NotSealed);
+        }
+        let map = MmapOptions::new()
+            .len(bytes as usize)
+            .map_raw(&file)
+            .map_err(|source| RegionError::Map { bytes, source })?;
+        Ok(PoolWriter { map })
+    }
+
+    /// The pool bytes `[offset, offset + len)` to write, or `None` outside the pool.
+    ///
+    /// # Safety
+    ///
+    /// While the returned slice lives, nothing else in this process may reference these
+    /// bytes (no other `slice_mut` of an overlapping range, no delivery read from them):
+    /// the caller hands out each range of its slab once at a time.
+    #[expect(clippy::mut_from_ref, reason = "exclusivity is the caller's contract")]
+    pub unsafe fn slice_mut(&self, offset: u64, len: usize) -> Option<&mut [u8]> {
+        let start = usize::try_from(offset).ok()?;
+        let end = start.checked_add(len)?;
+        if end > self.map.len() {
+            return None;
+        }
+        // SAFETY: [start, end) is inside the mapping (checked), which lives as long as
+        // self and cannot shrink (sealed); exclusivity within this process is the
+        // caller's contract. Other processes (the engine, other trusted clients) may
+        // read it meanwhile; they do not write a range adopted by its owner.
+        Some(unsafe { std::slice::from_raw_parts_mut(self.map.as_mut_ptr().add(start), len) })
+    }
+}
+
 /// Engine side: the pool shared by the engine's own owners of its buffers (the engine
 /// loop, Totem's queue through [`bytes::Bytes`], readers' descriptors), with one count of
 /// holders per buffer. A buffer returns to the allocator when its last holder lets go.
@@ -252,6 +334,11 @@ struct SharedState {
     alloc: crate::PoolAllocator,
     /// Live buffers by start offset: (length, holders).
     live: BTreeMap<u64, (u64, u32)>,
+    /// Live buffers that a client wrote in its own part of the pool
+    /// ([`SharedDeliveryPool::adopt`]), by start offset: the owner's tag.
+    owners: std::collections::HashMap<u64, u64>,
+    /// Adopted buffers whose last holder let go: (owner, start), for telling the owner.
+    released: Vec<(u64, u64)>,
 }
 
 impl std::fmt::Debug for SharedDeliveryPool {
@@ -274,6 +361,8 @@ impl SharedDeliveryPool {
                 state: Mutex::new(SharedState {
                     alloc,
                     live: BTreeMap::new(),
+                    owners: std::collections::HashMap::new(),
+                    released: Vec::new(),
                 }),
             }),
         }
@@ -321,7 +410,63 @@ impl SharedDeliveryPool {
             pool: self.clone(),
             offset: buf.offset(),
             len: buf.len(),
+            cancelled: false,
         })
+    }
+
+    /// `len` bytes taken from the allocator for a client to manage itself (its part of
+    /// the pool for trusted senders): no live buffer, no holders.
+    pub fn alloc_raw(&self, len: usize) -> Option<u64> {
+        Some(self.state().alloc.alloc(len)?.offset())
+    }
+
+    /// Gives back what [`SharedDeliveryPool::alloc_raw`] took.
+    pub fn free_raw(&self, offset: u64, len: usize) {
+        let freed = self
+            .state()
+            .alloc
+            .free(crate::PoolBuf::from_descriptor(offset, len as u64));
+        debug_assert!(
+            freed.is_ok(),
+            "raw pool range {offset} not allocated: {freed:?}"
+        );
+    }
+
+    /// `[offset, offset + len)`, which a client (tagged `owner`) wrote in its part of the
+    /// pool, as a live buffer held by the returned handle. When its last holder lets go
+    /// it is not freed but reported by [`SharedDeliveryPool::take_released`]. `None` if
+    /// it is empty, outside the pool or overlaps a live buffer.
+    pub fn adopt(&self, offset: u64, len: u64, owner: u64) -> Option<PoolBuffer> {
+        let end = offset.checked_add(len)?;
+        if len == 0 || end > self.len() as u64 {
+            return None;
+        }
+        let mut state = self.state();
+        if let Some((&start, &(l, _))) = state.live.range(..end).next_back() {
+            if start + l > offset {
+                return None;
+            }
+        }
+        state.live.insert(offset, (len, 1));
+        state.owners.insert(offset, owner);
+        Some(PoolBuffer {
+            pool: self.clone(),
+            offset,
+            len,
+            cancelled: false,
+        })
+    }
+
+    /// Whether `bytes` lies in this pool's mapping (a trusted sender's in-place
+    /// message, whatever its size, is delivered by descriptor).
+    pub fn contains(&self, bytes: &[u8]) -> bool {
+        let start = bytes.as_ptr() as usize;
+        start >= self.inner.base && start + bytes.len() <= self.inner.base + self.len()
+    }
+
+    /// Adopted buffers released since the last call: (owner, start offset).
+    pub fn take_released(&self) -> Vec<(u64, u64)> {
+        std::mem::take(&mut self.state().released)
     }
 
     /// If `bytes` lies inside one live buffer of this pool: one more holder of that
@@ -353,6 +498,9 @@ impl SharedDeliveryPool {
         }
         if holders > 1 {
             state.live.insert(start, (len, holders - 1));
+        } else if let Some(owner) = state.owners.remove(&start) {
+            state.live.remove(&start);
+            state.released.push((owner, start));
         } else {
             state.live.remove(&start);
             let freed = state
@@ -381,6 +529,8 @@ pub struct PoolBuffer {
     pool: SharedDeliveryPool,
     offset: u64,
     len: u64,
+    /// Set by [`PoolBuffer::unadopt`]: nothing to release on drop.
+    cancelled: bool,
 }
 
 impl PoolBuffer {
@@ -465,9 +615,30 @@ impl PoolBuffer {
     }
 }
 
+impl PoolBuffer {
+    /// Undoes [`SharedDeliveryPool::adopt`] while this handle is the only holder: the
+    /// range is the client's again without a release being reported (a message that
+    /// could not be taken yet and will be adopted again). False if the buffer was not
+    /// adopted or has other holders; the handle is then dropped as usual.
+    pub fn unadopt(mut self) -> bool {
+        let mut state = self.pool.state();
+        let unique = state.live.get(&self.offset).is_some_and(|&(_, n)| n == 1);
+        if !unique || !state.owners.contains_key(&self.offset) {
+            return false;
+        }
+        state.owners.remove(&self.offset);
+        state.live.remove(&self.offset);
+        drop(state);
+        self.cancelled = true;
+        true
+    }
+}
+
 impl Drop for PoolBuffer {
     fn drop(&mut self) {
-        self.pool.release(self.offset);
+        if !self.cancelled {
+            self.pool.release(self.offset);
+        }
     }
 }
 
@@ -500,6 +671,51 @@ impl Drop for Held {
 #[cfg(test)]
 mod shared_tests {
     use super::*;
+
+    /// Trusted senders: a client's range of the pool is adopted as a live buffer; its
+    /// last holder's release is reported to the owner instead of freeing it, an
+    /// adoption undone while unshared reports nothing, and overlaps are refused.
+    #[test]
+    #[cfg_attr(miri, ignore)]
+    fn adopted_buffers_are_reported_back_to_their_owner() {
+        let pool = SharedDeliveryPool::new(
+            DeliveryPool::create_writable_by_clients(2 << 20, HugePages::Never).unwrap(),
+            4096,
+        );
+        // Whoever holds the fd may map it writable.
+        let file = File::from(pool.fd().try_clone_to_owned().unwrap());
+        // SAFETY: a shared mapping only compared against below.
+        let mut map = unsafe { MmapOptions::new().len(1 << 20).map_mut(&file) }.unwrap();
+        let slab = pool.alloc_raw(1 << 20).unwrap();
+        let free = pool.free_bytes();
+        map[slab as usize + 10..slab as usize + 15].copy_from_slice(b"hello");
+        let buffer = pool.adopt(slab, 4096, 7).unwrap();
+        assert!(
+            pool.adopt(slab + 100, 10, 7).is_none(),
+            "overlaps a live buffer"
+        );
+        let bytes = buffer.bytes(10..15);
+        assert_eq!(&bytes[..], b"hello");
+        let reader = pool.retain_slice(&bytes).unwrap();
+        drop(buffer);
+        drop(bytes);
+        assert!(pool.take_released().is_empty(), "a reader still holds it");
+        assert!(pool.release(reader));
+        assert_eq!(pool.take_released(), vec![(7, slab)]);
+        assert_eq!(pool.free_bytes(), free, "the client's range is not freed");
+        assert_eq!(pool.live_buffers(), 0);
+        // Undone while unshared: nothing reported, the range can be adopted again.
+        let again = pool.adopt(slab, 4096, 7).unwrap();
+        assert!(again.unadopt());
+        assert!(pool.take_released().is_empty());
+        let shared = pool.adopt(slab, 4096, 7).unwrap();
+        let held = shared.bytes(0..1);
+        assert!(!shared.unadopt(), "held elsewhere");
+        drop(held);
+        assert_eq!(pool.take_released(), vec![(7, slab)]);
+        pool.free_raw(slab, 1 << 20);
+        assert_eq!(pool.free_bytes(), 2 << 20);
+    }
 
     #[test]
     #[cfg_attr(miri, ignore)]

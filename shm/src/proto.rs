@@ -25,7 +25,7 @@
 /// First four bytes of a `Hello`: "RCST".
 pub const HELLO_MAGIC: u32 = 0x5453_4352;
 /// Bumped on any incompatible change to this module or to the region layout.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 /// Longest group name (CPG_SPEC §2.4).
 pub const MAX_NAME_BYTES: usize = 128;
 /// Largest control-socket message either side sends.
@@ -404,6 +404,14 @@ pub struct Welcome {
     /// Size of the delivery pool whose fd comes fourth; 0: no pool (every delivery
     /// arrives inline).
     pub delivery_pool_bytes: u64,
+    /// Trusted senders (`ipc.trusted_senders`): this client's part of the delivery pool,
+    /// which it maps writable and writes its messages into in place (`MCAST_POOL_REF`);
+    /// 0 bytes: none.
+    pub send_slab_offset: u64,
+    pub send_slab_bytes: u64,
+    /// Bytes a message in the slab leaves free in front of itself for the engine's
+    /// header.
+    pub send_header_room: u32,
 }
 
 impl Welcome {
@@ -413,7 +421,10 @@ impl Welcome {
             .u32(self.version)
             .u32(self.node_id)
             .u64(self.max_message_bytes)
-            .u64(self.delivery_pool_bytes);
+            .u64(self.delivery_pool_bytes)
+            .u64(self.send_slab_offset)
+            .u64(self.send_slab_bytes)
+            .u32(self.send_header_room);
         w.finish()
     }
     pub fn decode(buf: &[u8]) -> Result<Welcome, ProtoError> {
@@ -425,6 +436,9 @@ impl Welcome {
             node_id: r.u32()?,
             max_message_bytes: r.u64()?,
             delivery_pool_bytes: r.u64()?,
+            send_slab_offset: r.u64()?,
+            send_slab_bytes: r.u64()?,
+            send_header_room: r.u32()?,
         };
         r.finish()?;
         Ok(w)
@@ -595,6 +609,11 @@ pub mod submit {
     /// [`super::MessageRef`]. The engine copies it out before it consumes the record, so
     /// the buffer is the client's again once the ring's head has passed the record.
     pub const MCAST_REF: u32 = 5;
+    /// Trusted senders: a whole message the client wrote in place into its slab of the
+    /// delivery pool, [`super::MessageRef`] with `offset` the pool offset where the
+    /// header room in front of it starts. Not copied: Totem sends it from there, local
+    /// receivers read it there, and a `SENT_RELEASED` event hands the buffer back.
+    pub const MCAST_POOL_REF: u32 = 6;
 }
 
 /// A `MCAST_REF` record: a message in the client's buffer pool.
@@ -702,6 +721,9 @@ pub mod event {
     /// A delivery whose payload is in the delivery pool: [`super::DeliverRef`]. The
     /// client hands the offset back with a `RELEASE` submit record when done.
     pub const DELIVER_REF: u32 = 6;
+    /// Trusted senders: nothing holds the `MCAST_POOL_REF` buffer at this pool offset
+    /// (u64) any more; it is the client's again.
+    pub const SENT_RELEASED: u32 = 7;
 }
 
 /// A `DELIVER_REF` record.

@@ -146,6 +146,12 @@ pub struct IpcConfig {
     /// copies it out once. A multiple of 2 MiB; 0 = none (such messages are copied into
     /// the ring in pieces). Pages are used as buffers are.
     pub send_buffer_bytes: usize,
+    /// Clients that trust each other (one application's processes): the delivery pool
+    /// is mapped writable by every client, each writes its messages (`Cpg::alloc`)
+    /// into its own slab of it (`send_buffer_bytes`), and the engine sends them and
+    /// local receivers read them there: no copy of the payload on the host at all. Any
+    /// client can then also change what the others send and read. Off by default.
+    pub trusted_senders: bool,
 }
 
 impl Default for IpcConfig {
@@ -164,6 +170,7 @@ impl Default for IpcConfig {
             delivery_pool_bytes: 256 << 20,
             delivery_pool_min_bytes: 8 << 10,
             send_buffer_bytes: 16 << 20,
+            trusted_senders: false,
         }
     }
 }
@@ -551,6 +558,12 @@ fn check_ipc(ipc: &IpcConfig) -> Result<(), SettingError> {
         return Err(invalid(
             "ipc.send_buffer_bytes",
             "a multiple of 2 MiB (2097152), at most 64 GiB, or 0",
+        ));
+    }
+    if ipc.trusted_senders && (ipc.delivery_pool_bytes == 0 || ipc.send_buffer_bytes == 0) {
+        return Err(invalid(
+            "ipc.trusted_senders",
+            "needs ipc.delivery_pool_bytes and ipc.send_buffer_bytes",
         ));
     }
     if ipc.backlog_events == 0 || ipc.backlog_bytes == 0 {
@@ -1007,6 +1020,15 @@ join_ms = 40
         assert!(
             error_of(&["--set", "totem.pack_by_reference_min=100"])
                 .contains("pack_by_reference_min")
+        );
+        assert!(
+            error_of(&[
+                "--set",
+                "ipc.trusted_senders=true",
+                "--set",
+                "ipc.delivery_pool_bytes=0"
+            ])
+            .contains("ipc.trusted_senders")
         );
         let c = resolve(&["--set", "totem.pack_by_reference_min=65536"]).unwrap();
         assert_eq!(c.totem.pack_by_reference_min, 65536);

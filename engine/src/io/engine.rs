@@ -446,12 +446,22 @@ impl Engine {
                 region: ringcast_shm::RegionSpec {
                     submit_ring_bytes: ipc_config.submit_ring_bytes,
                     event_ring_bytes: ipc_config.event_ring_bytes,
-                    pool_bytes: ipc_config.send_buffer_bytes,
+                    // Trusted senders write into a slab of the delivery pool instead.
+                    pool_bytes: if ipc_config.trusted_senders {
+                        0
+                    } else {
+                        ipc_config.send_buffer_bytes
+                    },
                 },
                 huge_pages: ipc_config.huge_pages,
                 max_clients: ipc_config.max_clients,
                 delivery_pool_bytes: ipc_config.delivery_pool_bytes,
                 delivery_pool_min_bytes: ipc_config.delivery_pool_min_bytes,
+                trusted_slab_bytes: if ipc_config.trusted_senders {
+                    ipc_config.send_buffer_bytes
+                } else {
+                    0
+                },
                 backlog: BacklogLimits {
                     max_events: ipc_config.backlog_events,
                     max_bytes: ipc_config.backlog_bytes,

@@ -34,7 +34,7 @@ use ringcast_shm::proto::{
 use ringcast_shm::socket::SeqPacket;
 use ringcast_shm::{DeliveryPool, EventFd, HugePages, Region, RegionSpec, RingError};
 
-use crate::cpg::{self, CpgError, GroupName, IterationKind, Service, TotemSubmit};
+use crate::cpg::{self, ConnId, CpgError, GroupName, IterationKind, Service, TotemSubmit};
 use crate::totem::{Event, Guarantee, Instant, Node, NodeId};
 use ringcast_shm::delivery_pool::PoolBuffer;
 use session::AssemblyBuf;
@@ -58,6 +58,21 @@ pub struct IpcSettings {
     pub delivery_pool_bytes: usize,
     /// Deliveries at least this long go through the pool.
     pub delivery_pool_min_bytes: usize,
+    /// Trusted senders (`ipc.trusted_senders`): clients map the delivery pool writable
+    /// and each gets a slab of it of this many bytes to write its messages in place;
+    /// 0: off (the pool is read-only to clients).
+    pub trusted_slab_bytes: usize,
+}
+
+/// A trusted sender's slab of the delivery pool: freed once its client is gone and no
+/// message in it is held any more.
+#[derive(Debug)]
+struct Slab {
+    offset: u64,
+    len: usize,
+    /// Messages adopted from it and not released yet.
+    outstanding: usize,
+    closed: bool,
 }
 
 /// Why the IPC layer could not start.
@@ -129,6 +144,8 @@ pub struct Ipc {
     slot_of: std::collections::HashMap<cpg::ConnId, usize>,
     /// The delivery pool, when configured.
     pool: Option<SharedPool>,
+    /// Trusted senders' slabs, by connection.
+    slabs: std::collections::HashMap<ConnId, Slab>,
 }
 
 impl Ipc {
@@ -164,7 +181,11 @@ impl Ipc {
                 } else {
                     HugePages::Never
                 };
-                let pool = DeliveryPool::create(bytes, huge)?;
+                let pool = if settings.trusted_slab_bytes > 0 {
+                    DeliveryPool::create_writable_by_clients(bytes, huge)?
+                } else {
+                    DeliveryPool::create(bytes, huge)?
+                };
                 tracing::info!(
                     bytes,
                     huge_pages = pool.huge_pages(),
@@ -193,6 +214,7 @@ impl Ipc {
             next_poll: 0,
             slot_of: std::collections::HashMap::new(),
             pool,
+            slabs: std::collections::HashMap::new(),
         })
     }
 
@@ -411,19 +433,46 @@ impl Ipc {
         if let Some(pool) = &self.pool {
             fds.push(pool.pool().fd());
         }
+        // Trusted senders: a slab of the pool to write messages in (none when the pool
+        // cannot spare one: the client then sends as any other).
+        let slab = match (&self.pool, self.settings.trusted_slab_bytes) {
+            (Some(pool), bytes) if bytes > 0 => {
+                let slab = pool.pool().alloc_raw(bytes).map(|offset| (offset, bytes));
+                if slab.is_none() {
+                    tracing::warn!(conn, bytes, "no room in the delivery pool for a send slab");
+                }
+                slab
+            }
+            _ => None,
+        };
+        if let Some((offset, len)) = slab {
+            self.slabs.insert(
+                conn,
+                Slab {
+                    offset,
+                    len,
+                    outstanding: 0,
+                    closed: false,
+                },
+            );
+        }
         let welcome = Welcome {
             status: Status::Ok,
             version: proto::PROTOCOL_VERSION,
             node_id: self.service.local_node(),
             max_message_bytes: self.settings.cpg.max_message_bytes as u64,
             delivery_pool_bytes: self.pool.as_ref().map_or(0, |p| p.pool().len() as u64),
+            send_slab_offset: slab.map_or(0, |s| s.0),
+            send_slab_bytes: slab.map_or(0, |s| s.1 as u64),
+            send_header_room: cpg::MCAST_HEADER_MAX as u32,
         };
         let sent = self.slots[slot]
             .as_ref()
             .map(|s| s.socket.send(&welcome.encode(), &fds));
-        let Some(ready) = Ready::new(region.clone(), wake) else {
+        let Some(mut ready) = Ready::new(region.clone(), wake) else {
             unreachable!("a fresh region hands out each ring end once");
         };
+        ready.slab = slab;
         if !matches!(sent, Some(Ok(()))) {
             self.service.disconnect(
                 conn,
@@ -634,9 +683,53 @@ impl Ipc {
             node_id: self.service.local_node(),
             max_message_bytes: 0,
             delivery_pool_bytes: 0,
+            send_slab_offset: 0,
+            send_slab_bytes: 0,
+            send_header_room: 0,
         };
         if let Some(s) = self.slots[slot].as_ref() {
             let _ = s.socket.send(&welcome.encode(), fds);
+        }
+    }
+
+    /// Frees a closed client's slab when no message in it is held any more.
+    fn free_idle_slab(&mut self, conn: ConnId) {
+        let idle = self
+            .slabs
+            .get(&conn)
+            .is_some_and(|s| s.closed && s.outstanding == 0);
+        if let (true, Some(pool)) = (idle, &self.pool) {
+            if let Some(slab) = self.slabs.remove(&conn) {
+                pool.pool().free_raw(slab.offset, slab.len);
+            }
+        }
+    }
+
+    /// Trusted senders' messages that nothing holds any more: each goes back to its
+    /// client (a `SENT_RELEASED` event), or counts toward freeing a departed client's
+    /// slab.
+    fn hand_back_released(&mut self, node: &mut Node, now: Instant) {
+        let Some(pool) = &self.pool else {
+            return;
+        };
+        let released = pool.pool().take_released();
+        let limits = self.settings.backlog;
+        for (owner, offset) in released {
+            let conn = owner as ConnId;
+            if let Some(slab) = self.slabs.get_mut(&conn) {
+                slab.outstanding = slab.outstanding.saturating_sub(1);
+            }
+            match self.slot_of.get(&conn).copied() {
+                Some(slot) => {
+                    let pushed = self
+                        .ready_mut(slot)
+                        .map(|ready| ready.push_event(Outgoing::Released(offset), limits));
+                    if let Some(Err(e)) = pushed {
+                        self.fault(slot, e, node, now);
+                    }
+                }
+                None => self.free_idle_slab(conn),
+            }
         }
     }
 
@@ -655,6 +748,11 @@ impl Ipc {
                 pool.release(offset);
             }
         }
+        // Its slab goes back once nothing holds a message in it.
+        if let Some(slab) = self.slabs.get_mut(&session.conn) {
+            slab.closed = true;
+        }
+        self.free_idle_slab(session.conn);
         if session.ready.is_some() {
             self.service.disconnect(
                 session.conn,
@@ -842,6 +940,29 @@ impl Ipc {
                         }
                     }
                 }
+                proto::submit::MCAST_POOL_REF => {
+                    let message = proto::MessageRef::decode(record.payload)
+                        .ok()
+                        .and_then(|m| {
+                            let g = match WireGuarantee::from_cpg(m.guarantee)? {
+                                WireGuarantee::Safe => Guarantee::Safe,
+                                WireGuarantee::Agreed => Guarantee::Agreed,
+                            };
+                            let (slab, slab_len) = ready.slab?;
+                            let end = m
+                                .offset
+                                .checked_add(cpg::MCAST_HEADER_MAX as u64)?
+                                .checked_add(m.len)?;
+                            (m.offset >= slab && end <= slab + slab_len as u64).then_some((g, m))
+                        });
+                    match (message, &self.pool) {
+                        (Some((g, m)), Some(pool)) => {
+                            let slab = self.slabs.get_mut(&conn);
+                            in_place_message(pool, slab, &mut self.service, conn, g, m, &mut totem)
+                        }
+                        _ => Step::Fault("bad in-place message reference"),
+                    }
+                }
                 proto::submit::MCAST_PART => match PartHeader::read(record.payload) {
                     Err(_) => Step::Fault("malformed message piece"),
                     Ok((h, piece)) => {
@@ -871,6 +992,13 @@ impl Ipc {
                     self.stats.client_messages += 1;
                     self.stats.client_bytes += len as u64;
                     self.stats.payload_bytes_copied += len as u64;
+                    taken += 1;
+                }
+                Step::TakenInPlace(len) => {
+                    ready.submit.consume();
+                    self.stats.client_messages += 1;
+                    self.stats.client_bytes += len as u64;
+                    self.stats.send_buffer_messages += 1;
                     taken += 1;
                 }
                 Step::Piece | Step::Dropped => {
@@ -910,6 +1038,7 @@ impl Ipc {
             node: &mut *node,
             now,
         });
+        self.hand_back_released(node, now);
         let limits = self.settings.backlog;
         let mut n = 0;
         for slot in 0..self.slots.len() {
@@ -944,31 +1073,33 @@ impl Ipc {
                         payload,
                     },
                     Some(pool),
-                ) if pool.wants(payload.len()) => match pool.place(&payload, ready.held_bytes) {
-                    // One delivery per payload per session: a second would be a bug
-                    // upstream, so it goes inline rather than confuse the accounting.
-                    Some(offset) if !ready.held.contains_key(&offset) => {
-                        ready.held.insert(offset, payload.len() as u64);
-                        ready.held_bytes += payload.len();
-                        Outgoing::Ref {
-                            sender,
-                            guarantee,
-                            offset,
-                            len: payload.len() as u64,
+                ) if pool.wants(payload.len()) || pool.pool().contains(&payload) => {
+                    match pool.place(&payload, ready.held_bytes) {
+                        // One delivery per payload per session: a second would be a bug
+                        // upstream, so it goes inline rather than confuse the accounting.
+                        Some(offset) if !ready.held.contains_key(&offset) => {
+                            ready.held.insert(offset, payload.len() as u64);
+                            ready.held_bytes += payload.len();
+                            Outgoing::Ref {
+                                sender,
+                                guarantee,
+                                offset,
+                                len: payload.len() as u64,
+                            }
+                        }
+                        placed => {
+                            if let Some(offset) = placed {
+                                pool.release(offset);
+                            }
+                            Outgoing::Event(cpg::ClientEvent::Deliver {
+                                group,
+                                sender,
+                                guarantee,
+                                payload,
+                            })
                         }
                     }
-                    placed => {
-                        if let Some(offset) = placed {
-                            pool.release(offset);
-                        }
-                        Outgoing::Event(cpg::ClientEvent::Deliver {
-                            group,
-                            sender,
-                            guarantee,
-                            payload,
-                        })
-                    }
-                },
+                }
                 (event, _) => Outgoing::Event(event),
             };
             if let Err(e) = ready.push_event(outgoing, limits) {
@@ -1046,7 +1177,10 @@ const TOTEM_QUEUE_MAX_BYTES: usize = 8 << 20;
 
 /// What became of one submit record.
 enum Step {
+    /// A message of this many bytes went to Totem, copied once.
     Taken(usize),
+    /// A trusted sender's message went to Totem from where it was written.
+    TakenInPlace(usize),
     Piece,
     Dropped,
     Blocked,
@@ -1145,6 +1279,57 @@ fn part(
         Err(CpgError::TryAgain) if a.buf.filled() == a.total_len => Step::Blocked,
         Err(_) => {
             *assembly = None;
+            Step::Dropped
+        }
+    }
+}
+
+/// A trusted sender's message written in place in its slab of the delivery pool: not
+/// copied. It becomes a live pool buffer (its release goes back to the client), the CPG
+/// header is written into the room in front of it, and Totem takes it from there.
+fn in_place_message(
+    pool: &SharedPool,
+    slab: Option<&mut Slab>,
+    service: &mut Service,
+    conn: cpg::ConnId,
+    guarantee: Guarantee,
+    m: proto::MessageRef,
+    totem: &mut TotemSubmit<'_>,
+) -> Step {
+    let Some(slab) = slab else {
+        return Step::Fault("no send slab");
+    };
+    let room = cpg::MCAST_HEADER_MAX;
+    let Ok(len) = usize::try_from(m.len) else {
+        return Step::Fault("bad in-place message length");
+    };
+    // A buffer the client sends again while it is still held is its bug: refused.
+    let Some(mut buffer) = pool.pool().adopt(m.offset, (room + len) as u64, conn) else {
+        return Step::Fault("in-place message buffer still in use");
+    };
+    let sent = service.mcast_framed(
+        conn,
+        guarantee,
+        len,
+        |header| frame(&mut buffer, header, len),
+        totem,
+    );
+    match sent {
+        Ok(()) => {
+            slab.outstanding += 1;
+            Step::TakenInPlace(len)
+        }
+        Err(CpgError::TryAgain) => {
+            // Read again later: the buffer is the client's meanwhile, with nothing to
+            // report.
+            if !buffer.unadopt() {
+                slab.outstanding += 1;
+            }
+            Step::Blocked
+        }
+        Err(_) => {
+            // Dropped (not joined, too big): released at once, and handed back.
+            slab.outstanding += 1;
             Step::Dropped
         }
     }

@@ -70,6 +70,8 @@ pub enum Outgoing {
         offset: u64,
         len: u64,
     },
+    /// Trusted senders: the client's in-place message at this pool offset is its again.
+    Released(u64),
 }
 
 /// An event that did not fit in the event ring yet; `sent` bytes of a large delivery
@@ -112,6 +114,8 @@ pub struct Ready {
     /// and length. Released by the engine for it when the session ends.
     pub held: std::collections::HashMap<u64, u64>,
     pub held_bytes: usize,
+    /// Trusted senders: this client's slab of the delivery pool (offset, bytes).
+    pub slab: Option<(u64, usize)>,
     /// Payload bytes copied into this client's event ring (inline deliveries).
     pub copied_bytes: u64,
 }
@@ -151,6 +155,7 @@ impl Ready {
             next_iteration: 1,
             held: std::collections::HashMap::new(),
             held_bytes: 0,
+            slab: None,
             copied_bytes: 0,
         })
     }
@@ -222,6 +227,16 @@ impl Ready {
         let max = self.events.max_record_len();
         let event = match &item.event {
             Outgoing::Event(event) => event,
+            Outgoing::Released(offset) => {
+                let done = self
+                    .events
+                    .try_push(event::SENT_RELEASED, &[&offset.to_le_bytes()])
+                    .is_ok();
+                if done {
+                    self.unpublished = true;
+                }
+                return Ok(done);
+            }
             Outgoing::Ref {
                 sender,
                 guarantee,
@@ -362,7 +377,7 @@ impl Ready {
 fn event_bytes(event: &Outgoing) -> usize {
     let event = match event {
         Outgoing::Event(event) => event,
-        Outgoing::Ref { .. } => return 64,
+        Outgoing::Ref { .. } | Outgoing::Released(_) => return 64,
     };
     match event {
         ClientEvent::Deliver { payload, .. } => payload.len() + 64,
