@@ -860,72 +860,65 @@ impl Cpg {
         f: &mut dyn FnMut(&Cpg, Borrowed<'_>),
     ) -> Result<bool> {
         loop {
-            let internal = match receiver.stashed.front() {
-                Some((kind, _)) => *kind == event::SENT_RELEASED,
-                None => {
-                    matches!(receiver.events.peek(), Ok(Some(r)) if r.kind == event::SENT_RELEASED)
+            if let Some((kind, payload)) = receiver.stashed.pop_front() {
+                receiver.stashed_bytes -= payload.len();
+                if kind == event::SENT_RELEASED {
+                    self.hand_back(&payload)?;
+                    continue;
                 }
-            };
-            if !internal {
-                break;
+                let Receiver {
+                    assembly,
+                    group,
+                    releases,
+                    ..
+                } = receiver;
+                self.process(kind, &payload, assembly, group, releases, f)?;
+                self.flush_releases(releases);
+                return Ok(true);
             }
-            let released = match receiver.stashed.pop_front() {
-                Some((_, payload)) => {
-                    receiver.stashed_bytes -= payload.len();
-                    <[u8; 8]>::try_from(&payload[..]).ok()
-                }
-                None => {
-                    let r = receiver.events.peek().ok().flatten().map(|r| r.payload);
-                    let offset = r.and_then(|p| <[u8; 8]>::try_from(p).ok());
-                    receiver.events.consume();
-                    offset
-                }
-            };
-            let handed_back = released
-                .map(u64::from_le_bytes)
-                .is_some_and(|offset| lock(&self.send_pool).released(offset));
-            if !handed_back {
-                return Err(Error::with_detail(
-                    Status::Library,
-                    "bad send buffer release from the engine",
-                ));
-            }
-        }
-        if let Some((kind, payload)) = receiver.stashed.pop_front() {
-            receiver.stashed_bytes -= payload.len();
             let Receiver {
+                events,
                 assembly,
                 group,
                 releases,
                 ..
             } = receiver;
-            self.process(kind, &payload, assembly, group, releases, f)?;
+            let record = match events.peek() {
+                Ok(Some(r)) => r,
+                Ok(None) => {
+                    return Ok(false);
+                }
+                Err(RingError::Corrupt(why)) => {
+                    return Err(Error::with_detail(
+                        Status::Library,
+                        format!("event ring: {why}"),
+                    ));
+                }
+            };
+            if record.kind == event::SENT_RELEASED {
+                let payload = record.payload.to_vec();
+                events.consume();
+                self.hand_back(&payload)?;
+                continue;
+            }
+            self.process(record.kind, record.payload, assembly, group, releases, f)?;
+            events.consume();
             self.flush_releases(releases);
             return Ok(true);
         }
-        let Receiver {
-            events,
-            assembly,
-            group,
-            releases,
-            ..
-        } = receiver;
-        let record = match events.peek() {
-            Ok(Some(r)) => r,
-            Ok(None) => {
-                return Ok(false);
-            }
-            Err(RingError::Corrupt(why)) => {
-                return Err(Error::with_detail(
-                    Status::Library,
-                    format!("event ring: {why}"),
-                ));
-            }
-        };
-        self.process(record.kind, record.payload, assembly, group, releases, f)?;
-        events.consume();
-        self.flush_releases(releases);
-        Ok(true)
+    }
+
+    /// A `SENT_RELEASED` record: the send buffer it names is free again.
+    fn hand_back(&self, payload: &[u8]) -> Result<()> {
+        let offset = <[u8; 8]>::try_from(payload).map(u64::from_le_bytes);
+        if offset.is_ok_and(|offset| lock(&self.send_pool).released(offset)) {
+            Ok(())
+        } else {
+            Err(Error::with_detail(
+                Status::Library,
+                "bad send buffer release from the engine",
+            ))
+        }
     }
 
     /// Hands read pool buffers back to the engine, as far as the submit ring takes
@@ -1112,11 +1105,12 @@ impl Cpg {
             let _ = self.wake.notify();
             receiver.self_signaled = true;
         }
-        let mut pool = lock(&self.send_pool);
         for payload in freed {
-            let offset = <[u8; 8]>::try_from(&payload[..]).map(u64::from_le_bytes);
-            let known = offset.is_ok_and(|offset| pool.released(offset));
-            debug_assert!(known, "the engine released a buffer we did not send");
+            let known = self.hand_back(&payload);
+            debug_assert!(
+                known.is_ok(),
+                "the engine released a buffer we did not send"
+            );
         }
     }
 
