@@ -473,6 +473,37 @@ fn raw_session(
     (socket, welcome, fds)
 }
 
+/// Puts one submit record of `kind` on a raw session's ring, asks for a join (the engine
+/// drains the ring first and finds the record) and checks the session was closed
+/// instead of answered: EOF, or a reset when the engine closed with the join unread.
+fn expect_closed_for(
+    socket: &ringcast_shm::socket::SeqPacket,
+    region: std::os::fd::OwnedFd,
+    kind: u32,
+    record: &[u8],
+    what: &str,
+) {
+    let region = ringcast_shm::Region::open(region).unwrap();
+    let mut submit = region.submit_producer().unwrap();
+    submit.try_push(kind, &[record]).unwrap();
+    let _ = submit.publish(); // the join below wakes the engine anyway
+    let _ = socket.send(
+        &ringcast_shm::proto::Request::Join {
+            flags: 0,
+            name: b"h".to_vec(),
+        }
+        .encode(),
+        &[],
+    );
+    let mut buf = vec![0u8; 65536];
+    let answer = socket.recv(&mut buf);
+    assert!(
+        matches!(&answer, Ok(None))
+            || matches!(&answer, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "session not closed after {what}: {answer:?}"
+    );
+}
+
 /// Issue 4 "a hostile client that scribbles on its rings": it is cut off; the engine
 /// and the other clients carry on.
 #[test]
@@ -534,61 +565,33 @@ fn a_client_scribbling_on_its_rings_is_cut_off() {
         // SAFETY: a mapping that must fail; nothing would use it.
         let writable = unsafe { memmap2::MmapOptions::new().len(4096).map_mut(&pool) };
         assert!(writable.is_err(), "the delivery pool mapped writable");
-        let region = ringcast_shm::Region::open(fds.remove(0)).unwrap();
-        let mut submit = region.submit_producer().unwrap();
-        submit
-            .try_push(
-                ringcast_shm::proto::submit::RELEASE,
-                &[&4096u64.to_le_bytes()],
-            )
-            .unwrap();
-        let _ = submit.publish(); // the join below wakes the engine anyway
-        // The engine drains the ring before acting on a join: it finds the release and
-        // closes the session instead of answering.
-        let _ = socket.send(
-            &Request::Join {
-                flags: 0,
-                name: b"h".to_vec(),
-            }
-            .encode(),
-            &[],
-        );
-        // EOF, or a reset when the engine closed with our join unread.
-        let answer = socket.recv(&mut buf);
-        assert!(
-            matches!(&answer, Ok(None))
-                || matches!(&answer, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
-            "session not closed after a bogus release: {answer:?}"
+        expect_closed_for(
+            &socket,
+            fds.remove(0),
+            ringcast_shm::proto::submit::RELEASE,
+            &4096u64.to_le_bytes(),
+            "a bogus release",
         );
     }
 
     // A send buffer reference outside the region's pool closes the session.
     {
         let (socket, _, mut fds) = raw_session(&cluster);
-        let region = ringcast_shm::Region::open(fds.remove(0)).unwrap();
-        let mut submit = region.submit_producer().unwrap();
+        let region = fds.remove(0);
+        let pool_len = ringcast_shm::Region::open(region.try_clone().unwrap())
+            .unwrap()
+            .pool_len();
         let outside = ringcast_shm::proto::MessageRef {
             guarantee: 2,
-            offset: region.pool_len() as u64 - 100,
+            offset: pool_len as u64 - 100,
             len: 101,
         };
-        submit
-            .try_push(ringcast_shm::proto::submit::MCAST_REF, &[&outside.encode()])
-            .unwrap();
-        let _ = submit.publish();
-        let _ = socket.send(
-            &Request::Join {
-                flags: 0,
-                name: b"h".to_vec(),
-            }
-            .encode(),
-            &[],
-        );
-        let answer = socket.recv(&mut buf);
-        assert!(
-            matches!(&answer, Ok(None))
-                || matches!(&answer, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
-            "session not closed after a reference outside its pool: {answer:?}"
+        expect_closed_for(
+            &socket,
+            region,
+            ringcast_shm::proto::submit::MCAST_REF,
+            &outside.encode(),
+            "a reference outside its pool",
         );
     }
 
@@ -727,15 +730,7 @@ fn send_buffers_are_written_in_place_and_reused() {
     for i in 0..40u64 {
         let message = checksummed(len, i);
         if i % 2 == 0 {
-            let mut buffer = retry(|| sender.alloc(len));
-            buffer.copy_from_slice(&message);
-            let deadline = Instant::now() + EVENT_TIMEOUT;
-            let mut pending = buffer;
-            while let Err((e, back)) = sender.mcast_buffer(Guarantee::Agreed, pending) {
-                assert!(e.is_try_again() && Instant::now() < deadline, "{e}");
-                pending = back;
-                std::thread::sleep(Duration::from_millis(1));
-            }
+            send_in_buffer(&sender, &message);
         } else {
             retry(|| {
                 sender.mcast_with(Guarantee::Agreed, len, |buf| buf.copy_from_slice(&message))
@@ -768,6 +763,49 @@ fn send_buffers_are_written_in_place_and_reused() {
     assert_eq!(too_big.status(), ringcast::Status::TooBig);
 }
 
+/// `alloc` → write `message` → `mcast_buffer`, retrying on `TryAgain` (the buffer comes
+/// back as written) until the timeout.
+fn send_in_buffer(cpg: &Cpg, message: &[u8]) {
+    let mut buffer = retry(|| cpg.alloc(message.len()));
+    buffer.copy_from_slice(message);
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    let mut pending = buffer;
+    while let Err((e, back)) = cpg.mcast_buffer(Guarantee::Agreed, pending) {
+        assert!(e.is_try_again() && Instant::now() < deadline, "{e}");
+        pending = back;
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Starts a two-engine cluster and joins `group` with a client on each: (node 1's,
+/// node 2's), their join confchgs read.
+fn two_members(cluster: &mut Cluster, group: &[u8]) -> (Cpg, Cpg) {
+    cluster.start_all();
+    cluster.wait_ring(&[1, 2], FORM_TIMEOUT).unwrap();
+    let sender = connect(cluster, 1);
+    let receiver = connect(cluster, 2);
+    retry(|| receiver.join(group));
+    next_confchg(&receiver);
+    retry(|| sender.join(group));
+    next_confchg(&sender);
+    next_confchg(&receiver);
+    (sender, receiver)
+}
+
+/// `sender` multicasts checksummed messages `seeds` of `len` bytes, one at a time; each
+/// must reach `receiver` and `sender` intact before the next.
+fn send_and_check(sender: &Cpg, receiver: &Cpg, len: usize, seeds: std::ops::Range<u64>) {
+    for i in seeds {
+        retry(|| sender.mcast(Guarantee::Agreed, &checksummed(len, i)));
+        for cpg in [receiver, sender] {
+            match next_group_event(cpg) {
+                Event::Deliver { msg, .. } => assert!(msg == checksummed(len, i), "message {i}"),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+}
+
 /// Datagrams from another node are received straight into the delivery pool (io_uring
 /// provided buffers there): their messages reach local clients as descriptors into the
 /// buffer the kernel wrote, with no copy in the receiving engine.
@@ -775,27 +813,10 @@ fn send_buffers_are_written_in_place_and_reused() {
 fn remote_messages_are_read_where_the_kernel_put_them() {
     let mut cluster = Cluster::new("cpg12", 47220, 2);
     cluster.extra = vec!["--datagram-bytes".into(), "65000".into()];
-    cluster.start_all();
-    cluster.wait_ring(&[1, 2], FORM_TIMEOUT).unwrap();
-    let sender = connect(&cluster, 1);
-    let receiver = connect(&cluster, 2);
-    retry(|| receiver.join(b"far"));
-    next_confchg(&receiver);
-    retry(|| sender.join(b"far"));
-    next_confchg(&sender);
-    next_confchg(&receiver);
+    let (sender, receiver) = two_members(&mut cluster, b"far");
     let copied_before = cluster.counter(2, "payload_bytes_copied");
     let placed_before = cluster.counter(2, "pool_placed");
-    let len = 32 << 10;
-    for i in 0..50u64 {
-        retry(|| sender.mcast(Guarantee::Agreed, &checksummed(len, i)));
-        for cpg in [&receiver, &sender] {
-            match next_group_event(cpg) {
-                Event::Deliver { msg, .. } => assert!(msg == checksummed(len, i), "message {i}"),
-                other => panic!("unexpected {other:?}"),
-            }
-        }
-    }
+    send_and_check(&sender, &receiver, 32 << 10, 0..50);
     let ok = wait_for(EVENT_TIMEOUT, || {
         cluster.counter(2, "pool_descriptors") >= 50
     });
@@ -814,15 +835,7 @@ fn remote_messages_are_read_where_the_kernel_put_them() {
     let copied_before = cluster.counter(2, "payload_bytes_copied");
     let descriptors = cluster.counter(2, "pool_descriptors");
     let len = 1 << 20;
-    for i in 0..10u64 {
-        retry(|| sender.mcast(Guarantee::Agreed, &checksummed(len, i)));
-        for cpg in [&receiver, &sender] {
-            match next_group_event(cpg) {
-                Event::Deliver { msg, .. } => assert!(msg == checksummed(len, i), "message {i}"),
-                other => panic!("unexpected {other:?}"),
-            }
-        }
-    }
+    send_and_check(&sender, &receiver, len, 0..10);
     assert!(wait_for(EVENT_TIMEOUT, || {
         cluster.counter(2, "pool_descriptors") == descriptors + 10
     }));
@@ -851,25 +864,8 @@ fn zero_copy_sends_deliver_and_release_their_buffers() {
         "--set".into(),
         "send_zerocopy_bytes=16384".into(),
     ];
-    cluster.start_all();
-    cluster.wait_ring(&[1, 2], FORM_TIMEOUT).unwrap();
-    let sender = connect(&cluster, 1);
-    let receiver = connect(&cluster, 2);
-    retry(|| receiver.join(b"zc"));
-    next_confchg(&receiver);
-    retry(|| sender.join(b"zc"));
-    next_confchg(&sender);
-    next_confchg(&receiver);
-    let len = 32 << 10;
-    for i in 0..1200u64 {
-        retry(|| sender.mcast(Guarantee::Agreed, &checksummed(len, i)));
-        for cpg in [&receiver, &sender] {
-            match next_group_event(cpg) {
-                Event::Deliver { msg, .. } => assert!(msg == checksummed(len, i), "message {i}"),
-                other => panic!("unexpected {other:?}"),
-            }
-        }
-    }
+    let (sender, receiver) = two_members(&mut cluster, b"zc");
+    send_and_check(&sender, &receiver, 32 << 10, 0..1200);
     let zerocopy = cluster.counter(1, "sends_zerocopy");
     assert!(zerocopy >= 1200, "{zerocopy} zero-copy sends");
     // On loopback the kernel copies later; it says so for each (or some) of them.
@@ -894,15 +890,7 @@ fn trusted_senders_send_without_any_copy() {
     for i in 0..100u64 {
         let len = [5000, 256 << 10, 1 << 20][i as usize % 3];
         let message = checksummed(len, i);
-        let mut buffer = retry(|| cpg.alloc(len));
-        buffer.copy_from_slice(&message);
-        let deadline = Instant::now() + EVENT_TIMEOUT;
-        let mut pending = buffer;
-        while let Err((e, back)) = cpg.mcast_buffer(Guarantee::Agreed, pending) {
-            assert!(e.is_try_again() && Instant::now() < deadline, "{e}");
-            pending = back;
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        send_in_buffer(&cpg, &message);
         match next_group_event(&cpg) {
             Event::Deliver { msg, .. } => assert!(msg == message, "message {i}"),
             other => panic!("unexpected {other:?}"),
@@ -920,34 +908,17 @@ fn trusted_senders_send_without_any_copy() {
     // that session; the engine and the trusted client carry on.
     let (socket, welcome, mut fds) = raw_session(&cluster);
     assert!(welcome.send_slab_bytes > 0);
-    let region = ringcast_shm::Region::open(fds.remove(0)).unwrap();
-    let mut submit = region.submit_producer().unwrap();
     let outside = ringcast_shm::proto::MessageRef {
         guarantee: 2,
         offset: welcome.send_slab_offset + welcome.send_slab_bytes - 100,
         len: 4096,
     };
-    submit
-        .try_push(
-            ringcast_shm::proto::submit::MCAST_POOL_REF,
-            &[&outside.encode()],
-        )
-        .unwrap();
-    let _ = submit.publish();
-    let _ = socket.send(
-        &ringcast_shm::proto::Request::Join {
-            flags: 0,
-            name: b"trust2".to_vec(),
-        }
-        .encode(),
-        &[],
-    );
-    let mut buf = vec![0u8; 65536];
-    let answer = socket.recv(&mut buf);
-    assert!(
-        matches!(&answer, Ok(None))
-            || matches!(&answer, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
-        "session not closed after a reference outside its slab: {answer:?}"
+    expect_closed_for(
+        &socket,
+        fds.remove(0),
+        ringcast_shm::proto::submit::MCAST_POOL_REF,
+        &outside.encode(),
+        "a reference outside its slab",
     );
     let message = checksummed(5000, 7);
     let mut buffer = retry(|| cpg.alloc(5000));

@@ -913,15 +913,8 @@ impl Ipc {
                     // A message the client wrote into its region's buffer pool: copied
                     // out (once, as any message) before the record is consumed, which is
                     // what gives the buffer back to the client.
-                    let message = proto::MessageRef::decode(record.payload)
-                        .ok()
-                        .and_then(|m| {
-                            let g = match WireGuarantee::from_cpg(m.guarantee)? {
-                                WireGuarantee::Safe => Guarantee::Safe,
-                                WireGuarantee::Agreed => Guarantee::Agreed,
-                            };
-                            Some((g, ready.region.pool_slice(m.offset, m.len)?))
-                        });
+                    let message = message_ref(record.payload)
+                        .and_then(|(g, m)| Some((g, ready.region.pool_slice(m.offset, m.len)?)));
                     match message {
                         None => Step::Fault("bad message buffer reference"),
                         Some((g, payload)) => {
@@ -941,20 +934,14 @@ impl Ipc {
                     }
                 }
                 proto::submit::MCAST_POOL_REF => {
-                    let message = proto::MessageRef::decode(record.payload)
-                        .ok()
-                        .and_then(|m| {
-                            let g = match WireGuarantee::from_cpg(m.guarantee)? {
-                                WireGuarantee::Safe => Guarantee::Safe,
-                                WireGuarantee::Agreed => Guarantee::Agreed,
-                            };
-                            let (slab, slab_len) = ready.slab?;
-                            let end = m
-                                .offset
-                                .checked_add(cpg::MCAST_HEADER_MAX as u64)?
-                                .checked_add(m.len)?;
-                            (m.offset >= slab && end <= slab + slab_len as u64).then_some((g, m))
-                        });
+                    let message = message_ref(record.payload).and_then(|(g, m)| {
+                        let (slab, slab_len) = ready.slab?;
+                        let end = m
+                            .offset
+                            .checked_add(cpg::MCAST_HEADER_MAX as u64)?
+                            .checked_add(m.len)?;
+                        (m.offset >= slab && end <= slab + slab_len as u64).then_some((g, m))
+                    });
                     match (message, &self.pool) {
                         (Some((g, m)), Some(pool)) => {
                             let slab = self.slabs.get_mut(&conn);
@@ -1282,6 +1269,17 @@ fn part(
             Step::Dropped
         }
     }
+}
+
+/// A `MCAST_REF` / `MCAST_POOL_REF` record: its guarantee and reference, or None when
+/// malformed.
+fn message_ref(payload: &[u8]) -> Option<(Guarantee, proto::MessageRef)> {
+    let m = proto::MessageRef::decode(payload).ok()?;
+    let g = match WireGuarantee::from_cpg(m.guarantee)? {
+        WireGuarantee::Safe => Guarantee::Safe,
+        WireGuarantee::Agreed => Guarantee::Agreed,
+    };
+    Some((g, m))
 }
 
 /// A trusted sender's message written in place in its slab of the delivery pool: not
