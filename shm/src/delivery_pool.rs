@@ -328,6 +328,9 @@ struct SharedInner {
     /// Address of the mapping, for telling whether a slice lies in it.
     base: usize,
     state: Mutex<SharedState>,
+    /// Set when `state.released` has entries: the engine looks every loop iteration,
+    /// and without the lock.
+    any_released: std::sync::atomic::AtomicBool,
 }
 
 struct SharedState {
@@ -364,6 +367,7 @@ impl SharedDeliveryPool {
                     owners: std::collections::HashMap::new(),
                     released: Vec::new(),
                 }),
+                any_released: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -466,7 +470,13 @@ impl SharedDeliveryPool {
 
     /// Adopted buffers released since the last call: (owner, start offset).
     pub fn take_released(&self) -> Vec<(u64, u64)> {
-        std::mem::take(&mut self.state().released)
+        use std::sync::atomic::Ordering;
+        if !self.inner.any_released.load(Ordering::Acquire) {
+            return Vec::new();
+        }
+        let mut state = self.state();
+        self.inner.any_released.store(false, Ordering::Relaxed);
+        std::mem::take(&mut state.released)
     }
 
     /// If `bytes` lies inside one live buffer of this pool: one more holder of that
@@ -501,6 +511,9 @@ impl SharedDeliveryPool {
         } else if let Some(owner) = state.owners.remove(&start) {
             state.live.remove(&start);
             state.released.push((owner, start));
+            self.inner
+                .any_released
+                .store(true, std::sync::atomic::Ordering::Release);
         } else {
             state.live.remove(&start);
             let freed = state

@@ -143,7 +143,7 @@ impl Ring {
                 Destination::Node(id) => vec![id as usize - 1],
             };
             // One piece for the small messages measured here: no copy.
-            let datagram = t.payload.to_bytes();
+            let datagram = t.payload.into_bytes();
             for to in targets {
                 self.seq += 1;
                 self.queue

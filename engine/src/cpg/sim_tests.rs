@@ -577,7 +577,7 @@ impl Harness {
                 return;
             };
             if let Some(t) = node.poll_transmit() {
-                let datagram = t.payload.to_bytes();
+                let datagram = t.payload.into_bytes();
                 match t.destination {
                     Destination::All => {
                         for to in 1..=self.n as NodeId {

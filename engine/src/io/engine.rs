@@ -1220,7 +1220,7 @@ impl Engine {
                 {
                     self.stats.add(Counter::PacketsToSelf, 1);
                     // Tokens and joins: one piece, so no copy.
-                    self.to_self.push_back(transmit.payload.to_bytes());
+                    self.to_self.push_back(transmit.payload.into_bytes());
                     n += 1;
                     continue;
                 }

@@ -638,7 +638,7 @@ impl Sim {
             };
             if let Some(transmit) = node.poll_transmit() {
                 // What a vectored send puts on the wire: the pieces joined.
-                let datagram = transmit.payload.to_bytes();
+                let datagram = transmit.payload.into_bytes();
                 match transmit.destination {
                     Destination::All => {
                         for to in 1..=self.n as NodeId {

@@ -90,6 +90,14 @@ impl Gather {
         Bytes::from(out)
     }
 
+    /// [`Gather::to_bytes`], by value: a contiguous gather is its head, moved.
+    pub fn into_bytes(self) -> Bytes {
+        if self.tail.is_none() {
+            return self.head;
+        }
+        self.to_bytes()
+    }
+
     /// Everything after the first `n` bytes, which must lie in the head.
     ///
     /// Panics if `n > self.head().len()` (a caller bug: only headers are skipped).
