@@ -19,6 +19,7 @@
 //! while any backlog is over half its limit the engine stops taking new multicasts from
 //! its local clients.
 
+pub mod id_map;
 pub mod session;
 pub mod shared_pool;
 
@@ -141,7 +142,7 @@ pub struct Ipc {
     /// Rotates the session polled first (fairness when Totem pushes back).
     next_poll: usize,
     /// The slot of each open session, for routing the service's events.
-    slot_of: std::collections::HashMap<cpg::ConnId, usize>,
+    slot_of: id_map::IdMap<usize>,
     /// The delivery pool, when configured.
     pool: Option<SharedPool>,
     /// Trusted senders' slabs, by connection.
@@ -212,7 +213,7 @@ impl Ipc {
             closed: Vec::new(),
             blocked: false,
             next_poll: 0,
-            slot_of: std::collections::HashMap::new(),
+            slot_of: id_map::IdMap::default(),
             pool,
             slabs: std::collections::HashMap::new(),
         })

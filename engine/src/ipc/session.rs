@@ -112,7 +112,7 @@ pub struct Ready {
     pub next_iteration: u32,
     /// Delivery pool buffers this client holds (handed out, not yet released): offset
     /// and length. Released by the engine for it when the session ends.
-    pub held: std::collections::HashMap<u64, u64>,
+    pub held: super::id_map::IdMap<u64>,
     pub held_bytes: usize,
     /// Trusted senders: this client's slab of the delivery pool (offset, bytes).
     pub slab: Option<(u64, usize)>,
@@ -153,7 +153,7 @@ impl Ready {
             assembly: None,
             iterations: Vec::new(),
             next_iteration: 1,
-            held: std::collections::HashMap::new(),
+            held: super::id_map::IdMap::default(),
             held_bytes: 0,
             slab: None,
             copied_bytes: 0,
