@@ -43,6 +43,7 @@ use ringcast_shm::proto::{
     self, Confchg, DeliverHeader, DeliverRef, IterEntry, PART_FIRST, PART_LAST, PartHeader, Reply,
     Request, TotemConfchg, Welcome, WireGuarantee, event, submit,
 };
+use ringcast_shm::send_area::SendArea;
 use ringcast_shm::socket::SeqPacket;
 use ringcast_shm::{Consumer, DeliveryPoolView, EventFd, Producer, PushError, Region, RingError};
 
@@ -356,23 +357,23 @@ impl Cpg {
             ));
         }
         let trusted = with_pool && welcome.send_slab_bytes > 0;
+        let map_err = |e| Error::with_detail(Status::Library, format!("cannot map the pool: {e}"));
         let mut slab = None;
         let delivery_pool = if with_pool {
             let fd = fds.pop().expect("4 fds");
-            let map_err =
-                |e| Error::with_detail(Status::Library, format!("cannot map the pool: {e}"));
             let view = if trusted {
                 // Trusted senders: this client writes its messages into its slab.
                 let writer_fd = fd
                     .try_clone()
                     .map_err(|e| Error::from_io(&e, "pool descriptor"))?;
-                let writer = Arc::new(PoolWriter::open(writer_fd).map_err(map_err)?);
-                slab = Some(send_buffer::Slab {
+                let writer = PoolWriter::open(writer_fd).map_err(map_err)?;
+                slab = SendArea::in_pool_slab(
                     writer,
-                    offset: welcome.send_slab_offset,
-                    len: welcome.send_slab_bytes as usize,
-                    room: welcome.send_header_room as usize,
-                });
+                    welcome.send_slab_offset,
+                    welcome.send_slab_bytes as usize,
+                    welcome.send_header_room as usize,
+                )
+                .map_err(map_err)?;
                 DeliveryPoolView::open_trusted(fd).map_err(map_err)?
             } else {
                 DeliveryPoolView::open(fd).map_err(map_err)?
@@ -398,10 +399,12 @@ impl Cpg {
         };
         let poll_fd = epoll_over(&[wake.as_raw_fd(), socket.as_raw_fd()])
             .map_err(|e| Error::from_io(&e, "epoll"))?;
-        let send_pool = Mutex::new(match slab {
-            Some(slab) => send_buffer::SendPool::in_slab(slab),
-            None => send_buffer::SendPool::new(region.pool_len()),
-        });
+        let area = if trusted {
+            slab
+        } else {
+            SendArea::in_region(region.clone())
+        };
+        let send_pool = Mutex::new(send_buffer::SendPool::new(area));
         let cpg = Cpg {
             send_pool,
             socket: Mutex::new(socket),
@@ -1044,8 +1047,9 @@ impl Cpg {
         Ok(())
     }
 
-    /// While stuck in a large send: moves this handle's pending events into the
-    /// stash (bounded), so that the engine keeps taking the send's pieces.
+    /// While stuck in a large send, or out of send buffers: moves this handle's pending
+    /// events into the stash (bounded), so that the engine keeps taking the send's
+    /// pieces, and frees the send buffers handed back among them on the way.
     fn stash_events(&self) {
         const STASH_MAX_BYTES: usize = 256 << 20;
         let Ok(mut receiver) = self.receiver.try_lock() else {
@@ -1057,60 +1061,18 @@ impl Cpg {
                 break;
             };
             let copy = (record.kind, record.payload.to_vec());
+            receiver.events.consume();
+            // The library's own business; a bad one stays, to be reported by dispatch.
+            if copy.0 == event::SENT_RELEASED && self.hand_back(&copy.1).is_ok() {
+                continue;
+            }
             receiver.stashed_bytes += copy.1.len();
             receiver.stashed.push_back(copy);
-            receiver.events.consume();
         }
         if !receiver.stashed.is_empty() {
             // Pollers must see that events are pending.
             let _ = self.wake.notify();
             receiver.self_signaled = true;
-        }
-    }
-
-    /// Trusted senders: frees the send buffers the engine has handed back in events not
-    /// dispatched yet (the other events move to the stash, in order, as in
-    /// [`Cpg::stash_events`]). For `alloc` when the slab looks full.
-    fn take_released_buffers(&self) {
-        const STASH_MAX_BYTES: usize = 256 << 20;
-        let Ok(mut receiver) = self.receiver.try_lock() else {
-            return;
-        };
-        let receiver = &mut *receiver;
-        let mut freed = Vec::new();
-        let mut kept = std::collections::VecDeque::with_capacity(receiver.stashed.len());
-        for (kind, payload) in receiver.stashed.drain(..) {
-            if kind == event::SENT_RELEASED {
-                receiver.stashed_bytes -= payload.len();
-                freed.push(payload);
-            } else {
-                kept.push_back((kind, payload));
-            }
-        }
-        receiver.stashed = kept;
-        while let Ok(Some(record)) = receiver.events.peek() {
-            if record.kind == event::SENT_RELEASED {
-                freed.push(record.payload.to_vec());
-            } else if receiver.stashed_bytes < STASH_MAX_BYTES {
-                let copy = (record.kind, record.payload.to_vec());
-                receiver.stashed_bytes += copy.1.len();
-                receiver.stashed.push_back(copy);
-            } else {
-                break;
-            }
-            receiver.events.consume();
-        }
-        if !receiver.stashed.is_empty() {
-            // Pollers must see that events are pending.
-            let _ = self.wake.notify();
-            receiver.self_signaled = true;
-        }
-        for payload in freed {
-            let known = self.hand_back(&payload);
-            debug_assert!(
-                known.is_ok(),
-                "the engine released a buffer we did not send"
-            );
         }
     }
 

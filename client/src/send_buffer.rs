@@ -16,65 +16,30 @@ use std::collections::{HashMap, VecDeque};
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
-use ringcast_shm::delivery_pool::PoolWriter;
-use ringcast_shm::proto::WireGuarantee;
-use ringcast_shm::{PoolAllocator, PoolBuf};
+use ringcast_shm::proto::{MessageRef, WireGuarantee, submit};
+use ringcast_shm::send_area::{AreaBuf, SendArea, SentBuf};
 
 use crate::{Cpg, Error, Guarantee, Result, Status, lock};
 
-/// Allocation granularity of the pool.
-const BLOCK_BYTES: usize = 4096;
-
-/// Which parts of the region's pool are in use: buffers being written, and buffers the
-/// engine has yet to copy out.
+/// This connection's send buffers: the area they are in, and those the engine has not
+/// given back yet.
 #[derive(Debug)]
 pub(crate) struct SendPool {
-    /// `None` when the region has no pool.
-    alloc: Option<PoolAllocator>,
-    /// Bytes the allocator manages (whole blocks).
-    capacity: usize,
-    /// Submitted buffers in ring order, each with the ring position where its record
-    /// ends: free again once the consumer got there.
-    in_flight: VecDeque<(u64, PoolBuf)>,
-    /// Trusted senders: the slab the buffers are in, and the buffers sent from it by
-    /// pool offset, until the engine says they are released.
-    slab: Option<Slab>,
-    sent: HashMap<u64, PoolBuf>,
-}
-
-/// This client's slab of the delivery pool (trusted senders).
-#[derive(Debug)]
-pub(crate) struct Slab {
-    pub writer: Arc<PoolWriter>,
-    /// Where the slab starts in the pool, and its size.
-    pub offset: u64,
-    pub len: usize,
-    /// Room each buffer leaves in front of the message for the engine's header.
-    pub room: usize,
+    /// `None` when the engine gives this connection none.
+    area: Option<Arc<SendArea>>,
+    /// In the region's pool: submitted buffers in ring order, each with the ring
+    /// position where its record ends; free again once the consumer got there.
+    in_flight: VecDeque<(u64, SentBuf)>,
+    /// In a slab of the delivery pool (trusted senders): buffers sent, by offset, until
+    /// the engine says they are released.
+    sent: HashMap<u64, SentBuf>,
 }
 
 impl SendPool {
-    pub(crate) fn new(pool_len: usize) -> SendPool {
-        let alloc = (pool_len >= BLOCK_BYTES).then(|| PoolAllocator::new(pool_len, BLOCK_BYTES));
+    pub(crate) fn new(area: Option<Arc<SendArea>>) -> SendPool {
         SendPool {
-            capacity: alloc.as_ref().map_or(0, |a| a.free_bytes()),
-            alloc,
+            area,
             in_flight: VecDeque::new(),
-            slab: None,
-            sent: HashMap::new(),
-        }
-    }
-
-    /// Buffers in a slab of the delivery pool (trusted senders).
-    pub(crate) fn in_slab(slab: Slab) -> SendPool {
-        let alloc = (slab.len >= BLOCK_BYTES).then(|| PoolAllocator::new(slab.len, BLOCK_BYTES));
-        SendPool {
-            capacity: alloc
-                .as_ref()
-                .map_or(0, |a| a.free_bytes().saturating_sub(slab.room)),
-            alloc,
-            in_flight: VecDeque::new(),
-            slab: Some(slab),
             sent: HashMap::new(),
         }
     }
@@ -82,132 +47,77 @@ impl SendPool {
     /// The engine no longer holds the in-place message at pool offset `offset`. False
     /// if no buffer was sent from there (an engine bug: the caller reports it).
     pub(crate) fn released(&mut self, offset: u64) -> bool {
-        match self.sent.remove(&offset) {
-            Some(buf) => {
-                self.free(buf);
+        match (self.sent.remove(&offset), &self.area) {
+            (Some(sent), Some(area)) => {
+                area.free(sent);
                 true
             }
-            None => false,
+            _ => false,
         }
     }
 
     /// Whether the buffers are in a slab of the delivery pool (trusted senders).
     pub(crate) fn is_trusted(&self) -> bool {
-        self.slab.is_some()
+        self.area.as_ref().is_some_and(|a| a.in_pool())
     }
 
-    /// Most bytes one buffer can hold (0: no pool).
+    /// Most bytes one buffer can hold (0: none).
     pub(crate) fn capacity(&self) -> usize {
-        self.capacity
+        self.area.as_ref().map_or(0, |a| a.capacity())
     }
 
     /// Frees every buffer whose record the engine consumed.
     fn reclaim(&mut self, consumed_upto: u64) {
-        while let Some((end, _)) = self.in_flight.front() {
-            if *end > consumed_upto {
-                break;
+        let Some(area) = &self.area else {
+            return;
+        };
+        while self
+            .in_flight
+            .front()
+            .is_some_and(|(end, _)| *end <= consumed_upto)
+        {
+            if let Some((_, sent)) = self.in_flight.pop_front() {
+                area.free(sent);
             }
-            let Some((_, buf)) = self.in_flight.pop_front() else {
-                break;
-            };
-            self.free(buf);
-        }
-    }
-
-    fn free(&mut self, buf: PoolBuf) {
-        if let Some(alloc) = &mut self.alloc {
-            let freed = alloc.free(buf);
-            debug_assert!(freed.is_ok(), "send buffer not live: {freed:?}");
         }
     }
 }
 
 /// A buffer in shared memory for one message (see [`Cpg::alloc`]): write the message
 /// into it, then [`Cpg::mcast_buffer`]. Dropped unsent, it goes back to the pool.
+#[derive(Debug)]
 pub struct SendBuffer<'a> {
     cpg: &'a Cpg,
-    buf: Option<PoolBuf>,
-    len: usize,
-    /// Trusted senders: the writable pool mapping and where the message starts in it.
-    slab: Option<(Arc<PoolWriter>, u64)>,
-}
-
-impl std::fmt::Debug for SendBuffer<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SendBuffer")
-            .field("len", &self.len)
-            .finish_non_exhaustive()
-    }
-}
-
-impl SendBuffer<'_> {
-    fn pool_buf(&self) -> &PoolBuf {
-        self.buf.as_ref().expect("present until sent or dropped")
-    }
-
-    /// The message's bytes.
-    ///
-    /// # Safety
-    ///
-    /// No other slice from this function for this handle may be alive.
-    #[expect(clippy::mut_from_ref, reason = "exclusivity is the caller's contract")]
-    unsafe fn bytes_mut(&self) -> &mut [u8] {
-        let buf = self.pool_buf();
-        match &self.slab {
-            Some((writer, at)) => {
-                // SAFETY: `buf` came from this connection's allocator over its slab and
-                // is live until this handle is sent or dropped, so no other handle
-                // overlaps it; the engine and other clients only read it; the caller
-                // keeps one slice of it at a time.
-                let bytes = unsafe { writer.slice_mut(*at, self.len) };
-                bytes.expect("a slab buffer lies in the pool")
-            }
-            None => {
-                // SAFETY: as above, over this region's pool.
-                let whole = unsafe { self.cpg.region.pool_slice_mut_shared(buf) };
-                &mut whole[..self.len]
-            }
-        }
-    }
+    buf: AreaBuf,
 }
 
 impl Deref for SendBuffer<'_> {
     type Target = [u8];
 
     fn deref(&self) -> &[u8] {
-        // SAFETY: as in `bytes_mut`; reborrowed for `&self`, so no `&mut` from
-        // `deref_mut` is alive meanwhile.
-        unsafe { self.bytes_mut() }
+        &self.buf
     }
 }
 
 impl DerefMut for SendBuffer<'_> {
     fn deref_mut(&mut self) -> &mut [u8] {
-        // SAFETY: `&mut self` makes this the only slice of the buffer.
-        unsafe { self.bytes_mut() }
-    }
-}
-
-impl Drop for SendBuffer<'_> {
-    fn drop(&mut self) {
-        if let Some(buf) = self.buf.take() {
-            lock(&self.cpg.send_pool).free(buf);
-        }
+        &mut self.buf
     }
 }
 
 impl Cpg {
-    /// A buffer of `len` bytes in this connection's shared region, to be written in
+    /// A buffer of `len` bytes in this connection's shared memory, to be written in
     /// place and sent with [`Cpg::mcast_buffer`] (`cpg_zcb_alloc`): neither this
     /// library nor anything after it copies the message again before the engine's one
-    /// copy. `TryAgain` while the pool is busy with buffers the engine has not taken yet;
-    /// `TooBig` above [`Cpg::max_message_size`] or the pool's size (`ipc.send_buffer_bytes`
-    /// of the engine; [`Cpg::send_buffer_capacity`]).
+    /// copy (none with trusted senders). `TryAgain` while the buffers are held by
+    /// messages the engine has not taken or released yet; `TooBig` above
+    /// [`Cpg::max_message_size`] or the buffers' size (`ipc.send_buffer_bytes` of the
+    /// engine; [`Cpg::send_buffer_capacity`]).
     pub fn alloc(&self, len: usize) -> Result<SendBuffer<'_>> {
         match self.alloc_once(len) {
-            Err(e) if e.is_try_again() && lock(&self.send_pool).slab.is_some() => {
+            Err(e) if e.is_try_again() && lock(&self.send_pool).is_trusted() => {
                 // Buffers the engine handed back in events not dispatched yet.
-                self.take_released_buffers();
+                self.stash_events();
                 self.alloc_once(len)
             }
             other => other,
@@ -219,35 +129,20 @@ impl Cpg {
         let consumed = lock(&self.submit).consumed_upto();
         let mut pool = lock(&self.send_pool);
         pool.reclaim(consumed);
-        let capacity = pool.capacity();
-        if pool.alloc.is_none() {
+        let Some(area) = &pool.area else {
             return Err(Error::with_detail(
                 Status::TooBig,
                 "the engine gives this connection no send buffers",
             ));
-        }
-        if len > capacity {
+        };
+        if len > area.capacity() {
             return Err(Error::with_detail(
                 Status::TooBig,
-                format!("{len} bytes > send buffers of {capacity}"),
+                format!("{len} bytes > send buffers of {}", area.capacity()),
             ));
         }
-        // A zero-length message still takes a block, so that it has a handle.
-        let room = pool.slab.as_ref().map_or(0, |s| s.room);
-        let alloc = pool.alloc.as_mut().expect("checked above");
-        match alloc.alloc((room + len).max(1)) {
-            Some(buf) => {
-                let slab = pool.slab.as_ref().map(|s| {
-                    let at = s.offset + buf.offset() + s.room as u64;
-                    (s.writer.clone(), at)
-                });
-                Ok(SendBuffer {
-                    cpg: self,
-                    buf: Some(buf),
-                    len,
-                    slab,
-                })
-            }
+        match area.alloc(len) {
+            Some(buf) => Ok(SendBuffer { cpg: self, buf }),
             None => Err(Error::with_detail(
                 Status::TryAgain,
                 "send buffers busy: earlier messages are still held by the engine",
@@ -264,24 +159,26 @@ impl Cpg {
     /// Multicasts the message written in `buffer` to the joined group
     /// (`cpg_zcb_mcast_joined`). On an error (`TryAgain` when the submit ring is full)
     /// nothing was sent and the buffer comes back with it, as written, for a retry.
+    /// `InvalidParam` for a buffer of another connection.
     pub fn mcast_buffer<'a>(
         &'a self,
         guarantee: Guarantee,
-        mut buffer: SendBuffer<'a>,
+        buffer: SendBuffer<'a>,
     ) -> std::result::Result<(), (Error, SendBuffer<'a>)> {
-        if let Err(e) = self.check_send(buffer.len) {
+        if !std::ptr::eq(buffer.cpg, self) {
+            return Err((Error::new(Status::InvalidParam), buffer));
+        }
+        if let Err(e) = self.check_send(buffer.len()) {
             return Err((e, buffer));
         }
-        let buf = buffer.pool_buf();
-        let slab_offset = lock(&self.send_pool).slab.as_ref().map(|s| s.offset);
-        let (kind, offset) = match slab_offset {
-            Some(slab) => (
-                ringcast_shm::proto::submit::MCAST_POOL_REF,
-                slab + buf.offset(),
-            ),
-            None => (ringcast_shm::proto::submit::MCAST_REF, buf.offset()),
+        let trusted = lock(&self.send_pool).is_trusted();
+        let kind = if trusted {
+            submit::MCAST_POOL_REF
+        } else {
+            submit::MCAST_REF
         };
-        let record = ringcast_shm::proto::MessageRef {
+        let offset = buffer.buf.offset();
+        let record = MessageRef {
             guarantee: if guarantee.is_safe() {
                 WireGuarantee::Safe
             } else {
@@ -289,20 +186,19 @@ impl Cpg {
             }
             .to_u32(),
             offset,
-            len: buffer.len as u64,
+            len: buffer.len() as u64,
         };
         let mut producer = lock(&self.submit);
-        match producer.try_push(kind, &[&record.encode()]) {
-            Ok(()) => {}
-            Err(_) => return Err((Error::new(Status::TryAgain), buffer)),
+        if producer.try_push(kind, &[&record.encode()]).is_err() {
+            return Err((Error::new(Status::TryAgain), buffer));
         }
         let end = producer.written_upto();
-        let buf = buffer.buf.take().expect("present until sent");
+        let sent = buffer.buf.into_sent();
         let mut pool = lock(&self.send_pool);
-        if slab_offset.is_some() {
-            pool.sent.insert(offset, buf);
+        if trusted {
+            pool.sent.insert(offset, sent);
         } else {
-            pool.in_flight.push_back((end, buf));
+            pool.in_flight.push_back((end, sent));
         }
         drop(pool);
         self.publish(&mut producer);

@@ -290,25 +290,22 @@ impl PoolWriter {
         Ok(PoolWriter { map })
     }
 
-    /// The pool bytes `[offset, offset + len)` to write, or `None` outside the pool.
-    ///
-    /// # Safety
-    ///
-    /// While the returned slice lives, nothing else in this process may reference these
-    /// bytes (no other `slice_mut` of an overlapping range, no delivery read from them):
-    /// the caller hands out each range of its slab once at a time.
-    #[expect(clippy::mut_from_ref, reason = "exclusivity is the caller's contract")]
-    pub unsafe fn slice_mut(&self, offset: u64, len: usize) -> Option<&mut [u8]> {
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.len() == 0
+    }
+
+    /// Where the pool bytes `[offset, offset + len)` start, or `None` outside the pool.
+    /// The mapping lives as long as `self` and cannot shrink (sealed); writing through
+    /// the pointer is the caller's business ([`crate::send_area`] hands out each range
+    /// once at a time).
+    pub fn ptr(&self, offset: u64, len: usize) -> Option<*mut u8> {
         let start = usize::try_from(offset).ok()?;
         let end = start.checked_add(len)?;
-        if end > self.map.len() {
-            return None;
-        }
-        // SAFETY: [start, end) is inside the mapping (checked), which lives as long as
-        // self and cannot shrink (sealed); exclusivity within this process is the
-        // caller's contract. Other processes (the engine, other trusted clients) may
-        // read it meanwhile; they do not write a range adopted by its owner.
-        Some(unsafe { std::slice::from_raw_parts_mut(self.map.as_mut_ptr().add(start), len) })
+        (end <= self.map.len()).then(|| self.map.as_mut_ptr().wrapping_add(start))
     }
 }
 

@@ -61,6 +61,7 @@ pub mod pool;
 pub mod proto;
 pub mod region;
 pub mod ring;
+pub mod send_area;
 pub mod socket;
 pub mod wake;
 

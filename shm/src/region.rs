@@ -150,6 +150,8 @@ const SUBMIT_PRODUCER: u8 = 1;
 const SUBMIT_CONSUMER: u8 = 2;
 const EVENT_PRODUCER: u8 = 4;
 const EVENT_CONSUMER: u8 = 8;
+/// The pool was claimed by a writer in this process ([`Region::claim_pool`]).
+const POOL_WRITER: u8 = 16;
 
 /// `memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING [| MFD_HUGETLB | MFD_HUGE_2MB])`
 /// sized to `bytes`; a huge page failure is [`RegionError::HugePagesUnavailable`] (so
@@ -477,14 +479,14 @@ impl Region {
     /// interprets them must copy first and validate the copy.
     pub fn pool_slice(&self, offset: u64, len: u64) -> Option<&[u8]> {
         let end = offset.checked_add(len)?;
-        if end > self.layout.pool_bytes as u64 {
+        if end > self.layout.pool_bytes as u64 || self.pool_claimed() {
             return None;
         }
         // SAFETY: [pool_offset + offset, pool_offset + end) lies inside the pool, inside the
         // mapping, which lives as long as &self. The bytes may change under us when the peer
         // writes them (documented above); nothing in this process writes them while the
-        // shared borrow of self lasts, since writing needs &mut self or the unsafe
-        // pool_slice_mut_shared contract.
+        // shared borrow of self lasts, since writing needs &mut self, or a claim of the
+        // pool (checked above: then this gives no slices at all).
         Some(unsafe {
             std::slice::from_raw_parts(
                 self.base().add(self.layout.pool_offset + offset as usize),
@@ -498,8 +500,8 @@ impl Region {
     ///
     /// Takes `&mut self` so that no other slice of this region's pool can be alive meanwhile
     /// (a shared `&self` version would let safe code create aliasing `&mut`s). Code that
-    /// shares the region as `Arc<Region>` can use
-    /// [`pool_slice_mut_shared`](Self::pool_slice_mut_shared).
+    /// shares the region as `Arc<Region>` writes through a
+    /// [`SendArea`](crate::send_area::SendArea).
     ///
     /// # Panics
     ///
@@ -512,23 +514,26 @@ impl Region {
         unsafe { std::slice::from_raw_parts_mut(self.base().add(start), len) }
     }
 
-    /// [`pool_slice_mut`](Self::pool_slice_mut) through a shared reference.
-    ///
-    /// # Safety
-    ///
-    /// For the lifetime of the returned slice, no other reference in this process may
-    /// overlap it: no other `pool_slice_mut_shared` of an overlapping buffer and no
-    /// overlapping [`pool_slice`](Self::pool_slice). Buffers from one
-    /// [`crate::PoolAllocator`] that are not freed never overlap.
+    /// Makes the pool this process's writer's ([`crate::send_area`]): true for the first
+    /// caller only, and from then on [`pool_slice`](Self::pool_slice) gives no slices, so
+    /// that the writer's views of its buffers are the only ones in this process.
+    pub fn claim_pool(&self) -> bool {
+        self.take_end(POOL_WRITER)
+    }
+
+    fn pool_claimed(&self) -> bool {
+        self.ends_taken.load(Ordering::Relaxed) & POOL_WRITER != 0
+    }
+
+    /// Where `buf` starts in this mapping, as a raw pointer, for the writer that claimed
+    /// the pool ([`crate::send_area`]), which proves its exclusivity itself.
     ///
     /// # Panics
     ///
     /// As for [`pool_slice_mut`](Self::pool_slice_mut).
-    #[expect(clippy::mut_from_ref, reason = "exclusivity is the caller's contract")]
-    pub unsafe fn pool_slice_mut_shared(&self, buf: &PoolBuf) -> &mut [u8] {
-        let (start, len) = self.pool_range(buf);
-        // SAFETY: in bounds (pool_range); exclusivity is the caller's contract.
-        unsafe { std::slice::from_raw_parts_mut(self.base().add(start), len) }
+    pub(crate) fn pool_ptr(&self, buf: &PoolBuf) -> *mut u8 {
+        let (start, _) = self.pool_range(buf);
+        self.base().wrapping_add(start)
     }
 
     /// Region offset and length of `buf`.
