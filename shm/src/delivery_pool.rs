@@ -173,19 +173,7 @@ impl DeliveryPoolView {
     }
 
     fn open_sealed(fd: OwnedFd, needed: libc::c_int) -> Result<DeliveryPoolView, RegionError> {
-        let file = File::from(fd);
-        let bytes = file.metadata().map_err(RegionError::Stat)?.len();
-        if bytes == 0 || bytes > MAX_DELIVERY_POOL_BYTES as u64 {
-            return Err(RegionError::BadPoolSize { bytes });
-        }
-        // SAFETY: F_GET_SEALS on an fd we own; no pointer arguments.
-        let seals = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
-        if seals < 0 {
-            return Err(RegionError::Seal(io::Error::last_os_error()));
-        }
-        if seals & needed != needed {
-            return Err(RegionError::NotSealed);
-        }
+        let (file, bytes) = checked_pool_file(fd, needed)?;
         // SAFETY: the file is sealed against shrinking (checked above), so the mapping
         // stays backed; its bytes change only where the engine writes buffers that no
         // descriptor we hold names (the engine's contract, see the module docs).
@@ -263,6 +251,25 @@ mod tests {
     }
 }
 
+/// A pool fd from the engine, with its size (nonzero, bounded) and the `needed` seals
+/// checked before anything maps it.
+fn checked_pool_file(fd: OwnedFd, needed: libc::c_int) -> Result<(File, u64), RegionError> {
+    let file = File::from(fd);
+    let bytes = file.metadata().map_err(RegionError::Stat)?.len();
+    if bytes == 0 || bytes > MAX_DELIVERY_POOL_BYTES as u64 {
+        return Err(RegionError::BadPoolSize { bytes });
+    }
+    // SAFETY: F_GET_SEALS on an fd we own; no pointer arguments.
+    let seals = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
+    if seals < 0 {
+        return Err(RegionError::Seal(io::Error::last_os_error()));
+    }
+    if seals & needed != needed {
+        return Err(RegionError::NotSealed);
+    }
+    Ok((file, bytes))
+}
+
 /// Client side, trusted senders: the pool mapped writable, for writing messages in
 /// place into this client's slab of it.
 #[derive(Debug)]
@@ -273,16 +280,7 @@ pub struct PoolWriter {
 impl PoolWriter {
     /// Maps a trusted pool fd writable, after checking that it cannot shrink.
     pub fn open(fd: OwnedFd) -> Result<PoolWriter, RegionError> {
-        let file = File::from(fd);
-        let bytes = file.metadata().map_err(RegionError::Stat)?.len();
-        if bytes == 0 || bytes > MAX_DELIVERY_POOL_BYTES as u64 {
-            return Err(RegionError::BadPoolSize { bytes });
-        }
-        // SAFETY: F_GET_SEALS on an fd we own; no pointer arguments.
-        let seals = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
-        if seals < 0 || seals & libc::F_SEAL_SHRINK == 0 {
-            return Err(RegionError::NotSealed);
-        }
+        let (file, bytes) = checked_pool_file(fd, libc::F_SEAL_SHRINK)?;
         let map = MmapOptions::new()
             .len(bytes as usize)
             .map_raw(&file)

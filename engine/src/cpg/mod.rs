@@ -712,27 +712,26 @@ impl Service {
         mut buf: BytesMut,
         totem: &mut impl Submit,
     ) -> Result<(), (CpgError, Option<BytesMut>)> {
-        let Some(c) = self.conns.get(&conn) else {
-            return Err((CpgError::BadHandle, None));
-        };
         let Some(len) = buf.len().checked_sub(MCAST_HEADER_MAX) else {
             return Err((CpgError::InvalidParam, None));
         };
-        if len > self.limits.max_message_bytes {
-            return Err((CpgError::TooBig, None));
-        }
-        if self.in_sync() {
-            return Err((CpgError::TryAgain, Some(buf)));
-        }
-        let group = match (c.state, &c.group) {
-            (ConnState::JoinStarted | ConnState::JoinCompleted, Some(group)) => group,
-            _ => {
-                self.stats.dropped_not_joined += 1;
-                return Ok(());
-            }
+        let in_sync = self.in_sync();
+        let sender = mcast_sender(
+            &self.conns,
+            &mut self.stats,
+            &self.limits,
+            in_sync,
+            conn,
+            len,
+        );
+        let (group, pid) = match sender {
+            Ok(Some(sender)) => sender,
+            Ok(None) => return Ok(()),
+            Err(CpgError::TryAgain) => return Err((CpgError::TryAgain, Some(buf))),
+            Err(e) => return Err((e, None)),
         };
         let start = MCAST_HEADER_MAX - codec::mcast_header_len(group);
-        codec::write_mcast_header(&mut buf[start..MCAST_HEADER_MAX], group, c.pid);
+        codec::write_mcast_header(&mut buf[start..MCAST_HEADER_MAX], group, pid);
         let full = buf.freeze();
         match submit(totem, full.slice(start..), guarantee) {
             Ok(()) => Ok(()),

@@ -222,20 +222,20 @@ impl Ready {
         }
     }
 
+    /// One small record, if it fits now.
+    fn push_record(&mut self, kind: u32, payload: &[u8]) -> bool {
+        let done = self.events.try_push(kind, &[payload]).is_ok();
+        self.unpublished |= done;
+        done
+    }
+
     /// Writes as much of `item` as fits. True when it is entirely in the ring.
     fn try_write(&mut self, item: &mut Backlogged) -> Result<bool, SessionFault> {
         let max = self.events.max_record_len();
         let event = match &item.event {
             Outgoing::Event(event) => event,
             Outgoing::Released(offset) => {
-                let done = self
-                    .events
-                    .try_push(event::SENT_RELEASED, &[&offset.to_le_bytes()])
-                    .is_ok();
-                if done {
-                    self.unpublished = true;
-                }
-                return Ok(done);
+                return Ok(self.push_record(event::SENT_RELEASED, &offset.to_le_bytes()));
             }
             Outgoing::Ref {
                 sender,
@@ -252,14 +252,7 @@ impl Ready {
                     offset: *offset,
                     len: *len,
                 };
-                let done = self
-                    .events
-                    .try_push(event::DELIVER_REF, &[&record.encode()])
-                    .is_ok();
-                if done {
-                    self.unpublished = true;
-                }
-                return Ok(done);
+                return Ok(self.push_record(event::DELIVER_REF, &record.encode()));
             }
         };
         let done = match event {

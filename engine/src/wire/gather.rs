@@ -23,19 +23,6 @@ pub struct Gather {
 }
 
 impl Gather {
-    /// Pieces in order; empty pieces are dropped (the head may be empty).
-    pub fn from_pieces(pieces: Vec<Bytes>) -> Gather {
-        let mut pieces = pieces.into_iter().filter(|p| !p.is_empty());
-        let Some(head) = pieces.next() else {
-            return Gather::default();
-        };
-        let tail: Arc<[Bytes]> = pieces.collect();
-        Gather {
-            head,
-            tail: (!tail.is_empty()).then_some(tail),
-        }
-    }
-
     /// `head` then the non-empty pieces of `tail` (one allocation for them).
     pub fn with_tail(head: Bytes, tail: Vec<Bytes>) -> Gather {
         let tail: Arc<[Bytes]> = tail.into_iter().filter(|p| !p.is_empty()).collect();
@@ -70,11 +57,6 @@ impl Gather {
     /// Every piece, in order.
     pub fn pieces(&self) -> impl Iterator<Item = &Bytes> {
         std::iter::once(&self.head).chain(self.tail().iter())
-    }
-
-    /// How many pieces (at least one, the possibly empty head).
-    pub fn piece_count(&self) -> usize {
-        1 + self.tail().len()
     }
 
     /// The bytes as one `Bytes`: the head itself when contiguous, else a copy (for
@@ -141,13 +123,12 @@ mod tests {
 
     #[test]
     fn pieces_read_as_their_concatenation() {
-        let g = Gather::from_pieces(vec![
+        let g = Gather::with_tail(
             Bytes::from_static(b"ab"),
-            Bytes::new(),
-            Bytes::from_static(b"cde"),
-        ]);
+            vec![Bytes::new(), Bytes::from_static(b"cde")],
+        );
         assert_eq!(g.len(), 5);
-        assert_eq!(g.piece_count(), 2);
+        assert_eq!(g.pieces().count(), 2, "the empty piece is dropped");
         assert!(!g.is_contiguous());
         assert_eq!(&g.to_bytes()[..], b"abcde");
         assert_eq!(&g.skip(1).to_bytes()[..], b"bcde");
@@ -162,6 +143,7 @@ mod tests {
         let g = Gather::from(b.clone());
         assert!(g.is_contiguous());
         assert_eq!(g.to_bytes().as_ptr(), b.as_ptr());
-        assert!(Gather::from_pieces(Vec::new()).is_empty());
+        assert!(Gather::with_tail(Bytes::new(), Vec::new()).is_contiguous());
+        assert!(Gather::default().is_empty());
     }
 }

@@ -1065,7 +1065,7 @@ mod tests {
         let header = header.freeze();
         let mut reassembler = Reassembler::new(MIB);
         for data in [99, 101] {
-            let payload = Gather::from_pieces(vec![header.clone(), Bytes::from(vec![1; data])]);
+            let payload = Gather::with_tail(header.clone(), vec![Bytes::from(vec![1; data])]);
             let mut got = 0;
             assert_eq!(reassembler.push_gather(3, &payload, None, |_| got += 1), 1);
             assert_eq!(got, 0);
@@ -1073,10 +1073,10 @@ mod tests {
         // Data that does not start right after its header is not a piece of it.
         let mut early = BytesMut::from(&header[..]);
         early.extend_from_slice(&[0]);
-        let payload = Gather::from_pieces(vec![early.freeze(), Bytes::from(vec![1; 100])]);
+        let payload = Gather::with_tail(early.freeze(), vec![Bytes::from(vec![1; 100])]);
         assert_eq!(reassembler.push_gather(3, &payload, None, |_| {}), 1);
         // The right piece is one message.
-        let payload = Gather::from_pieces(vec![header, Bytes::from(vec![1; 100])]);
+        let payload = Gather::with_tail(header, vec![Bytes::from(vec![1; 100])]);
         let mut got = Vec::new();
         assert_eq!(
             reassembler.push_gather(3, &payload, None, |m| got.push(m)),
