@@ -248,7 +248,7 @@ struct RunResult {
 }
 
 /// The engine's `payload_bytes_copied` counter, read once the page has settled (it is
-/// republished every few milliseconds).
+/// republished every few milliseconds); None if it does not settle within 3 s.
 fn engine_bytes_copied(stats: &Path) -> Option<u64> {
     let read = || {
         StatsReader::open(stats)
@@ -257,7 +257,7 @@ fn engine_bytes_copied(stats: &Path) -> Option<u64> {
             .counter("payload_bytes_copied")
     };
     let mut last = read()?;
-    loop {
+    for _ in 0..100 {
         std::thread::sleep(Duration::from_millis(30));
         let now = read()?;
         if now == last {
@@ -265,6 +265,7 @@ fn engine_bytes_copied(stats: &Path) -> Option<u64> {
         }
         last = now;
     }
+    None
 }
 
 fn throughput(
