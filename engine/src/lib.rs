@@ -1,15 +1,13 @@
-//! ringcast engine: the Totem single-ring ordering and membership protocol as a sans-IO
-//! state machine (`totem`), the CPG group service on top of it (`cpg`, also sans-IO),
-//! its wire encoding (`wire`), the io_uring driver that runs it
-//! on real sockets (`io`), and a deterministic cluster simulator that runs the same
-//! protocol code (`sim`).
+//! ringcast engine: the daemon `ringcastd` that drives the protocol of
+//! `ringcast-proto` (Totem, CPG, wire codecs, re-exported here under their old paths)
+//! with io_uring on real sockets (`io`), serves local clients over shared memory
+//! (`ipc`), and carries the daemon's configuration and persistence (`daemon`).
+//! See docs/architecture.md.
 #![deny(unsafe_op_in_unsafe_fn)]
 
-pub mod cpg;
+pub use ringcast_proto::{cpg, splitmix, totem, wire};
+
 pub mod daemon;
 pub mod io;
 pub mod ipc;
 pub mod sim;
-pub mod splitmix;
-pub mod totem;
-pub mod wire;

@@ -23,9 +23,10 @@ mod common;
 use common::*;
 
 use ringcast_engine::daemon::delivery_log::{self, Logged, LoggedStart};
+use ringcast_engine::daemon::keyfile::{self, counter_from_clock};
 use ringcast_engine::daemon::load::Generated;
 use ringcast_engine::sim::checker;
-use ringcast_engine::wire::seal::{Key, OpenError, Opener, Sealer, counter_from_clock};
+use ringcast_engine::wire::seal::{Key, OpenError, Opener, Sealer};
 use ringcast_engine::wire::{CommitEntry, CommitToken, Join, Mcast, Packet, Recovered, Token};
 
 /// Runs the load generator (`rate` messages of 64 bytes per second per node) with a
@@ -628,7 +629,7 @@ fn a_hundred_thousand_hostile_datagrams_are_counted_and_survived() {
     cluster.start(2);
     cluster.start(3);
     cluster.wait_ring(&[1, 2, 3], FORM_TIMEOUT).unwrap();
-    let key = Key::read(cluster.key.as_ref().unwrap()).unwrap();
+    let key = keyfile::read(cluster.key.as_ref().unwrap()).unwrap();
     let cluster_id = ringcast_engine::daemon::config::cluster_id(&format!("test-{port}"));
 
     let listed = UdpSocket::bind(format!("{}:{port}", addr(FUZZER))).unwrap();
@@ -1182,7 +1183,7 @@ fn a_join_with_the_largest_ring_sequence_is_survived() {
     let mut cluster = Cluster::new("seq-max", port, 2).with_key();
     cluster.start(1);
     cluster.wait_ring(&[1], FORM_TIMEOUT).unwrap();
-    let key = Key::read(cluster.key.as_ref().unwrap()).unwrap();
+    let key = keyfile::read(cluster.key.as_ref().unwrap()).unwrap();
     let cluster_id = ringcast_engine::daemon::config::cluster_id(&format!("test-{port}"));
     let socket = UdpSocket::bind(format!("{}:{port}", addr(2))).unwrap();
     let mut sealer = Sealer::new(&key, 2, cluster_id, counter_from_clock());

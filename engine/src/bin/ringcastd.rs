@@ -16,8 +16,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use ringcast_engine::daemon::config::ConfigFlags;
+use ringcast_engine::daemon::keyfile;
 use ringcast_engine::io;
-use ringcast_engine::wire::seal::Key;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -44,7 +44,7 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     if let Some(path) = &cli.gen_key {
-        return match Key::generate_file(path) {
+        return match keyfile::generate_file(path) {
             Ok(_) => {
                 println!("wrote a new key to {}", path.display());
                 ExitCode::SUCCESS

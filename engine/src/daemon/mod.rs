@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod delivery_log;
+pub mod keyfile;
 pub mod load;
 pub mod ringseq;
 

@@ -29,6 +29,7 @@ use super::net::{NAME_BYTES, RawAddr, Sockets, parse_name};
 use super::signal::{SIGINFO_BYTES, Waker, termination_fd};
 use super::stats::{Counter, StatsWriter};
 use crate::daemon::delivery_log::DeliveryLog;
+use crate::daemon::keyfile::{self, KeyError};
 use crate::daemon::load::{Check, Generated, LoadChecker, LoadGenerator};
 use crate::daemon::{DaemonConfig, FileRingSeqStore, IdleStrategy};
 use crate::ipc::{Ipc, IpcSettings, session::BacklogLimits};
@@ -37,7 +38,7 @@ use crate::totem::{
     SubmitError, Transmit,
 };
 use crate::wire::packet::looks_like_mcast;
-use crate::wire::seal::{self, Key, OpenError, Opener, Sealer};
+use crate::wire::seal::{OpenError, Opener, Sealer};
 use ringcast_shm::delivery_pool::{PoolBuffer, SharedDeliveryPool};
 
 /// Submission queue entries (completions: 4×, and the kernel buffers overflow).
@@ -97,7 +98,7 @@ pub enum EngineError {
     Totem(#[from] crate::totem::ConfigError),
     /// The key file could not be read.
     #[error(transparent)]
-    Key(#[from] seal::KeyError),
+    Key(#[from] KeyError),
     /// The stats page could not be created.
     #[error(transparent)]
     Stats(#[from] super::stats::StatsError),
@@ -338,8 +339,8 @@ impl Engine {
 
         let (sealer, opener) = match &s.key_file {
             Some(path) => {
-                let key = Key::read(path)?;
-                if Key::is_exposed(path) {
+                let key = keyfile::read(path)?;
+                if keyfile::is_exposed(path) {
                     tracing::warn!(key_file = %path.display(), "key file is readable by group or others");
                 }
                 tracing::info!(key_file = %path.display(), "datagrams are sealed (ChaCha20-Poly1305)");
@@ -348,7 +349,7 @@ impl Engine {
                         &key,
                         config.node_id,
                         config.cluster_id,
-                        seal::counter_from_clock(),
+                        keyfile::counter_from_clock(),
                     )),
                     Some(Opener::new(&key, config.cluster_id, config.nodes.len())),
                 )
@@ -405,7 +406,7 @@ impl Engine {
             })
             .collect();
         // Start time in ns: a fresh epoch per start.
-        let epoch = seal::counter_from_clock();
+        let epoch = keyfile::counter_from_clock();
         let load = LoadGenerator::new(&s.load, config.node_id, epoch);
         let delivery_log = match &s.delivery_log {
             None => None,

@@ -1100,3 +1100,6 @@ impl RunReport {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod cpg_tests;

@@ -1,4 +1,4 @@
-//! Authenticated encryption of whole datagrams with a pre-shared key (issue 3), and
+//! Authenticated encryption of whole datagrams with a pre-shared key, and
 //! replay protection. A sealed datagram is checked and decrypted before any Totem parsing;
 //! one that fails is counted and dropped by the caller.
 //!
@@ -11,7 +11,9 @@
 //!  \_______________ header, authenticated ___/
 //! ```
 //!
-//! - AEAD: ChaCha20-Poly1305 (RFC 8439), 32-byte key read from the key file.
+//! - AEAD: ChaCha20-Poly1305 (RFC 8439), 32-byte key (the daemon reads it from its key
+//!   file: `ringcast_engine::daemon::keyfile`). Pure functions over bytes: the key and
+//!   the first counter are inputs.
 //! - Nonce (96 bits): `sender (u32 LE) ‖ counter (u64 LE)`. All nodes share the key, so
 //!   the sender id keeps their nonce spaces apart; each sender never repeats a counter.
 //! - Associated data: the 16-byte header followed by the cluster id (u32 LE), so a
@@ -26,8 +28,6 @@
 //!   than the window is refused. The window only moves after the tag verified.
 
 use std::collections::HashMap;
-use std::io::Write;
-use std::path::Path;
 
 use chacha20poly1305::aead::AeadInPlace;
 use chacha20poly1305::{ChaCha20Poly1305, KeyInit, Nonce, Tag};
@@ -61,72 +61,14 @@ impl std::fmt::Debug for Key {
     }
 }
 
-/// Why a key could not be read or written.
-#[derive(Debug, thiserror::Error)]
-pub enum KeyError {
-    /// The file could not be read, created or written.
-    #[error("key file {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
-    /// A key file holds exactly [`KEY_BYTES`] bytes.
-    #[error("key file {path}: {len} bytes, expected {KEY_BYTES}")]
-    Length { path: String, len: usize },
-    /// The OS has no randomness to give.
-    #[error("no random numbers from the OS: {0}")]
-    Random(getrandom::Error),
-}
-
 impl Key {
     pub fn from_bytes(bytes: [u8; KEY_BYTES]) -> Key {
         Key(bytes)
     }
 
-    /// Reads a key file.
-    pub fn read(path: &Path) -> Result<Key, KeyError> {
-        let io = |source| KeyError::Io {
-            path: path.display().to_string(),
-            source,
-        };
-        let bytes = std::fs::read(path).map_err(io)?;
-        let key: [u8; KEY_BYTES] = bytes.as_slice().try_into().map_err(|_| KeyError::Length {
-            path: path.display().to_string(),
-            len: bytes.len(),
-        })?;
-        Ok(Key(key))
-    }
-
-    /// A fresh random key from the OS.
-    pub fn generate() -> Result<Key, KeyError> {
-        let mut key = [0u8; KEY_BYTES];
-        getrandom::fill(&mut key).map_err(KeyError::Random)?;
-        Ok(Key(key))
-    }
-
-    /// Writes a fresh random key to a new file with mode 0600; refuses to overwrite.
-    pub fn generate_file(path: &Path) -> Result<Key, KeyError> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let key = Key::generate()?;
-        let io = |source| KeyError::Io {
-            path: path.display().to_string(),
-            source,
-        };
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(io)?;
-        file.write_all(&key.0).map_err(io)?;
-        file.sync_all().map_err(io)?;
-        Ok(key)
-    }
-
-    /// Whether the file can be read by others than its owner (worth a warning).
-    pub fn is_exposed(path: &Path) -> bool {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o077 != 0)
+    /// The key's bytes, for writing it to a key file.
+    pub fn as_bytes(&self) -> &[u8; KEY_BYTES] {
+        &self.0
     }
 }
 
@@ -162,16 +104,9 @@ fn associated_data(header: &[u8], cluster_id: u32) -> [u8; HEADER_BYTES + 4] {
     aad
 }
 
-/// The first counter of a sealer created now (see the module doc).
-pub fn counter_from_clock() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-        .max(1)
-}
-
 impl Sealer {
-    /// `first_counter` is normally [`counter_from_clock`]; 0 is not used.
+    /// `first_counter` is chosen by the caller (the daemon starts at the wall clock, see
+    /// the module doc); 0 is not used.
     pub fn new(key: &Key, sender: NodeId, cluster_id: u32, first_counter: u64) -> Sealer {
         Sealer {
             cipher: ChaCha20Poly1305::new(&key.0.into()),
@@ -445,8 +380,9 @@ mod tests {
             opener.open(&mut d).unwrap();
         }
         assert_eq!(opener.open(&mut stale.clone()), Err(OpenError::Replay));
-        // A restarted sender continues above (clock-based counter) and is accepted.
-        let mut restarted = Sealer::new(&key(1), 7, CLUSTER, counter_from_clock());
+        // A restarted sender continues above (the daemon's clock-based counter) and is
+        // accepted.
+        let mut restarted = Sealer::new(&key(1), 7, CLUSTER, 1 << 40);
         assert!(opener.open(&mut restarted.seal(b"back")).is_ok());
     }
 
@@ -513,23 +449,5 @@ mod tests {
             Err(OpenError::NotSealed),
             "not sealed comes first"
         );
-    }
-
-    #[test]
-    fn key_files() {
-        let dir = std::env::temp_dir().join(format!("ringcast-seal-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("authkey");
-        let _ = std::fs::remove_file(&path);
-        let generated = Key::generate_file(&path).unwrap();
-        assert!(!Key::is_exposed(&path));
-        assert_eq!(Key::read(&path).unwrap().0, generated.0);
-        assert!(Key::generate_file(&path).is_err(), "never overwrites");
-        std::fs::write(&path, [0u8; 5]).unwrap();
-        assert!(matches!(
-            Key::read(&path),
-            Err(KeyError::Length { len: 5, .. })
-        ));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

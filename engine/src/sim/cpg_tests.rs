@@ -19,10 +19,12 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::rc::Rc;
 use std::time::Duration;
 
-use super::*;
-use crate::sim::network::{Network, NetworkOptions};
-use crate::sim::rng::{Rng, derive};
-use crate::totem::{Config, Destination, Event, Node, NodeState, RingSeqStore};
+use super::network::{Network, NetworkOptions};
+use super::rng::{Rng, derive};
+use crate::cpg::*;
+use crate::totem::{
+    Config, Destination, Event, Guarantee, Instant, Node, NodeId, NodeState, RingId, RingSeqStore,
+};
 
 struct Store(Rc<Cell<u64>>);
 

@@ -1367,6 +1367,3 @@ fn mcast_sender<'a>(
 
 #[cfg(test)]
 mod tests;
-
-#[cfg(test)]
-mod sim_tests;
