@@ -54,12 +54,13 @@ bench-client:
 # Arguments for `make bench-engine`, e.g. ENGINE_BENCH_ARGS="--nodes 3 --sizes 64 --seconds 5".
 ENGINE_BENCH_ARGS ?=
 
+# The load generator is a test hook: ringcastd built with the feature test-hooks.
 bench-engine:
-	$(CARGO) build --release -p ringcast-engine --bin ringcastd
+	$(CARGO) build --release -p ringcast-engine --features test-hooks --bin ringcastd
 	$(CARGO) run --release -p ringcast-bench --bin engine_throughput -- $(ENGINE_BENCH_ARGS)
 
 sim:
-	$(CARGO) run --release -p ringcast-engine --bin ringcast-sim -- $(SIM_ARGS)
+	$(CARGO) run --release -p ringcast-sim --bin ringcast-sim -- $(SIM_ARGS)
 
 # A local multi-engine ring until Ctrl-C, e.g. `make cluster CLUSTER_NODES=5`.
 CLUSTER_NODES ?= 3

@@ -5,9 +5,8 @@
 //! See docs/architecture.md.
 #![deny(unsafe_op_in_unsafe_fn)]
 
-pub use ringcast_proto::{cpg, splitmix, totem, wire};
+pub use ringcast_proto::{cpg, service, splitmix, totem, wire};
 
 pub mod daemon;
 pub mod io;
 pub mod ipc;
-pub mod sim;

@@ -25,9 +25,9 @@ use common::*;
 use ringcast_engine::daemon::delivery_log::{self, Logged, LoggedStart};
 use ringcast_engine::daemon::keyfile::{self, counter_from_clock};
 use ringcast_engine::daemon::load::Generated;
-use ringcast_engine::sim::checker;
 use ringcast_engine::wire::seal::{Key, OpenError, Opener, Sealer};
 use ringcast_engine::wire::{CommitEntry, CommitToken, Join, Mcast, Packet, Recovered, Token};
+use ringcast_sim::checker;
 
 /// Runs the load generator (`rate` messages of 64 bytes per second per node) with a
 /// delivery log on every node, for [`Cluster::check_guarantees`].

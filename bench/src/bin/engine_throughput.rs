@@ -21,7 +21,7 @@
 //! test runs it so the benchmark cannot rot.
 //!
 //! ```text
-//! cargo build --release -p ringcast-engine --bin ringcastd
+//! cargo build --release -p ringcast-engine --features test-hooks --bin ringcastd
 //! cargo run --release -p ringcast-bench --bin engine_throughput
 //! ```
 
@@ -357,7 +357,8 @@ fn resolved(mut args: Args) -> Args {
 
 fn run(args: &Args) -> Result<Vec<Row>, String> {
     let daemon = find_daemon(args.daemon.as_deref()).ok_or(
-        "ringcastd not found: build it (cargo build --release -p ringcast-engine) or pass --daemon",
+        "ringcastd not found: build it (cargo build --release -p ringcast-engine --features \
+         test-hooks) or pass --daemon",
     )?;
     let mut rows = Vec::new();
     for &n in &args.nodes {

@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cpg;
+pub mod service;
 pub mod splitmix;
 pub mod totem;
 pub mod wire;

@@ -516,6 +516,40 @@ pub struct DaemonConfig {
     pub recv_datagram_bytes: usize,
 }
 
+/// The load generator and the delivery log exist only with the feature `test-hooks`.
+#[cfg(feature = "test-hooks")]
+fn check_test_hooks(s: &Settings, totem: &crate::totem::Config) -> Result<(), SettingError> {
+    if s.load.size_bytes != 0 {
+        if s.load.size_bytes < super::load::HEADER_BYTES {
+            return Err(invalid(
+                "load.size_bytes",
+                format!("at least {} (or 0 = off)", super::load::HEADER_BYTES),
+            ));
+        }
+        if s.load.size_bytes > totem.max_message_bytes {
+            return Err(invalid(
+                "load.size_bytes",
+                "larger than totem.max_message_bytes",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Without the feature `test-hooks`, the settings that would turn a hook on are
+/// refused rather than ignored.
+#[cfg(not(feature = "test-hooks"))]
+fn check_test_hooks(s: &Settings, _totem: &crate::totem::Config) -> Result<(), SettingError> {
+    const WHY: &str = "0 / unset: this ringcastd is built without the feature test-hooks";
+    if s.load.size_bytes != 0 {
+        return Err(invalid("load.size_bytes", WHY));
+    }
+    if s.delivery_log.is_some() {
+        return Err(invalid("delivery_log", WHY));
+    }
+    Ok(())
+}
+
 /// Largest UDP payload over IPv4.
 const MAX_DATAGRAM_BYTES: usize = 65_507;
 /// `totem::Config::validate`'s lower bound on a datagram.
@@ -760,20 +794,7 @@ impl DaemonConfig {
 
         let totem = totem_config(s, nodes.len(), s.datagram_bytes - seal_overhead)?;
         check_ipc(&s.ipc)?;
-        if s.load.size_bytes != 0 {
-            if s.load.size_bytes < super::load::HEADER_BYTES {
-                return Err(invalid(
-                    "load.size_bytes",
-                    format!("at least {} (or 0 = off)", super::load::HEADER_BYTES),
-                ));
-            }
-            if s.load.size_bytes > totem.max_message_bytes {
-                return Err(invalid(
-                    "load.size_bytes",
-                    "larger than totem.max_message_bytes",
-                ));
-            }
-        }
+        check_test_hooks(s, &totem)?;
 
         let recv_datagram_bytes =
             recv_datagram_bytes(s.datagram_bytes, nodes.len(), s.key_file.is_some());

@@ -1,9 +1,8 @@
-//! The delivery log: a test feature with which an engine appends what it submitted and
-//! delivered, and every configuration change, to a file, so that a test can check the
-//! guarantees across processes with the simulator's checkers (issue 3: "Messages
-//! generated inside the engines … are checked against the same guarantees as in the
-//! simulator"). Off by default (`delivery_log = "FILE"`, `--delivery-log FILE`); when off
-//! the engine pays one `Option` check per event.
+//! The delivery log, a test hook (feature `test-hooks`): an engine appends what its
+//! load generator submitted and what it delivered, and every configuration change, to
+//! a file, so that a test can check the guarantees across processes with the
+//! simulator's checkers (docs/invariants.md). Off unless configured
+//! (`delivery_log = "FILE"`, `--delivery-log FILE`); absent from the default build.
 //!
 //! One text line per record, appended, so that a restarted engine continues the same
 //! file; every start writes a header record first (on a line of its own):
@@ -18,7 +17,7 @@
 //! `<epoch>` is the start's load-generator epoch (see [`super::load`]); `<gen>` is
 //! `<node>/<epoch>/<seq>` from a generated message's header, `-` for any other payload;
 //! `<ring>` is `rep.seq`; node lists are comma-separated, `-` when empty; `<checksum>` is
-//! [`crate::sim::workload::checksum`] of the whole payload; `<t_ns>` is the engine's clock
+//! [`ringcast_sim::workload::checksum`] of the whole payload; `<t_ns>` is the engine's clock
 //! (ns since that start: comparable within one start only).
 //!
 //! Records are buffered (at most [`BUFFER_BYTES`] and one record) and written when the
@@ -34,11 +33,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::load::Generated;
-use crate::sim::trace::{End, Incarnation, Integrity, MsgId, Record, RecordKind, Trace};
-use crate::sim::workload::checksum;
 use crate::totem::{
     ConfigurationChange, ConfigurationKind, Delivery, Guarantee, Instant, NodeId, RingId,
 };
+use ringcast_sim::trace::{End, Incarnation, Integrity, MsgId, Record, RecordKind, Trace};
+use ringcast_sim::workload::checksum;
 
 /// Records wait in memory up to this many bytes.
 pub const BUFFER_BYTES: usize = 64 << 10;
@@ -382,7 +381,7 @@ pub fn parse(text: &str) -> Result<Vec<LoggedStart>, LogError> {
 }
 
 /// Turns the logs of every start of every node (each node's starts in file order) into a
-/// simulator [`Trace`] for [`crate::sim::checker`]: each start is an incarnation,
+/// simulator [`Trace`] for [`ringcast_sim::checker`]: each start is an incarnation,
 /// numbered per node from 0; a generated message's id is (its header's node, the
 /// incarnation whose epoch it carries, its seq). A start followed by another start of the
 /// same node, or of a node in `ended`, ended (as a crash). The outcome is left at its
@@ -539,7 +538,7 @@ mod tests {
     use super::*;
     use crate::daemon::config::LoadSettings;
     use crate::daemon::load::LoadGenerator;
-    use crate::sim::checker;
+    use ringcast_sim::checker;
 
     fn dir(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!(

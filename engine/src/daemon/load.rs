@@ -1,15 +1,19 @@
-//! The internal load generator (issue 3, "Figures"): the engine submits messages of its
-//! own at a set rate and checks the ones it delivers, so that ordered throughput can be
-//! measured before clients exist.
+//! The internal load generator, a benchmark and test hook (feature `test-hooks`): the
+//! engine submits messages of its own at a set rate and checks the ones it delivers, so
+//! that ordered throughput can be measured without clients.
 //!
 //! Every generated message starts with a 24-byte header, little-endian:
 //!
 //! ```text
-//!  0      4        8                16               24
-//!  +------+--------+----------------+----------------+---------- - -
-//!  | magic| sender | epoch (u64)    | seq (u64)      | filler
-//!  +------+--------+----------------+----------------+---------- - -
+//!  0     1      4        8                16               24
+//!  +-----+------+--------+----------------+----------------+---------- - -
+//!  | svc | 0 0 0| sender | epoch (u64)    | seq (u64)      | filler
+//!  +-----+------+--------+----------------+----------------+---------- - -
 //! ```
+//!
+//! `svc` is [`ServiceId::LoadGenerator`]: the engine hands a delivery to the checker
+//! because its service id says it is the generator's, as it hands CPG's to the CPG
+//! service (docs/wire-format.md).
 //!
 //! `epoch` is the sender's start time, so that a restarted sender starts a new sequence;
 //! `seq` counts from 1. The checker counts, per sender, deliveries in FIFO order, gaps
@@ -22,11 +26,11 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::config::LoadSettings;
+use crate::service::ServiceId;
 use crate::totem::{Instant, NodeId};
 
 /// Bytes of the generator's header.
 pub const HEADER_BYTES: usize = 24;
-const MAGIC: u32 = 0x4c43_5252; // "RRCL"
 /// Most senders the checker tracks (bounded by the largest ring).
 const MAX_SENDERS: usize = crate::wire::MAX_MEMBERS * 4;
 
@@ -92,7 +96,8 @@ impl LoadGenerator {
         }
         self.generated += 1;
         let mut buf = BytesMut::with_capacity(self.size_bytes);
-        buf.put_u32_le(MAGIC);
+        buf.put_u8(ServiceId::LoadGenerator as u8);
+        buf.put_bytes(0, 3);
         buf.put_u32_le(self.node_id);
         buf.put_u64_le(self.epoch);
         buf.put_u64_le(self.generated);
@@ -123,8 +128,10 @@ impl LoadGenerator {
 /// What the checker made of one delivery.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum Check {
-    /// Not a generated message.
-    Foreign,
+    /// Not a generated message: too short, or of another service.
+    Malformed,
+    /// From a sender beyond the most the checker tracks: not checked.
+    Untracked,
     /// The next message of its sender.
     InOrder,
     /// In order, after `missing` messages of that sender that were not delivered here.
@@ -145,13 +152,14 @@ pub struct Generated {
 }
 
 impl Generated {
-    /// Reads the header, or `None` when `payload` is not a generated message.
+    /// Reads the header of a message of the generator's service, or `None` when
+    /// `payload` is too short or of another service.
     pub fn parse(payload: &[u8]) -> Option<Generated> {
         let header = payload.get(..HEADER_BYTES)?;
         let u32_at =
             |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
         let u64_at = |i: usize| u64::from(u32_at(i)) | (u64::from(u32_at(i + 4)) << 32);
-        (u32_at(0) == MAGIC).then(|| Generated {
+        (ServiceId::of(header) == Some(ServiceId::LoadGenerator)).then(|| Generated {
             sender: u32_at(4),
             epoch: u64_at(8),
             seq: u64_at(16),
@@ -169,10 +177,10 @@ pub struct LoadChecker {
 impl LoadChecker {
     pub fn check(&mut self, payload: &[u8]) -> Check {
         let Some(Generated { sender, epoch, seq }) = Generated::parse(payload) else {
-            return Check::Foreign;
+            return Check::Malformed;
         };
         if !self.last.contains_key(&sender) && self.last.len() >= MAX_SENDERS {
-            return Check::Foreign;
+            return Check::Untracked;
         }
         let entry = self.last.entry(sender).or_insert((epoch, 0));
         if epoch > entry.0 {
@@ -243,7 +251,9 @@ mod tests {
         assert_eq!(c.check(&m1), Check::InOrder);
         assert_eq!(c.check(&m3), Check::Gap { missing: 1 });
         assert_eq!(c.check(&m3), Check::OutOfOrder);
-        assert_eq!(c.check(b"not generated"), Check::Foreign);
+        assert_eq!(c.check(b"not generated"), Check::Malformed);
+        assert_eq!(c.check(&m1[..HEADER_BYTES - 1]), Check::Malformed);
+        assert_eq!(ServiceId::of(&m1), Some(ServiceId::LoadGenerator));
         // A restarted sender (newer epoch) starts again at 1.
         let mut b = LoadGenerator::new(&settings(30, 0, 0), 1, 11).unwrap();
         assert_eq!(c.check(&b.next(now).unwrap()), Check::InOrder);

@@ -6,8 +6,11 @@
 //! IO (and all `unsafe`) is in [`crate::io`].
 
 pub mod config;
+#[cfg(feature = "test-hooks")]
 pub mod delivery_log;
+pub mod hooks;
 pub mod keyfile;
+#[cfg(feature = "test-hooks")]
 pub mod load;
 pub mod ringseq;
 

@@ -28,14 +28,13 @@ use super::bufring::BufRing;
 use super::net::{NAME_BYTES, RawAddr, Sockets, parse_name};
 use super::signal::{SIGINFO_BYTES, Waker, termination_fd};
 use super::stats::{Counter, StatsWriter};
-use crate::daemon::delivery_log::DeliveryLog;
+use crate::daemon::hooks::{HookError, TestHooks};
 use crate::daemon::keyfile::{self, KeyError};
-use crate::daemon::load::{Check, Generated, LoadChecker, LoadGenerator};
 use crate::daemon::{DaemonConfig, FileRingSeqStore, IdleStrategy};
 use crate::ipc::{Ipc, IpcSettings, session::BacklogLimits};
+use crate::service::ServiceId;
 use crate::totem::{
-    ConfigurationKind, Destination, Event, Gather, Guarantee, Instant, Node, NodeId, NodeState,
-    SubmitError, Transmit,
+    ConfigurationKind, Destination, Event, Gather, Instant, Node, NodeId, Transmit,
 };
 use crate::wire::packet::looks_like_mcast;
 use crate::wire::seal::{OpenError, Opener, Sealer};
@@ -54,8 +53,6 @@ const MAX_SLEEP: Duration = Duration::from_millis(250);
 const THROTTLED_POLL: Duration = Duration::from_millis(1);
 /// How long a leaving engine waits for its last datagrams to be sent.
 const LEAVE_FLUSH: Duration = Duration::from_secs(1);
-/// Most messages the load generator submits per iteration.
-const LOAD_BATCH: usize = 256;
 /// Receive buffer ring group id.
 const BUF_GROUP: u16 = 0;
 
@@ -108,6 +105,9 @@ pub enum EngineError {
     /// The client socket or sessions could not be set up.
     #[error(transparent)]
     Ipc(#[from] crate::ipc::IpcError),
+    /// A test hook (the delivery log) could not start.
+    #[error(transparent)]
+    Hook(#[from] HookError),
 }
 
 fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> EngineError {
@@ -238,11 +238,8 @@ pub struct Engine {
     sealer: Option<Sealer>,
     opener: Option<Opener>,
     stats: StatsWriter,
-    load: Option<LoadGenerator>,
-    load_started: bool,
-    checker: LoadChecker,
-    /// Test feature: every submit, delivery and configuration change, to a file.
-    delivery_log: Option<DeliveryLog>,
+    /// The load generator and the delivery log (feature `test-hooks`; empty otherwise).
+    hooks: TestHooks,
 
     /// `Destination::All`: every node (udpu) or the group (multicast).
     all_dests: Vec<RawAddr>,
@@ -407,24 +404,7 @@ impl Engine {
             .collect();
         // Start time in ns: a fresh epoch per start.
         let epoch = keyfile::counter_from_clock();
-        let load = LoadGenerator::new(&s.load, config.node_id, epoch);
-        let delivery_log = match &s.delivery_log {
-            None => None,
-            Some(path) => {
-                let log = DeliveryLog::open(path, config.node_id, epoch, Instant::ZERO)
-                    .map_err(io_error(format!("delivery_log {}", path.display())))?;
-                tracing::warn!(path = %path.display(), "delivery log on (a test feature)");
-                Some(log)
-            }
-        };
-        if load.is_some() {
-            tracing::info!(
-                size_bytes = s.load.size_bytes,
-                rate_per_s = s.load.rate_per_s,
-                count = s.load.count,
-                "load generator on"
-            );
-        }
+        let hooks = TestHooks::new(&config, epoch)?;
         tracing::info!(
             node_id = config.node_id,
             cluster = %s.cluster_name,
@@ -521,10 +501,7 @@ impl Engine {
             sealer,
             opener,
             stats,
-            load,
-            load_started: false,
-            checker: LoadChecker::default(),
-            delivery_log,
+            hooks,
             all_dests,
             node_dests,
             pending: VecDeque::new(),
@@ -726,7 +703,9 @@ impl Engine {
                 self.node.handle_timeout(now);
                 work += 1;
             }
-            work += self.generate_load(now);
+            if self.leaving_until.is_none() {
+                work += self.hooks.generate_load(&mut self.node, now, &self.stats);
+            }
             work += self.ipc.poll_rings(&mut self.node, now);
             work += self.drain_events(now);
             let now = self.now();
@@ -734,11 +713,7 @@ impl Engine {
             self.cancel_closed_polls();
             work += self.drain_transmits();
             self.publish_stats(now);
-            if let Some(log) = &mut self.delivery_log {
-                if let Err(e) = log.tick(now) {
-                    log_failed(&mut self.delivery_log, &e);
-                }
-            }
+            self.hooks.tick(now);
 
             let flushed = self.sends_in_flight == 0 && self.pending.is_empty();
             if self
@@ -753,11 +728,7 @@ impl Engine {
                 }
                 self.ipc.shutdown(&mut self.node, now);
                 let _ = self.ring.submit();
-                if let Some(log) = &mut self.delivery_log {
-                    if let Err(e) = log.flush(now) {
-                        log_failed(&mut self.delivery_log, &e);
-                    }
-                }
+                self.hooks.flush(now);
                 tracing::info!("left the ring, exiting");
                 return Ok(());
             }
@@ -781,9 +752,8 @@ impl Engine {
                         let now = self.now();
                         let deadline = [
                             self.node.poll_timeout(),
-                            self.load.as_ref().and_then(|l| l.next_deadline(now)),
+                            self.hooks.next_deadline(now),
                             self.leaving_until,
-                            self.delivery_log.as_ref().and_then(DeliveryLog::next_flush),
                         ]
                         .into_iter()
                         .flatten()
@@ -910,9 +880,7 @@ impl Engine {
                     self.reload_drop_rule();
                 } else if complete && signo == libc::SIGUSR2 {
                     // Tests and benchmarks end their load phase without stopping engines.
-                    if let Some(load) = self.load.take() {
-                        tracing::info!(generated = load.generated(), "load generator stopped");
-                    }
+                    self.hooks.stop_load();
                 } else if complete && self.leaving_until.is_none() {
                     tracing::info!(signal = signo, "termination signal: leaving the ring");
                     self.node.leave(now);
@@ -1083,97 +1051,22 @@ impl Engine {
         self.drop_from = ids;
     }
 
-    fn generate_load(&mut self, now: Instant) -> usize {
-        let Some(load) = &mut self.load else {
-            return 0;
-        };
-        if self.leaving_until.is_some() {
-            return 0;
-        }
-        if !self.load_started {
-            if self.node.state() != NodeState::Operational {
-                return 0;
-            }
-            self.load_started = true;
-        }
-        let mut submitted = 0;
-        while submitted < LOAD_BATCH {
-            let Some(message) = load.next(now) else {
-                break;
-            };
-            match self.node.submit(now, message.clone(), Guarantee::Agreed) {
-                Ok(()) => {
-                    submitted += 1;
-                    if let Some(log) = &mut self.delivery_log {
-                        if let Err(e) = log.submitted(now, &message) {
-                            log_failed(&mut self.delivery_log, &e);
-                        }
-                    }
-                }
-                Err(SubmitError::TryAgain) => {
-                    self.stats.add(Counter::SubmitTryAgain, 1);
-                    load.refused(message);
-                    break;
-                }
-                Err(e @ SubmitError::TooBig { .. }) => {
-                    tracing::error!(error = %e, "load generator disabled");
-                    self.load = None;
-                    break;
-                }
-            }
-        }
-        self.stats.add(Counter::LoadSubmitted, submitted as u64);
-        submitted
-    }
-
-    /// Counts, logs and checks Totem's events, then hands them to the CPG service (all
-    /// but the load generator's own messages, which are not CPG messages).
+    /// Counts and logs Totem's events, then hands each delivery to its service (by
+    /// the service id its payload starts with: docs/wire-format.md) and each
+    /// configuration change to the CPG service.
     fn drain_events(&mut self, now: Instant) -> usize {
         let mut n = 0;
         while let Some(event) = self.node.poll_event() {
             n += 1;
-            if let Some(log) = &mut self.delivery_log {
-                // Only the load generator's messages: the CPG service's own (joinlists,
-                // group messages) are not the generator's to check.
-                let result = match &event {
-                    Event::Deliver(delivery) if Generated::parse(&delivery.payload).is_some() => {
-                        log.delivered(now, delivery)
-                    }
-                    Event::Deliver(_) => Ok(()),
-                    Event::Configuration(change) => log.configuration(now, change),
-                };
-                if let Err(e) = result {
-                    log_failed(&mut self.delivery_log, &e);
-                }
-            }
-            let mut to_service = true;
+            self.hooks.on_event(now, &event);
             match &event {
                 Event::Deliver(delivery) => {
                     self.stats.add(Counter::MessagesDelivered, 1);
                     self.stats
                         .add(Counter::BytesDelivered, delivery.payload.len() as u64);
-                    let check = self.checker.check(&delivery.payload);
-                    to_service = check == Check::Foreign;
-                    match check {
-                        Check::Foreign => {}
-                        Check::InOrder => {
-                            self.stats.add(Counter::LoadDelivered, 1);
-                            self.stats
-                                .add(Counter::LoadDeliveredBytes, delivery.payload.len() as u64);
-                        }
-                        Check::Gap { missing } => {
-                            self.stats.add(Counter::LoadDelivered, 1);
-                            self.stats
-                                .add(Counter::LoadDeliveredBytes, delivery.payload.len() as u64);
-                            self.stats.add(Counter::LoadGaps, missing);
-                        }
-                        Check::OutOfOrder => {
-                            self.stats.add(Counter::LoadOutOfOrder, 1);
-                            tracing::error!(
-                                sender = delivery.sender,
-                                "generated message delivered out of order or twice"
-                            );
-                        }
+                    if ServiceId::of(&delivery.payload) == Some(ServiceId::LoadGenerator) {
+                        self.hooks.on_generated(now, delivery, &self.stats);
+                        continue;
                     }
                 }
                 Event::Configuration(change) => {
@@ -1197,9 +1090,7 @@ impl Engine {
                     );
                 }
             }
-            if to_service {
-                self.ipc.handle_totem_event(event, &mut self.node, now);
-            }
+            self.ipc.handle_totem_event(event, &mut self.node, now);
         }
         n
     }
@@ -1357,12 +1248,6 @@ impl Engine {
 
 /// The delivery log could not be written: say so and stop writing it (its readers then
 /// find records missing rather than a log that looks complete).
-fn log_failed(log: &mut Option<DeliveryLog>, error: &std::io::Error) {
-    if let Some(failed) = log.take() {
-        tracing::error!(path = %failed.path().display(), %error, "delivery log failed; no longer written");
-    }
-}
-
 /// Builds an engine from `config` and runs it on the calling thread.
 pub fn run(config: DaemonConfig) -> Result<(), EngineError> {
     Engine::new(config)?.run()

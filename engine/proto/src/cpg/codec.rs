@@ -3,7 +3,7 @@
 //! an application payload is a zero-copy slice of the Totem delivery.
 //!
 //! ```text
-//! every message   0: u8 version (1)   1: u8 kind
+//! every message   0: u8 service id = version (1)   1: u8 kind
 //! JOIN     (1)    2: u32 pid   6: u8 name_len (1..=128)   7: name
 //! LEAVE    (2)    same as JOIN (the member left with cpg_leave, reason LEAVE)
 //! PROCDOWN (3)    same as JOIN (the member's connection went away, reason PROCDOWN)
@@ -21,7 +21,9 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use super::{GroupName, MAX_NAME_BYTES};
 use crate::totem::RingId;
 
-pub const VERSION: u8 = 1;
+/// The first byte of every CPG message: the CPG service's id (crate::service), which
+/// is also the version of this encoding.
+pub const VERSION: u8 = crate::service::ServiceId::Cpg as u8;
 
 const KIND_JOIN: u8 = 1;
 const KIND_LEAVE: u8 = 2;

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::trace::{Incarnation, Integrity, MsgId, Record, RecordKind, Trace};
-use crate::totem::{ConfigurationChange, ConfigurationKind, Guarantee, NodeId, RingId};
+use ringcast_proto::totem::{ConfigurationChange, ConfigurationKind, Guarantee, NodeId, RingId};
 
 /// Lines of trace shown with a violation.
 pub const EXCERPT: usize = 20;

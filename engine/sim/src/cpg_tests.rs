@@ -21,8 +21,8 @@ use std::time::Duration;
 
 use super::network::{Network, NetworkOptions};
 use super::rng::{Rng, derive};
-use crate::cpg::*;
-use crate::totem::{
+use ringcast_proto::cpg::*;
+use ringcast_proto::totem::{
     Config, Destination, Event, Guarantee, Instant, Node, NodeId, NodeState, RingId, RingSeqStore,
 };
 
@@ -615,7 +615,7 @@ impl Harness {
                 }
                 Event::Configuration(c) => Pos::Config(
                     c.ring_id,
-                    c.kind == crate::totem::ConfigurationKind::Regular,
+                    c.kind == ringcast_proto::totem::ConfigurationKind::Regular,
                 ),
             };
             let before = service.synced_ring().map(|r| r.0);
@@ -1100,7 +1100,7 @@ fn cpg_over_totem_keeps_its_guarantees_under_faults() {
 }
 
 /// The same on more seeds, run by hand:
-/// `CPG_SIM_SEEDS=25-400 cargo test -p ringcast-engine --lib many_seeds -- --ignored`.
+/// `CPG_SIM_SEEDS=25-400 cargo test -p ringcast-sim --lib many_seeds -- --ignored`.
 #[test]
 #[ignore = "long; run by hand with CPG_SIM_SEEDS=a-b"]
 fn cpg_over_totem_many_seeds() {

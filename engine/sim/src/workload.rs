@@ -19,7 +19,7 @@ use bytes::{BufMut, Bytes};
 
 use super::rng::{Rng, splitmix64};
 use super::trace::{Integrity, MsgId};
-use crate::totem::Guarantee;
+use ringcast_proto::totem::Guarantee;
 
 pub const HEADER_BYTES: usize = 32;
 const MAGIC: u32 = 0x4d53_4352; // "RCSM"

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use ringcast_engine::sim::{self, RunReport, SimOptions};
+use ringcast_sim::{self as sim, RunReport, SimOptions};
 
 fn options() -> SimOptions {
     let mut options = SimOptions {

@@ -1,8 +1,8 @@
-//! The deterministic cluster simulator (DESIGN.md, `sim/`; in the manner of
+//! The deterministic cluster simulator (docs/architecture.md; in the manner of
 //! TigerBeetle's VOPR): N [`Node`]s on one thread, virtual time, a seeded network that
 //! drops, duplicates, reorders, delays and partitions, nodes that crash, leave and
 //! restart, a workload of checksummed messages, and checkers for every guarantee
-//! (DESIGN.md "Guarantees") run over the recorded trace.
+//! (docs/invariants.md) run over the recorded trace.
 //!
 //! Everything a run does follows from one `u64` seed and the [`SimOptions`]: a failing
 //! seed replays bit-for-bit (`ringcast-sim --seed S`).
@@ -12,6 +12,7 @@
 //! (`poll_timeout`), the next datagram arrival; ties are broken in that order, nodes by
 //! id and datagrams by send order. After every call into a node it drains the node's
 //! transmits into the network and its events into the trace.
+#![forbid(unsafe_code)]
 
 pub mod checker;
 pub mod network;
@@ -28,12 +29,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::totem::{
+use checker::Violation;
+use network::{Network, NetworkOptions, NetworkStats};
+use ringcast_proto::totem::{
     Config, Destination, Event, Guarantee, Instant, Node, NodeId, NodeState, RingSeqStore,
     SubmitError,
 };
-use checker::Violation;
-use network::{Network, NetworkOptions, NetworkStats};
 use rng::{Rng, derive};
 use trace::{End, Incarnation, MsgId, Record, RecordKind, Trace, fmt_instant};
 use workload::WorkloadOptions;
@@ -208,7 +209,7 @@ impl SimOptions {
     /// The command line that replays `seed` with these options.
     pub fn replay_command(&self, seed: u64) -> String {
         let mut cmd =
-            format!("cargo run --release -p ringcast-engine --bin ringcast-sim -- --seed {seed}");
+            format!("cargo run --release -p ringcast-sim --bin ringcast-sim -- --seed {seed}");
         for arg in self.to_args() {
             cmd.push(' ');
             cmd.push_str(&arg);
@@ -572,7 +573,7 @@ impl Sim {
                 self.mix(&[1, self.now.as_nanos(), u64::from(d.from), u64::from(d.to)]);
                 self.mix(&[d.payload.len() as u64]);
                 if self.options.trace_net {
-                    let mut text = match crate::wire::Packet::decode(&d.payload, 0) {
+                    let mut text = match ringcast_proto::wire::Packet::decode(&d.payload, 0) {
                         Ok(packet) => format!("{packet:?}"),
                         Err(e) => format!("undecodable: {e:?}"),
                     };
@@ -1035,7 +1036,9 @@ impl Sim {
             for r in &inc.records {
                 match &r.kind {
                     RecordKind::Delivered { .. } => delivered += 1,
-                    RecordKind::Config(c) if c.kind == crate::totem::ConfigurationKind::Regular => {
+                    RecordKind::Config(c)
+                        if c.kind == ringcast_proto::totem::ConfigurationKind::Regular =>
+                    {
                         configurations += 1;
                         rings.insert(c.ring_id);
                     }

@@ -6,7 +6,7 @@ fn default_options_need_no_flags() {
     assert!(options.to_args().is_empty());
     assert_eq!(
         options.replay_command(7),
-        "cargo run --release -p ringcast-engine --bin ringcast-sim -- --seed 7"
+        "cargo run --release -p ringcast-sim --bin ringcast-sim -- --seed 7"
     );
 }
 

@@ -5,7 +5,9 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::totem::{ConfigurationChange, ConfigurationKind, Guarantee, Instant, NodeId, RingId};
+use ringcast_proto::totem::{
+    ConfigurationChange, ConfigurationKind, Guarantee, Instant, NodeId, RingId,
+};
 
 /// Identifies one application message of the workload: its sender incarnation and the
 /// sender's counter (from 0 in each incarnation).

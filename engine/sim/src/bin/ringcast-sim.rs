@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use clap::Parser;
-use ringcast_engine::sim::{self, RunReport, SimOptions};
+use ringcast_sim::{self as sim, RunReport, SimOptions};
 
 #[derive(Parser, Debug)]
 #[command(about = "Deterministic Totem cluster simulator with fault injection and checkers")]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::rng::Rng;
-use crate::totem::{Instant, NodeId};
+use ringcast_proto::totem::{Instant, NodeId};
 
 /// Network behaviour. Probabilities are per datagram copy (a multicast is one copy per
 /// destination, each decided on its own).

@@ -9,7 +9,7 @@
 //! xoshiro256**), a dozen lines each, and every derived value (ranges, probabilities)
 //! is computed by code in this file.
 
-pub use crate::splitmix::splitmix64;
+pub use ringcast_proto::splitmix::splitmix64;
 
 /// A seed derived from `seed` and a purpose tag, so that the network, the workload and
 /// the fault schedule draw from independent streams (changing how many numbers one of

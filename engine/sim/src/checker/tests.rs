@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 use super::*;
-use crate::sim::trace::{End, Outcome};
-use crate::sim::workload::encode;
-use crate::totem::Instant;
+use crate::trace::{End, Outcome};
+use crate::workload::encode;
+use ringcast_proto::totem::Instant;
 
 fn ring(rep: NodeId, seq: u64) -> RingId {
     RingId { rep, seq }
