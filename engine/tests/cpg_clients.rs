@@ -595,6 +595,44 @@ fn a_client_scribbling_on_its_rings_is_cut_off() {
         );
     }
 
+    // A guarantee that is no cpg_guarantee_t is INVALID_PARAM on every path: the
+    // session is closed for it, whether it comes with a message piece or a send
+    // buffer reference (never read as AGREED).
+    {
+        let (socket, _, mut fds) = raw_session(&cluster);
+        let mut piece = vec![0u8; ringcast_shm::proto::PartHeader::BYTES + 8];
+        ringcast_shm::proto::PartHeader {
+            a: 7,
+            b: 0,
+            flags: ringcast_shm::proto::PART_FIRST | ringcast_shm::proto::PART_LAST,
+            c: 0,
+            total_len: 8,
+        }
+        .write(&mut piece);
+        expect_closed_for(
+            &socket,
+            fds.remove(0),
+            ringcast_shm::proto::submit::MCAST_PART,
+            &piece,
+            "a message piece with guarantee 7",
+        );
+    }
+    {
+        let (socket, _, mut fds) = raw_session(&cluster);
+        let inside = ringcast_shm::proto::MessageRef {
+            guarantee: 7,
+            offset: 0,
+            len: 8,
+        };
+        expect_closed_for(
+            &socket,
+            fds.remove(0),
+            ringcast_shm::proto::submit::MCAST_REF,
+            &inside.encode(),
+            "a send buffer reference with guarantee 7",
+        );
+    }
+
     // The engine is up and the good client still works.
     for i in 0..50u32 {
         retry(|| good.mcast(Guarantee::Agreed, &i.to_le_bytes()));

@@ -914,11 +914,13 @@ impl Ipc {
                     // A message the client wrote into its region's buffer pool: copied
                     // out (once, as any message) before the record is consumed, which is
                     // what gives the buffer back to the client.
-                    let message = message_ref(record.payload)
-                        .and_then(|(g, m)| Some((g, ready.region.pool_slice(m.offset, m.len)?)));
+                    let message = message_ref(record.payload).and_then(|(g, m)| {
+                        let payload = ready.region.pool_slice(m.offset, m.len);
+                        Ok((g, payload.ok_or("bad message buffer reference")?))
+                    });
                     match message {
-                        None => Step::Fault("bad message buffer reference"),
-                        Some((g, payload)) => {
+                        Err(why) => Step::Fault(why),
+                        Ok((g, payload)) => {
                             let step = take_message(
                                 self.pool.as_mut(),
                                 &mut self.service,
@@ -936,29 +938,33 @@ impl Ipc {
                 }
                 proto::submit::MCAST_POOL_REF => {
                     let message = message_ref(record.payload).and_then(|(g, m)| {
-                        let (slab, slab_len) = ready.slab?;
-                        let end = m
-                            .offset
-                            .checked_add(cpg::MCAST_HEADER_MAX as u64)?
-                            .checked_add(m.len)?;
-                        (m.offset >= slab && end <= slab + slab_len as u64).then_some((g, m))
+                        let within = |(slab, slab_len): (u64, usize)| {
+                            let end = m
+                                .offset
+                                .checked_add(cpg::MCAST_HEADER_MAX as u64)?
+                                .checked_add(m.len)?;
+                            (m.offset >= slab && end <= slab + slab_len as u64).then_some(())
+                        };
+                        ready
+                            .slab
+                            .and_then(within)
+                            .ok_or("bad in-place message reference")?;
+                        Ok((g, m))
                     });
                     match (message, &self.pool) {
-                        (Some((g, m)), Some(pool)) => {
+                        (Ok((g, m)), Some(pool)) => {
                             let slab = self.slabs.get_mut(&conn);
                             in_place_message(pool, slab, &mut self.service, conn, g, m, &mut totem)
                         }
-                        _ => Step::Fault("bad in-place message reference"),
+                        (Err(why), _) => Step::Fault(why),
+                        (Ok(_), None) => Step::Fault("bad in-place message reference"),
                     }
                 }
                 proto::submit::MCAST_PART => match PartHeader::read(record.payload) {
                     Err(_) => Step::Fault("malformed message piece"),
+                    Ok((h, _)) if guarantee_of(h.a).is_err() => Step::Fault(INVALID_GUARANTEE),
                     Ok((h, piece)) => {
-                        let g = match WireGuarantee::from_cpg(h.a) {
-                            Some(WireGuarantee::Safe) => Guarantee::Safe,
-                            Some(WireGuarantee::Agreed) => Guarantee::Agreed,
-                            None => Guarantee::Agreed,
-                        };
+                        let g = guarantee_of(h.a).unwrap_or(Guarantee::Agreed);
                         part(
                             &mut ready.assembly,
                             self.pool.as_mut(),
@@ -1272,15 +1278,27 @@ fn part(
     }
 }
 
-/// A `MCAST_REF` / `MCAST_POOL_REF` record: its guarantee and reference, or None when
-/// malformed.
-fn message_ref(payload: &[u8]) -> Option<(Guarantee, proto::MessageRef)> {
-    let m = proto::MessageRef::decode(payload).ok()?;
-    let g = match WireGuarantee::from_cpg(m.guarantee)? {
-        WireGuarantee::Safe => Guarantee::Safe,
-        WireGuarantee::Agreed => Guarantee::Agreed,
-    };
-    Some((g, m))
+/// Why a session is closed for a guarantee that is not a `cpg_guarantee_t`.
+const INVALID_GUARANTEE: &str = "invalid guarantee (INVALID_PARAM)";
+
+/// The one reading of a guarantee a client sent (`cpg_guarantee_t`, validated by
+/// [`WireGuarantee::from_cpg`]): UNORDERED, FIFO and AGREED are delivered in agreed
+/// order, SAFE is honoured, anything else is `INVALID_PARAM` - on every path (ring
+/// records, where the session is then closed, as a client library that validates
+/// first never sends one).
+pub fn guarantee_of(value: u32) -> Result<Guarantee, CpgError> {
+    match WireGuarantee::from_cpg(value) {
+        Some(WireGuarantee::Agreed) => Ok(Guarantee::Agreed),
+        Some(WireGuarantee::Safe) => Ok(Guarantee::Safe),
+        None => Err(CpgError::InvalidParam),
+    }
+}
+
+/// A `MCAST_REF` / `MCAST_POOL_REF` record: its guarantee and reference.
+fn message_ref(payload: &[u8]) -> Result<(Guarantee, proto::MessageRef), &'static str> {
+    let m = proto::MessageRef::decode(payload).map_err(|_| "malformed message reference")?;
+    let g = guarantee_of(m.guarantee).map_err(|_| INVALID_GUARANTEE)?;
+    Ok((g, m))
 }
 
 /// A trusted sender's message written in place in its slab of the delivery pool: not

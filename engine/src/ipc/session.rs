@@ -384,6 +384,7 @@ fn event_bytes(event: &Outgoing) -> usize {
     }
 }
 
+/// The `cpg_guarantee_t` a client is told (the inverse of [`super::guarantee_of`]).
 pub fn wire_guarantee(g: Guarantee) -> u32 {
     match g {
         Guarantee::Agreed => proto::WireGuarantee::Agreed.to_u32(),
