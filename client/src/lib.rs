@@ -227,7 +227,7 @@ pub struct Cpg {
     /// The engine's delivery pool, read-only: large deliveries are read in place there.
     delivery_pool: Option<DeliveryPoolView>,
     /// The region's send buffers (see [`SendBuffer`]).
-    send_pool: Mutex<send_buffer::SendPool>,
+    send_buffers: Mutex<send_buffer::SendBuffers>,
     wake: EventFd,
     engine_wake: EventFd,
     /// epoll over `wake` and the socket: readable when events are pending or the
@@ -404,9 +404,9 @@ impl Cpg {
         } else {
             SendArea::in_region(region.clone())
         };
-        let send_pool = Mutex::new(send_buffer::SendPool::new(area));
+        let send_buffers = Mutex::new(send_buffer::SendBuffers::new(area));
         let cpg = Cpg {
-            send_pool,
+            send_buffers,
             socket: Mutex::new(socket),
             submit: Mutex::new(submit),
             receiver: Mutex::new(Receiver {
@@ -545,7 +545,7 @@ impl Cpg {
         // Above one record, or (trusted senders: no copy at all) from 4 KiB on, where a
         // reference beats a copy.
         let in_buffer = len > producer.max_record_len()
-            || (len >= TRUSTED_IN_PLACE_MIN && lock(&self.send_pool).is_trusted());
+            || (len >= TRUSTED_IN_PLACE_MIN && lock(&self.send_buffers).is_trusted());
         if in_buffer && len <= self.send_buffer_capacity() {
             drop(producer);
             let mut buffer = self.alloc(len)?;
@@ -914,7 +914,7 @@ impl Cpg {
     /// A `SENT_RELEASED` record: the send buffer it names is free again.
     fn hand_back(&self, payload: &[u8]) -> Result<()> {
         let offset = <[u8; 8]>::try_from(payload).map(u64::from_le_bytes);
-        if offset.is_ok_and(|offset| lock(&self.send_pool).released(offset)) {
+        if offset.is_ok_and(|offset| lock(&self.send_buffers).released(offset)) {
             Ok(())
         } else {
             Err(Error::with_detail(

@@ -24,7 +24,7 @@ use crate::{Cpg, Error, Guarantee, Result, Status, lock};
 /// This connection's send buffers: the area they are in, and those the engine has not
 /// given back yet.
 #[derive(Debug)]
-pub(crate) struct SendPool {
+pub(crate) struct SendBuffers {
     /// `None` when the engine gives this connection none.
     area: Option<Arc<SendArea>>,
     /// In the region's pool: submitted buffers in ring order, each with the ring
@@ -35,9 +35,9 @@ pub(crate) struct SendPool {
     sent: HashMap<u64, SentBuf>,
 }
 
-impl SendPool {
-    pub(crate) fn new(area: Option<Arc<SendArea>>) -> SendPool {
-        SendPool {
+impl SendBuffers {
+    pub(crate) fn new(area: Option<Arc<SendArea>>) -> SendBuffers {
+        SendBuffers {
             area,
             in_flight: VecDeque::new(),
             sent: HashMap::new(),
@@ -115,7 +115,7 @@ impl Cpg {
     /// engine; [`Cpg::send_buffer_capacity`]).
     pub fn alloc(&self, len: usize) -> Result<SendBuffer<'_>> {
         match self.alloc_once(len) {
-            Err(e) if e.is_try_again() && lock(&self.send_pool).is_trusted() => {
+            Err(e) if e.is_try_again() && lock(&self.send_buffers).is_trusted() => {
                 // Buffers the engine handed back in events not dispatched yet.
                 self.stash_events();
                 self.alloc_once(len)
@@ -127,7 +127,7 @@ impl Cpg {
     fn alloc_once(&self, len: usize) -> Result<SendBuffer<'_>> {
         self.check_send(len)?;
         let consumed = lock(&self.submit).consumed_upto();
-        let mut pool = lock(&self.send_pool);
+        let mut pool = lock(&self.send_buffers);
         pool.reclaim(consumed);
         let Some(area) = &pool.area else {
             return Err(Error::with_detail(
@@ -153,7 +153,7 @@ impl Cpg {
     /// Bytes of send buffers this connection has (the largest message
     /// [`Cpg::alloc`] can ever give a buffer for); 0 when the engine gives none.
     pub fn send_buffer_capacity(&self) -> usize {
-        lock(&self.send_pool).capacity()
+        lock(&self.send_buffers).capacity()
     }
 
     /// Multicasts the message written in `buffer` to the joined group
@@ -171,7 +171,7 @@ impl Cpg {
         if let Err(e) = self.check_send(buffer.len()) {
             return Err((e, buffer));
         }
-        let trusted = lock(&self.send_pool).is_trusted();
+        let trusted = lock(&self.send_buffers).is_trusted();
         let kind = if trusted {
             submit::MCAST_POOL_REF
         } else {
@@ -194,7 +194,7 @@ impl Cpg {
         }
         let end = producer.written_upto();
         let sent = buffer.buf.into_sent();
-        let mut pool = lock(&self.send_pool);
+        let mut pool = lock(&self.send_buffers);
         if trusted {
             pool.sent.insert(offset, sent);
         } else {

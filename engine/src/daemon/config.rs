@@ -7,6 +7,10 @@
 //! TOML syntax). The merged table is then checked as a whole ([`DaemonConfig::resolve`]):
 //! every error names the setting that is wrong.
 //!
+//! Names: a `*Settings` type is what the file and the flags say (this module, with
+//! serde); a layer runs with one checked type of its own: `totem::Config`,
+//! `cpg::Limits`, `ipc::IpcConfig`, and [`DaemonConfig`] holding them all.
+//!
 //! ```toml
 //! cluster_name = "prod"
 //! node_id = 2
@@ -97,7 +101,8 @@ pub struct TotemSettings {
     pub pack_by_reference_min: Option<usize>,
 }
 
-/// The internal load generator (issue 3, "Figures"): the engine submits messages itself.
+/// The internal load generator (a test hook, feature `test-hooks`): the engine submits
+/// messages itself.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LoadSettings {
@@ -113,7 +118,7 @@ pub struct LoadSettings {
 /// Client sessions (`[ipc]`): who may connect and how big each session's shared region is.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct IpcConfig {
+pub struct IpcSettings {
     /// Users allowed to connect besides root and the engine's own user.
     pub allowed_uids: Vec<u32>,
     /// Groups whose members may connect.
@@ -154,9 +159,9 @@ pub struct IpcConfig {
     pub trusted_senders: bool,
 }
 
-impl Default for IpcConfig {
-    fn default() -> IpcConfig {
-        IpcConfig {
+impl Default for IpcSettings {
+    fn default() -> IpcSettings {
+        IpcSettings {
             allowed_uids: Vec::new(),
             allowed_gids: Vec::new(),
             huge_pages: true,
@@ -216,7 +221,7 @@ pub struct Settings {
     pub nodelist: Vec<NodeEntry>,
     pub totem: TotemSettings,
     pub load: LoadSettings,
-    pub ipc: IpcConfig,
+    pub ipc: IpcSettings,
     /// Test feature: append every submit of the load generator, every delivery and
     /// every configuration change to this file (see `daemon::delivery_log`). Off when
     /// unset.
@@ -247,7 +252,7 @@ impl Default for Settings {
             nodelist: Vec::new(),
             totem: TotemSettings::default(),
             load: LoadSettings::default(),
-            ipc: IpcConfig::default(),
+            ipc: IpcSettings::default(),
             delivery_log: None,
         }
     }
@@ -555,7 +560,7 @@ const MAX_DATAGRAM_BYTES: usize = 65_507;
 /// `totem::Config::validate`'s lower bound on a datagram.
 const MIN_DATAGRAM_BYTES: usize = 576;
 
-fn check_ipc(ipc: &IpcConfig) -> Result<(), SettingError> {
+fn check_ipc(ipc: &IpcSettings) -> Result<(), SettingError> {
     for (name, bytes) in [
         ("ipc.submit_ring_bytes", ipc.submit_ring_bytes),
         ("ipc.event_ring_bytes", ipc.event_ring_bytes),

@@ -31,7 +31,7 @@ use super::stats::{Counter, StatsWriter};
 use crate::daemon::hooks::{HookError, TestHooks};
 use crate::daemon::keyfile::{self, KeyError};
 use crate::daemon::{DaemonConfig, FileRingSeqStore, IdleStrategy};
-use crate::ipc::{Ipc, IpcSettings, session::BacklogLimits};
+use crate::ipc::{Ipc, IpcConfig, session::BacklogLimits};
 use crate::service::ServiceId;
 use crate::totem::{
     ConfigurationKind, Destination, Event, Gather, Instant, Node, NodeId, Transmit,
@@ -420,7 +420,7 @@ impl Engine {
         );
         let ipc_config = &s.ipc;
         let ipc = Ipc::new(
-            IpcSettings {
+            IpcConfig {
                 socket_path: s.ipc_socket.clone(),
                 allowed_uids: ipc_config.allowed_uids.clone(),
                 allowed_gids: ipc_config.allowed_gids.clone(),
@@ -473,7 +473,7 @@ impl Engine {
         if let Some(pool) = ipc.delivery_pool() {
             node.set_reassembly_buffers(
                 ipc_config.delivery_pool_min_bytes,
-                crate::ipc::shared_pool::reassembly_buffers(pool),
+                crate::ipc::delivery_placement::reassembly_buffers(pool),
             );
         }
         let mut bufring = bufring;

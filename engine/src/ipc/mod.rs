@@ -19,9 +19,9 @@
 //! while any backlog is over half its limit the engine stops taking new multicasts from
 //! its local clients.
 
+pub mod delivery_placement;
 pub mod id_map;
 pub mod session;
-pub mod shared_pool;
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::path::PathBuf;
@@ -37,14 +37,14 @@ use ringcast_shm::{DeliveryPool, EventFd, HugePages, Region, RegionSpec, RingErr
 
 use crate::cpg::{self, ConnId, CpgError, GroupName, IterationKind, Service, TotemSubmit};
 use crate::totem::{Event, Guarantee, Instant, Node, NodeId};
+use delivery_placement::DeliveryPlacement;
 use ringcast_shm::delivery_pool::PoolBuffer;
 use session::AssemblyBuf;
 use session::{Assembly, BacklogLimits, MAX_ITERATIONS, Outgoing, Ready, Session, SessionFault};
-use shared_pool::SharedPool;
 
 /// What the IPC layer needs from the configuration.
 #[derive(Clone, Debug)]
-pub struct IpcSettings {
+pub struct IpcConfig {
     pub socket_path: PathBuf,
     /// Users allowed to connect besides root and the engine's own user.
     pub allowed_uids: Vec<u32>,
@@ -68,7 +68,7 @@ pub struct IpcSettings {
 /// A trusted sender's slab of the delivery pool: freed once its client is gone and no
 /// message in it is held any more.
 #[derive(Debug)]
-struct Slab {
+struct SendSlab {
     offset: u64,
     len: usize,
     /// Messages adopted from it and not released yet.
@@ -120,7 +120,7 @@ pub struct IpcStats {
 /// Every session of this engine, the listening socket and the CPG service.
 #[derive(Debug)]
 pub struct Ipc {
-    settings: IpcSettings,
+    config: IpcConfig,
     listener: SeqPacket,
     /// Indexed by slot; a slot's io_uring user data carries its generation.
     slots: Vec<Option<Session>>,
@@ -143,21 +143,21 @@ pub struct Ipc {
     next_poll: usize,
     /// The slot of each open session, for routing the service's events.
     slot_of: id_map::IdMap<usize>,
-    /// The delivery pool, when configured.
-    pool: Option<SharedPool>,
+    /// How deliveries use the delivery pool, when one is configured.
+    placement: Option<DeliveryPlacement>,
     /// Trusted senders' slabs, by connection.
-    slabs: std::collections::HashMap<ConnId, Slab>,
+    slabs: std::collections::HashMap<ConnId, SendSlab>,
 }
 
 impl Ipc {
     /// Listens at the configured path (creating its directory) and prepares the service.
     pub fn new(
-        settings: IpcSettings,
+        config: IpcConfig,
         local: NodeId,
         engine_wake: BorrowedFd<'_>,
     ) -> Result<Ipc, IpcError> {
-        settings.region.validate()?;
-        let path = &settings.socket_path;
+        config.region.validate()?;
+        let path = &config.socket_path;
         let listen_err = |source| IpcError::Listen {
             path: path.clone(),
             source,
@@ -172,17 +172,17 @@ impl Ipc {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
             .map_err(listen_err)?;
         let engine_wake = engine_wake.try_clone_to_owned().map_err(listen_err)?;
-        let service = Service::new(local, settings.cpg);
-        let slots = (0..settings.max_clients).map(|_| None).collect();
-        let pool = match settings.delivery_pool_bytes {
+        let service = Service::new(local, config.cpg);
+        let slots = (0..config.max_clients).map(|_| None).collect();
+        let pool = match config.delivery_pool_bytes {
             0 => None,
             bytes => {
-                let huge = if settings.huge_pages {
+                let huge = if config.huge_pages {
                     HugePages::Try
                 } else {
                     HugePages::Never
                 };
-                let pool = if settings.trusted_slab_bytes > 0 {
+                let pool = if config.trusted_slab_bytes > 0 {
                     DeliveryPool::create_writable_by_clients(bytes, huge)?
                 } else {
                     DeliveryPool::create(bytes, huge)?
@@ -190,17 +190,17 @@ impl Ipc {
                 tracing::info!(
                     bytes,
                     huge_pages = pool.huge_pages(),
-                    min_bytes = settings.delivery_pool_min_bytes,
+                    min_bytes = config.delivery_pool_min_bytes,
                     "delivery pool"
                 );
-                Some(SharedPool::new(pool, settings.delivery_pool_min_bytes))
+                Some(DeliveryPlacement::new(pool, config.delivery_pool_min_bytes))
             }
         };
         // SAFETY: getuid cannot fail and has no preconditions.
         let own_uid = unsafe { libc::getuid() };
         Ok(Ipc {
-            generations: vec![0; settings.max_clients],
-            settings,
+            generations: vec![0; config.max_clients],
+            config,
             listener,
             slots,
             next_conn: 1,
@@ -214,19 +214,19 @@ impl Ipc {
             blocked: false,
             next_poll: 0,
             slot_of: id_map::IdMap::default(),
-            pool,
+            placement: pool,
             slabs: std::collections::HashMap::new(),
         })
     }
 
     /// The delivery pool, for receiving datagrams straight into it (None when off).
     pub fn delivery_pool(&self) -> Option<ringcast_shm::delivery_pool::SharedDeliveryPool> {
-        self.pool.as_ref().map(|p| p.pool().clone())
+        self.placement.as_ref().map(|p| p.pool().clone())
     }
 
     pub fn stats(&self) -> IpcStats {
         let mut stats = self.stats;
-        if let Some(pool) = &self.pool {
+        if let Some(pool) = &self.placement {
             stats.pool_placed = pool.stats.placed;
             stats.pool_descriptors = pool.stats.descriptors;
             stats.pool_inline_fallbacks = pool.stats.inline_fallbacks;
@@ -305,8 +305,8 @@ impl Ipc {
     fn allowed(&self, uid: u32, gid: u32) -> bool {
         uid == 0
             || uid == self.own_uid
-            || self.settings.allowed_uids.contains(&uid)
-            || self.settings.allowed_gids.contains(&gid)
+            || self.config.allowed_uids.contains(&uid)
+            || self.config.allowed_gids.contains(&gid)
     }
 
     /// The socket of `slot` is readable: every queued request (or EOF). Returns false
@@ -402,12 +402,12 @@ impl Ipc {
         // The pid the client reports is only a label in membership lists; the kernel's
         // is what we trust when they differ (a client inside another pid namespace).
         let pid = if cred.pid > 0 { cred.pid as u32 } else { pid };
-        let huge = if self.settings.huge_pages {
+        let huge = if self.config.huge_pages {
             HugePages::Try
         } else {
             HugePages::Never
         };
-        let region = match Region::create(&format!("client-{conn}"), &self.settings.region, huge) {
+        let region = match Region::create(&format!("client-{conn}"), &self.config.region, huge) {
             Ok(r) => Arc::new(r),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot create a client region");
@@ -431,12 +431,12 @@ impl Ipc {
             );
         }
         let mut fds = vec![region.fd(), wake.as_fd(), self.engine_wake.as_fd()];
-        if let Some(pool) = &self.pool {
+        if let Some(pool) = &self.placement {
             fds.push(pool.pool().fd());
         }
         // Trusted senders: a slab of the pool to write messages in (none when the pool
         // cannot spare one: the client then sends as any other).
-        let slab = match (&self.pool, self.settings.trusted_slab_bytes) {
+        let slab = match (&self.placement, self.config.trusted_slab_bytes) {
             (Some(pool), bytes) if bytes > 0 => {
                 let slab = pool.pool().alloc_raw(bytes).map(|offset| (offset, bytes));
                 if slab.is_none() {
@@ -449,7 +449,7 @@ impl Ipc {
         if let Some((offset, len)) = slab {
             self.slabs.insert(
                 conn,
-                Slab {
+                SendSlab {
                     offset,
                     len,
                     outstanding: 0,
@@ -461,8 +461,8 @@ impl Ipc {
             status: Status::Ok,
             version: proto::PROTOCOL_VERSION,
             node_id: self.service.local_node(),
-            max_message_bytes: self.settings.cpg.max_message_bytes as u64,
-            delivery_pool_bytes: self.pool.as_ref().map_or(0, |p| p.pool().len() as u64),
+            max_message_bytes: self.config.cpg.max_message_bytes as u64,
+            delivery_pool_bytes: self.placement.as_ref().map_or(0, |p| p.pool().len() as u64),
             send_slab_offset: slab.map_or(0, |s| s.0),
             send_slab_bytes: slab.map_or(0, |s| s.1 as u64),
             send_header_room: cpg::MCAST_HEADER_MAX as u32,
@@ -699,7 +699,7 @@ impl Ipc {
             .slabs
             .get(&conn)
             .is_some_and(|s| s.closed && s.outstanding == 0);
-        if let (true, Some(pool)) = (idle, &self.pool) {
+        if let (true, Some(pool)) = (idle, &self.placement) {
             if let Some(slab) = self.slabs.remove(&conn) {
                 pool.pool().free_raw(slab.offset, slab.len);
             }
@@ -710,11 +710,11 @@ impl Ipc {
     /// client (a `SENT_RELEASED` event), or counts toward freeing a departed client's
     /// slab.
     fn hand_back_released(&mut self, node: &mut Node, now: Instant) {
-        let Some(pool) = &self.pool else {
+        let Some(pool) = &self.placement else {
             return;
         };
         let released = pool.pool().take_released();
-        let limits = self.settings.backlog;
+        let limits = self.config.backlog;
         for (owner, offset) in released {
             let conn = owner as ConnId;
             if let Some(slab) = self.slabs.get_mut(&conn) {
@@ -744,7 +744,7 @@ impl Ipc {
         if let Some(ready) = &session.ready {
             self.stats.payload_bytes_copied += ready.copied_bytes;
         }
-        if let (Some(ready), Some(pool)) = (&session.ready, &mut self.pool) {
+        if let (Some(ready), Some(pool)) = (&session.ready, &mut self.placement) {
             for &offset in ready.held.keys() {
                 pool.release(offset);
             }
@@ -833,7 +833,7 @@ impl Ipc {
         // stays small next to the backlog limits.
         const BUDGET: usize = 256;
         const BUDGET_BYTES: usize = 4 << 20;
-        let max_message = self.settings.cpg.max_message_bytes;
+        let max_message = self.config.cpg.max_message_bytes;
         let mut taken = 0;
         let mut taken_bytes = 0usize;
         loop {
@@ -863,7 +863,7 @@ impl Ipc {
                     .ok()
                     .map(u64::from_le_bytes);
                 let held = offset.and_then(|o| Some((o, ready.held.remove(&o)?)));
-                match (held, &mut self.pool) {
+                match (held, &mut self.placement) {
                     (Some((offset, len)), Some(pool)) => {
                         ready.held_bytes -= len as usize;
                         pool.release(offset);
@@ -902,7 +902,7 @@ impl Ipc {
                         Guarantee::Agreed
                     };
                     take_message(
-                        self.pool.as_mut(),
+                        self.placement.as_mut(),
                         &mut self.service,
                         conn,
                         g,
@@ -922,7 +922,7 @@ impl Ipc {
                         Err(why) => Step::Fault(why),
                         Ok((g, payload)) => {
                             let step = take_message(
-                                self.pool.as_mut(),
+                                self.placement.as_mut(),
                                 &mut self.service,
                                 conn,
                                 g,
@@ -951,7 +951,7 @@ impl Ipc {
                             .ok_or("bad in-place message reference")?;
                         Ok((g, m))
                     });
-                    match (message, &self.pool) {
+                    match (message, &self.placement) {
                         (Ok((g, m)), Some(pool)) => {
                             let slab = self.slabs.get_mut(&conn);
                             in_place_message(pool, slab, &mut self.service, conn, g, m, &mut totem)
@@ -967,7 +967,7 @@ impl Ipc {
                         let g = guarantee_of(h.a).unwrap_or(Guarantee::Agreed);
                         part(
                             &mut ready.assembly,
-                            self.pool.as_mut(),
+                            self.placement.as_mut(),
                             &mut self.service,
                             conn,
                             g,
@@ -1033,7 +1033,7 @@ impl Ipc {
             now,
         });
         self.hand_back_released(node, now);
-        let limits = self.settings.backlog;
+        let limits = self.config.backlog;
         let mut n = 0;
         for slot in 0..self.slots.len() {
             let Some(ready) = self.ready_mut(slot) else {
@@ -1058,7 +1058,7 @@ impl Ipc {
             else {
                 continue;
             };
-            let outgoing = match (event, &mut self.pool) {
+            let outgoing = match (event, &mut self.placement) {
                 (
                     cpg::ClientEvent::Deliver {
                         group,
@@ -1100,7 +1100,7 @@ impl Ipc {
                 self.fault(slot, e, node, now);
             }
         }
-        if let Some(pool) = &mut self.pool {
+        if let Some(pool) = &mut self.placement {
             pool.end_batch();
         }
         let mut throttled = false;
@@ -1160,7 +1160,7 @@ impl Ipc {
         for slot in 0..self.slots.len() {
             self.close(slot, node, now, "engine shutting down");
         }
-        let _ = std::fs::remove_file(&self.settings.socket_path);
+        let _ = std::fs::remove_file(&self.config.socket_path);
     }
 }
 
@@ -1186,7 +1186,7 @@ enum Step {
 #[allow(clippy::too_many_arguments)]
 fn part(
     assembly: &mut Option<Assembly>,
-    pool: Option<&mut SharedPool>,
+    pool: Option<&mut DeliveryPlacement>,
     service: &mut Service,
     conn: cpg::ConnId,
     guarantee: Guarantee,
@@ -1305,8 +1305,8 @@ fn message_ref(payload: &[u8]) -> Result<(Guarantee, proto::MessageRef), &'stati
 /// copied. It becomes a live pool buffer (its release goes back to the client), the CPG
 /// header is written into the room in front of it, and Totem takes it from there.
 fn in_place_message(
-    pool: &SharedPool,
-    slab: Option<&mut Slab>,
+    pool: &DeliveryPlacement,
+    slab: Option<&mut SendSlab>,
     service: &mut Service,
     conn: cpg::ConnId,
     guarantee: Guarantee,
@@ -1356,7 +1356,7 @@ fn in_place_message(
 /// into the delivery pool when it is pool-sized and there is room (Totem sends it from
 /// there and local receivers read it there), else onto the heap.
 fn take_message(
-    pool: Option<&mut SharedPool>,
+    pool: Option<&mut DeliveryPlacement>,
     service: &mut Service,
     conn: cpg::ConnId,
     guarantee: Guarantee,

@@ -18,8 +18,11 @@ use crate::wire::pack::{ReassemblyBuffer, ReassemblyBuffers};
 /// Allocation granularity: what goes through the pool is at least a few KiB.
 const BLOCK_BYTES: usize = 4096;
 
+/// Where deliveries and local multicasts go in the delivery pool, and the per-session
+/// share of it (the pool itself is `ringcast_shm::DeliveryPool`; docs/shm-layout.md
+/// names every piece of shared memory).
 #[derive(Debug)]
-pub struct SharedPool {
+pub struct DeliveryPlacement {
     pool: SharedDeliveryPool,
     min_bytes: usize,
     /// Most pool bytes one session may hold at once.
@@ -28,11 +31,11 @@ pub struct SharedPool {
     /// directly, and share the copy. Holding the `Bytes` keeps its address from being
     /// reused by another payload while this entry lives.
     last: Option<(Bytes, PoolBuffer)>,
-    pub stats: PoolStats,
+    pub stats: PlacementStats,
 }
 
 #[derive(Copy, Clone, Debug, Default)]
-pub struct PoolStats {
+pub struct PlacementStats {
     /// Payloads copied into the pool at delivery (from other nodes, or local ones that
     /// were not sent from the pool).
     pub placed: u64,
@@ -47,15 +50,15 @@ pub struct PoolStats {
     pub inline_fallbacks: u64,
 }
 
-impl SharedPool {
-    pub fn new(pool: DeliveryPool, min_bytes: usize) -> SharedPool {
+impl DeliveryPlacement {
+    pub fn new(pool: DeliveryPool, min_bytes: usize) -> DeliveryPlacement {
         let len = pool.len();
-        SharedPool {
+        DeliveryPlacement {
             pool: SharedDeliveryPool::new(pool, BLOCK_BYTES),
             min_bytes: min_bytes.max(1),
             per_session_max: len / 4,
             last: None,
-            stats: PoolStats::default(),
+            stats: PlacementStats::default(),
         }
     }
 
@@ -165,8 +168,8 @@ mod tests {
     use super::*;
     use ringcast_shm::{DeliveryPoolView, HugePages};
 
-    fn pool() -> SharedPool {
-        SharedPool::new(
+    fn pool() -> DeliveryPlacement {
+        DeliveryPlacement::new(
             DeliveryPool::create(2 << 20, HugePages::Never).unwrap(),
             1024,
         )
