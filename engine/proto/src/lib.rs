@@ -1,7 +1,9 @@
 //! ringcast's protocol, as pure state machines and codecs: the Totem single-ring
 //! ordering and membership protocol (`totem`), the CPG group service on top of it
 //! (`cpg`), and what travels on the wire (`wire`: packet layouts, packing and
-//! fragmentation, authenticated encryption as functions over bytes).
+//! fragmentation, authenticated encryption as functions over bytes), and the host
+//! that runs them together for one node (`host`: Totem, CPG and the routing between
+//! them behind one input/output interface).
 //!
 //! Nothing here opens a file or a socket, reads a clock or draws randomness: time,
 //! seeds, keys and nonce counters are inputs (see docs/architecture.md). The daemon
@@ -9,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cpg;
+pub mod host;
 pub mod service;
 pub mod splitmix;
 pub mod totem;

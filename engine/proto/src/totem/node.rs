@@ -264,6 +264,12 @@ impl Node {
         self.me
     }
 
+    /// The highest ring sequence this node has used; a restarted node must start above
+    /// it, so whoever drives the node persists it (see [`RingSeqStore`]).
+    pub fn ring_seq(&self) -> u64 {
+        self.ring_seq
+    }
+
     pub fn state(&self) -> NodeState {
         self.state
     }
