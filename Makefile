@@ -64,7 +64,7 @@ sim:
 # A local multi-engine ring until Ctrl-C, e.g. `make cluster CLUSTER_NODES=5`.
 CLUSTER_NODES ?= 3
 cluster:
-	$(CARGO) build --release -p ringcast-engine --bin ringcastd --bin ringcast
+	$(CARGO) build --release -p ringcast-engine --bin ringcastd -p ringcast-cli --bin ringcast
 	CLUSTER_NODES=$(CLUSTER_NODES) bash scripts/cluster.sh
 
 tune-check:

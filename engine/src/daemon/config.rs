@@ -241,8 +241,10 @@ impl Default for Settings {
             recv_buffers: 0,
             send_zerocopy_bytes: 0,
             key_file: None,
-            ipc_socket: "/run/ringcast/ringcast.sock".into(),
-            state_dir: "/var/lib/ringcast".into(),
+            // /run/ringcast and /var/lib/ringcast for root, per-user directories
+            // otherwise: the rule clients follow to find the engine (`ringcast_shm::paths`).
+            ipc_socket: ringcast_shm::paths::socket(),
+            state_dir: ringcast_shm::paths::state_dir(),
             log_level: "info".into(),
             nodelist: Vec::new(),
             totem: TotemSettings::default(),
@@ -606,7 +608,7 @@ pub fn cluster_id(name: &str) -> u32 {
 
 /// The stats page a node with this state dir and id writes (read by `ringcast status`).
 pub fn stats_path(state_dir: &Path, node_id: NodeId) -> PathBuf {
-    state_dir.join(format!("stats_{node_id}"))
+    ringcast_shm::stats::page_path(state_dir, node_id)
 }
 
 fn parse_address(address: &str, port: u16) -> Option<SocketAddr> {
@@ -918,10 +920,8 @@ mod tests {
         assert_eq!(c.totem.token, Duration::from_millis(3000));
         assert_eq!(c.totem.cluster_id, cluster_id("ringcast"));
         assert_eq!(c.totem.max_datagram_bytes, 1500);
-        assert_eq!(
-            c.settings.ipc_socket,
-            PathBuf::from("/run/ringcast/ringcast.sock")
-        );
+        assert_eq!(c.settings.ipc_socket, ringcast_shm::paths::socket());
+        assert_eq!(c.settings.state_dir, ringcast_shm::paths::state_dir());
     }
 
     #[test]
