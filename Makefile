@@ -6,7 +6,7 @@ CARGO    ?= cargo
 #   make sim SIM_ARGS="--seed 1234"
 SIM_ARGS ?= --seeds 1000 --nodes 2-16
 
-.PHONY: all build run test fmt-check clippy unit-test bench bench-client bench-engine sim cluster tune-check clean help
+.PHONY: all build run test fmt-check clippy unit-test bench bench-client bench-engine sim cluster tune-check clean help install install-bin
 
 all: build
 
@@ -17,6 +17,7 @@ help:
 	@echo "make bench       Totem core cost (core_cost) and client throughput/latency (ringcast-bench)"
 	@echo "make bench-engine  ordered throughput of 1, 3, 5 ringcastd engines on loopback (load generator)"
 	@echo "make cluster     N engines on 127.0.0.1..N until Ctrl-C (CLUSTER_NODES=3)"
+	@echo "make install     programs, man pages, systemd unit, tuned profile, example config (PREFIX=$(PREFIX) DESTDIR=)"
 	@echo "make tune-check  ringcast-tune check: this host against the engine's config (reports, never fails make)"
 
 build:
@@ -75,6 +76,47 @@ TUNE_ARGS ?=
 tune-check:
 	$(CARGO) build -p ringcast-tune
 	-./target/debug/ringcast-tune check $(TUNE_ARGS)
+
+# `make install PREFIX=/usr/local DESTDIR=/tmp/stage`: programs, man pages (generated
+# from their clap definitions by xtask), the systemd unit, the tuned profile and the
+# example config. INSTALL_BUILD=0 INSTALL_PROFILE=debug installs what is already built
+# (the install test does that).
+PREFIX     ?= /usr/local
+DESTDIR    ?=
+SYSCONFDIR ?= /etc
+BINDIR     ?= $(PREFIX)/bin
+MANDIR     ?= $(PREFIX)/share/man
+DOCDIR     ?= $(PREFIX)/share/doc/ringcast
+UNITDIR    ?= $(PREFIX)/lib/systemd/system
+TUNEDDIR   ?= $(SYSCONFDIR)/tuned
+INSTALL_PROFILE ?= release
+INSTALL_BUILD   ?= 1
+TARGET_DIR      ?= $(or $(CARGO_TARGET_DIR),target)
+INSTALL_BINS     = ringcastd ringcast ringcast-tune ringcast-sim
+# The pieces of `make install`; each adds itself here (the C libraries: install-c).
+INSTALL_TARGETS  = install-bin
+
+install: $(INSTALL_TARGETS)
+
+install-bin:
+ifeq ($(INSTALL_BUILD),1)
+	$(CARGO) build --release -p ringcast-engine --bin ringcastd --bin ringcast-sim \
+		-p ringcast-cli -p ringcast-tune -p xtask
+endif
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(DOCDIR) \
+		$(DESTDIR)$(UNITDIR) $(DESTDIR)$(TUNEDDIR)/ringcast $(DESTDIR)$(SYSCONFDIR)/ringcast
+	for bin in $(INSTALL_BINS); do \
+		install -m 0755 $(TARGET_DIR)/$(INSTALL_PROFILE)/$$bin $(DESTDIR)$(BINDIR)/$$bin || exit 1; \
+	done
+	$(TARGET_DIR)/$(INSTALL_PROFILE)/xtask man $(DESTDIR)$(MANDIR)/man1 >/dev/null
+	sed -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' \
+		tuning/deploy/ringcastd.service.in > $(DESTDIR)$(UNITDIR)/ringcastd.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/ringcastd.service
+	install -m 0644 tuning/deploy/tuned/ringcast/tuned.conf $(DESTDIR)$(TUNEDDIR)/ringcast/tuned.conf
+	install -m 0644 tuning/deploy/ringcast.toml $(DESTDIR)$(DOCDIR)/ringcast.toml
+	# An existing configuration is never overwritten.
+	test -e $(DESTDIR)$(SYSCONFDIR)/ringcast/ringcast.toml || \
+		install -m 0644 tuning/deploy/ringcast.toml $(DESTDIR)$(SYSCONFDIR)/ringcast/ringcast.toml
 
 clean:
 	$(CARGO) clean

@@ -34,7 +34,7 @@ use ringcast_engine::io::stats::{Snapshot, StatsReader, state_name};
 
 #[derive(Parser, Debug, Clone)]
 #[command(about = "ordered throughput of ringcastd engines on loopback (internal load generator)")]
-struct Args {
+pub(crate) struct Args {
     /// The ringcastd binary (default: next to this program, or $RINGCASTD).
     #[arg(long)]
     daemon: Option<PathBuf>,

@@ -33,7 +33,7 @@ use ringcast_engine::io::stats::StatsReader;
     name = "ringcast-bench",
     about = "ringcast client throughput and latency"
 )]
-struct Args {
+pub(crate) struct Args {
     /// A running engine's socket; default: start a private engine.
     #[arg(long)]
     socket: Option<PathBuf>,

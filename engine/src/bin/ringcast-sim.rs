@@ -15,8 +15,12 @@ use clap::Parser;
 use ringcast_engine::sim::{self, RunReport, SimOptions};
 
 #[derive(Parser, Debug)]
-#[command(about = "Deterministic Totem cluster simulator with fault injection and checkers")]
-struct Args {
+#[command(
+    name = "ringcast-sim",
+    version,
+    about = "Deterministic Totem cluster simulator with fault injection and checkers"
+)]
+pub(crate) struct Args {
     /// Run this many seeds, from --start.
     #[arg(long, default_value_t = 100)]
     seeds: u64,
@@ -38,10 +42,13 @@ struct Args {
     /// Virtual seconds the cluster has to become quiescent after the workload stops.
     #[arg(long, default_value_t = 10.0)]
     settle: f64,
+    /// Token-loss timeout of every simulated node, ms.
     #[arg(long, default_value_t = 200)]
     token_ms: u64,
+    /// Join retransmission timeout, ms.
     #[arg(long, default_value_t = 30)]
     join_ms: u64,
+    /// Merge-detection interval of an idle representative, ms.
     #[arg(long, default_value_t = 100)]
     merge_ms: u64,
     /// max_datagram_bytes choices, comma-separated; each seed picks one.
@@ -56,10 +63,13 @@ struct Args {
     /// Probability of an extra reordering delay.
     #[arg(long)]
     reorder: Option<f64>,
+    /// Extra delay of a reordered datagram, µs.
     #[arg(long)]
     reorder_delay_us: Option<u64>,
+    /// Shortest network delay, µs.
     #[arg(long)]
     delay_min_us: Option<u64>,
+    /// Longest network delay, µs.
     #[arg(long)]
     delay_max_us: Option<u64>,
     /// Loss probability during a loss burst.
@@ -74,26 +84,34 @@ struct Args {
     /// Shortest downtime of a crashed node, virtual seconds.
     #[arg(long)]
     downtime_min: Option<f64>,
+    /// Longest downtime of a crashed node, virtual seconds.
     #[arg(long)]
     downtime_max: Option<f64>,
     /// Broadcasts do not come back to their sender (ringcastd's unicast fan-out).
     #[arg(long)]
     no_loopback: bool,
+    /// No node crashes (and restarts).
     #[arg(long)]
     no_crash: bool,
+    /// No node leaves the ring cleanly.
     #[arg(long)]
     no_leave: bool,
+    /// No network partitions.
     #[arg(long)]
     no_partition: bool,
     /// No loss at all: --drop 0, no bursts, no token loss.
     #[arg(long)]
     no_loss: bool,
+    /// No loss bursts.
     #[arg(long)]
     no_burst: bool,
+    /// No token loss episodes.
     #[arg(long)]
     no_token_loss: bool,
+    /// No duplicated datagrams (--dup 0).
     #[arg(long)]
     no_dup: bool,
+    /// No reordering (--reorder 0).
     #[arg(long)]
     no_reorder: bool,
     /// No faults of any kind (a perfect network apart from delay).
@@ -111,6 +129,7 @@ struct Args {
     /// Fraction of 100 KiB–2 MiB messages.
     #[arg(long)]
     large: Option<f64>,
+    /// Stop a run after this many simulation steps (a runaway guard).
     #[arg(long)]
     max_steps: Option<u64>,
     /// Threads (default: the number of CPUs); each seed runs on one.

@@ -25,7 +25,7 @@ use ringcast_engine::wire::seal::Key;
     version,
     about = "ringcast engine: Totem over io_uring"
 )]
-struct Cli {
+pub(crate) struct Cli {
     #[command(flatten)]
     flags: ConfigFlags,
     /// Write a new random 32-byte key to FILE (mode 0600; never overwrites) and exit.

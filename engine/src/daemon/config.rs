@@ -288,8 +288,10 @@ pub struct ConfigFlags {
     /// TOML configuration file.
     #[arg(long, short = 'c', value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Cluster name, hashed into every packet's cluster id (`cluster_name`).
     #[arg(long)]
     pub cluster_name: Option<String>,
+    /// This node's id in the nodelist, never 0 (`node_id`).
     #[arg(long)]
     pub node_id: Option<NodeId>,
     /// A nodelist entry, `ID=ADDR` (repeatable; replaces the file's nodelist).
@@ -298,27 +300,40 @@ pub struct ConfigFlags {
     /// `udpu` or `multicast`.
     #[arg(long)]
     pub transport: Option<String>,
+    /// UDP port of every node and of the multicast group (`port`, default 5405).
     #[arg(long)]
     pub port: Option<u16>,
+    /// Group address for `--transport multicast` (`multicast_group`).
     #[arg(long)]
     pub multicast_group: Option<String>,
+    /// Largest datagram on the wire, seal included (`datagram_bytes`, default 1500).
     #[arg(long)]
     pub datagram_bytes: Option<usize>,
     /// `spin` or `backoff`.
     #[arg(long)]
     pub idle: Option<String>,
+    /// Pin the engine thread to this CPU, ideally an isolated core (`cpu`).
     #[arg(long)]
     pub cpu: Option<usize>,
+    /// Receive buffers on huge pages, normal pages if none are reserved (`huge_pages`).
     #[arg(long, value_name = "BOOL")]
     pub huge_pages: Option<bool>,
+    /// A kernel thread polls the io_uring submission queue (`sqpoll`).
     #[arg(long, value_name = "BOOL")]
     pub sqpoll: Option<bool>,
+    /// 32-byte pre-shared key that authenticates and encrypts packets (`key_file`).
     #[arg(long, value_name = "FILE")]
     pub key_file: Option<PathBuf>,
+    /// The clients' Unix socket (`ipc_socket`; default /run/ringcast/ringcast.sock for
+    /// root, $XDG_RUNTIME_DIR/ringcast/ringcast.sock or /tmp/ringcast-$UID/ringcast.sock
+    /// otherwise).
     #[arg(long, value_name = "PATH")]
     pub ipc_socket: Option<PathBuf>,
+    /// Ring sequence and stats page (`state_dir`; default /var/lib/ringcast for root,
+    /// $XDG_STATE_HOME/ringcast or ~/.local/state/ringcast otherwise).
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// error, warn, info, debug or trace (`log_level`, default info).
     #[arg(long)]
     pub log_level: Option<String>,
     /// Base token timeout (`totem.token_ms`).
