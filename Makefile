@@ -11,7 +11,7 @@ SIM_ARGS ?= --seeds 1000 --nodes 2-16
 all: build
 
 help:
-	@echo "make run         build and start ringcastd with built-in defaults (single node, 127.0.0.1)"
+	@echo "make run         build and start ringcastd with built-in defaults (single node, 127.0.0.1; any user)"
 	@echo "make test        rustfmt check, clippy -D warnings, every test (includes a multi-minute simulator run)"
 	@echo "make sim         run the deterministic simulator: SIM_ARGS='$(SIM_ARGS)'"
 	@echo "make bench       Totem core cost (core_cost) and client throughput/latency (ringcast-bench)"
@@ -23,9 +23,15 @@ help:
 build:
 	$(CARGO) build --workspace --release
 
+# Built-in defaults: as root the engine uses /run/ringcast and /var/lib/ringcast; as any
+# other user $XDG_RUNTIME_DIR/ringcast (or /tmp/ringcast-$UID) and
+# $XDG_STATE_HOME/ringcast (or ~/.local/state/ringcast), which the ringcast command finds
+# by the same rule: no flags needed on either side.
 run:
-	$(CARGO) build --release -p ringcast-engine --bin ringcastd --bin ringcast
-	@echo "ringcastd: single node on 127.0.0.1:5405, clients connect at /run/ringcast/ringcast.sock"
+	$(CARGO) build --release -p ringcast-engine --bin ringcastd -p ringcast-cli --bin ringcast
+	@./target/release/ringcastd --check-config | sed -n \
+		-e 's/^ipc_socket = "\(.*\)"$$/ringcastd: single node on 127.0.0.1:5405, clients connect at \1/p' \
+		-e 's/^state_dir = "\(.*\)"$$/  state (ring sequence, stats page): \1/p'
 	@echo "  in another shell: ./target/release/ringcast listen demo"
 	@echo "               and: ./target/release/ringcast send demo hello"
 	@echo "  counters:         ./target/release/ringcast status     (Ctrl-C stops the engine)"

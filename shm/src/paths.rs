@@ -5,7 +5,7 @@
 //! | who      | runtime dir (socket)                          | state dir (ring seq, stats page)                  |
 //! |----------|-----------------------------------------------|---------------------------------------------------|
 //! | root     | `/run/ringcast`                               | `/var/lib/ringcast`                               |
-//! | any user | `$XDG_RUNTIME_DIR/ringcast`, else `/tmp/ringcast-$UID` | `$XDG_STATE_HOME/ringcast`, else `$HOME/.local/state/ringcast`, else `<runtime dir>/state` |
+//! | any user | `$XDG_RUNTIME_DIR/ringcast`, else `/tmp/ringcast-$UID` | `$XDG_STATE_HOME/ringcast`, else `$HOME/.local/state/ringcast` (if `$HOME` exists), else `<runtime dir>/state` |
 //!
 //! An explicit setting (`ipc_socket`, `state_dir`, `--socket`, `RINGCAST_SOCKET`) always
 //! wins over these.
@@ -44,7 +44,8 @@ impl Env {
             uid: effective_uid(),
             xdg_runtime_dir: std::env::var_os("XDG_RUNTIME_DIR"),
             xdg_state_home: std::env::var_os("XDG_STATE_HOME"),
-            home: std::env::var_os("HOME"),
+            // A home that does not exist (`nobody`'s /nonexistent) cannot hold state.
+            home: std::env::var_os("HOME").filter(|h| Path::new(h).is_dir()),
         }
     }
 
