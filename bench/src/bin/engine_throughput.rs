@@ -360,8 +360,16 @@ fn run(args: &Args) -> Result<Vec<Row>, String> {
         "ringcastd not found: build it (cargo build --release -p ringcast-engine) or pass --daemon",
     )?;
     let mut rows = Vec::new();
+    let runs = args.nodes.len() * args.sizes.len();
     for &n in &args.nodes {
         for &size in &args.sizes {
+            // Progress on stderr: each run takes warm-up + window seconds.
+            eprintln!(
+                "[{}/{runs}] {n} engines, {size}-byte messages ({:.1} s warm-up, {:.1} s window)",
+                rows.len() + 1,
+                args.warmup,
+                args.seconds
+            );
             let row = measure(args, &daemon, n, size);
             eprintln!(
                 "{} measured over {:.2} s",

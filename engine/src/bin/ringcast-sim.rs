@@ -144,6 +144,72 @@ pub(crate) struct Args {
     /// Print one line per seed.
     #[arg(long, short)]
     verbose: bool,
+    /// No progress line on stderr.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+/// A progress line on stderr while many seeds run: rewritten in place on a terminal,
+/// one line every 10 s otherwise (CI logs), and a last one when done.
+struct Progress {
+    total: usize,
+    started: std::time::Instant,
+    tty: bool,
+    /// When the last line was printed.
+    last: Mutex<Option<std::time::Instant>>,
+}
+
+impl Progress {
+    fn new(total: usize) -> Progress {
+        use std::io::IsTerminal;
+        Progress {
+            total,
+            started: std::time::Instant::now(),
+            tty: std::io::stderr().is_terminal(),
+            last: Mutex::new(None),
+        }
+    }
+
+    fn line(&self, done: usize, violations: usize) -> String {
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let left = if done > 0 {
+            elapsed / done as f64 * (self.total - done) as f64
+        } else {
+            0.0
+        };
+        format!(
+            "seeds {done}/{} ({:.0}%), {violations} violations, {elapsed:.1} s elapsed, ~{left:.0} s left",
+            self.total,
+            100.0 * done as f64 / self.total.max(1) as f64
+        )
+    }
+
+    fn tick(&self, done: usize, violations: usize) {
+        let every = if self.tty {
+            Duration::from_millis(200)
+        } else {
+            Duration::from_secs(10)
+        };
+        let mut last = self.last.lock().expect("no poisoning");
+        let now = std::time::Instant::now();
+        if last.is_some_and(|t| now.duration_since(t) < every) {
+            return;
+        }
+        *last = Some(now);
+        if self.tty {
+            eprint!("\r{}\x1b[K", self.line(done, violations));
+        } else {
+            eprintln!("{}", self.line(done, violations));
+        }
+    }
+
+    fn finish(&self, violations: usize) {
+        if self.tty {
+            eprintln!("\r{}\x1b[K", self.line(self.total, violations));
+        } else {
+            eprintln!("{}", self.line(self.total, violations));
+        }
+    }
 }
 
 fn parse_nodes(s: &str) -> Result<(usize, usize), String> {
@@ -250,6 +316,9 @@ fn main() {
 
     let next = AtomicU64::new(0);
     let reports: Mutex<Vec<RunReport>> = Mutex::new(Vec::new());
+    let progress = (!single && !args.no_progress).then(|| Progress::new(seeds.len()));
+    let done = AtomicU64::new(0);
+    let violations_seen = AtomicU64::new(0);
     std::thread::scope(|scope| {
         for _ in 0..jobs {
             scope.spawn(|| {
@@ -265,11 +334,20 @@ fn main() {
                     for v in &report.violations {
                         print!("{v}");
                     }
+                    let found = report.violations.len() as u64;
                     reports.lock().expect("no poisoning").push(report);
+                    let finished = done.fetch_add(1, Ordering::Relaxed) + 1;
+                    let bad = violations_seen.fetch_add(found, Ordering::Relaxed) + found;
+                    if let Some(p) = &progress {
+                        p.tick(finished as usize, bad as usize);
+                    }
                 }
             });
         }
     });
+    if let Some(p) = &progress {
+        p.finish(violations_seen.load(Ordering::Relaxed) as usize);
+    }
     let mut reports = reports.into_inner().expect("no poisoning");
     reports.sort_by_key(|r| r.seed);
 
