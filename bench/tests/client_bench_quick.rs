@@ -27,4 +27,15 @@ fn the_client_benchmark_runs_on_tiny_inputs() {
         2
     );
     assert!(stdout.contains("latency send -> own delivery"), "{stdout}");
+    // Progress on stderr, one line per measurement, the table on stdout untouched.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let runs: Vec<&str> = stderr.lines().filter(|l| l.starts_with('[')).collect();
+    assert!(
+        runs.first()
+            .is_some_and(|l| l.starts_with("[1/4] size 64 B")),
+        "{stderr}"
+    );
+    assert!(runs.iter().any(|l| l.starts_with("[4/4] ")), "{stderr}");
+    assert!(runs.iter().any(|l| l.starts_with("[latency]")), "{stderr}");
+    assert!(!stdout.contains("[1/4]"));
 }

@@ -52,8 +52,15 @@ pub use ringcast_shm::proto::WireAddress as Address;
 pub use ringcast_shm::proto::reason;
 pub use send_buffer::SendBuffer;
 
-/// Where the engine listens unless told otherwise (`RINGCAST_SOCKET` overrides).
-pub const DEFAULT_SOCKET: &str = "/run/ringcast/ringcast.sock";
+/// Where an engine run by root listens. Clients default to [`default_socket`] (this one
+/// for root, a per-user socket otherwise); `RINGCAST_SOCKET` overrides both.
+pub const DEFAULT_SOCKET: &str = ringcast_shm::paths::SYSTEM_SOCKET;
+/// The socket of an engine run by this user on built-in defaults
+/// (`ringcast_shm::paths`: the engine derives its own default the same way).
+pub fn default_socket() -> PathBuf {
+    ringcast_shm::paths::socket()
+}
+
 /// How long a synchronous request waits for the engine's reply.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -190,7 +197,7 @@ impl Default for ConnectOptions {
         ConnectOptions {
             socket: std::env::var_os("RINGCAST_SOCKET")
                 .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET)),
+                .unwrap_or_else(ringcast_shm::paths::socket),
             initial_totem_conf: false,
         }
     }
@@ -313,16 +320,51 @@ fn check_name(name: &[u8]) -> Result<()> {
 impl Cpg {
     /// Connects to the engine (`cpg_model_initialize`).
     pub fn connect(options: &ConnectOptions) -> Result<Cpg> {
-        Cpg::connect_at(&options.socket, options.initial_totem_conf)
+        Cpg::connect_at(&options.socket, options.initial_totem_conf, Duration::ZERO)
     }
 
-    fn connect_at(path: &Path, initial_totem_conf: bool) -> Result<Cpg> {
-        let socket = SeqPacket::connect(path).map_err(|e| {
-            Error::with_detail(
-                Status::Library,
-                format!("cannot reach the engine at {}: {e}", path.display()),
-            )
-        })?;
+    /// [`Cpg::connect`], waiting up to `wait` for an engine that is starting: while the
+    /// socket does not exist yet, or nobody accepts on it, this retries every 50 ms.
+    pub fn connect_waiting(options: &ConnectOptions, wait: Duration) -> Result<Cpg> {
+        Cpg::connect_at(&options.socket, options.initial_totem_conf, wait)
+    }
+
+    fn connect_at(path: &Path, initial_totem_conf: bool, wait: Duration) -> Result<Cpg> {
+        let deadline = Instant::now() + wait;
+        let socket = loop {
+            match SeqPacket::connect(path) {
+                Ok(socket) => break socket,
+                Err(e) => {
+                    let absent = matches!(
+                        e.kind(),
+                        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                    );
+                    if absent && Instant::now() < deadline {
+                        std::thread::sleep(Duration::from_millis(50));
+                        continue;
+                    }
+                    let why = match e.kind() {
+                        std::io::ErrorKind::NotFound => "no such socket".to_owned(),
+                        std::io::ErrorKind::ConnectionRefused => {
+                            "nobody accepts on the socket".to_owned()
+                        }
+                        _ => e.to_string(),
+                    };
+                    let waited = if wait.is_zero() {
+                        String::new()
+                    } else {
+                        format!(" after waiting {:.1} s", wait.as_secs_f64())
+                    };
+                    return Err(Error::with_detail(
+                        Status::Library,
+                        format!(
+                            "no engine at {} ({why}){waited}: is ringcastd running?",
+                            path.display()
+                        ),
+                    ));
+                }
+            }
+        };
         socket
             .set_read_timeout(Some(REPLY_TIMEOUT))
             .map_err(|e| Error::from_io(&e, "socket"))?;

@@ -10,7 +10,7 @@ use std::os::fd::AsRawFd;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Cluster, EVENT_TIMEOUT, FORM_TIMEOUT, STATUS, connect_to, retry, wait_for};
+use common::{Cluster, EVENT_TIMEOUT, FORM_TIMEOUT, cli_bin, connect_to, retry, wait_for};
 use ringcast::{
     Address, ConnectOptions, Cpg, Dispatch, Event, Guarantee, Handler, IterationKind, Status,
     reason,
@@ -74,7 +74,7 @@ struct Listener {
 
 impl Listener {
     fn spawn(cluster: &Cluster, id: u32, group: &str) -> Listener {
-        let mut child = Command::new(STATUS)
+        let mut child = Command::new(cli_bin())
             .args(["listen", group, "--socket"])
             .arg(cluster.socket(id))
             .stdout(Stdio::piped())
@@ -1148,7 +1148,7 @@ fn the_cli_lists_groups_listens_and_sends() {
     start_one(&mut cluster);
     let listener = Listener::spawn(&cluster, 1, "cli");
     listener.wait_line("confchg group=cli");
-    let groups = Command::new(STATUS)
+    let groups = Command::new(cli_bin())
         .arg("groups")
         .arg("--socket")
         .arg(cluster.socket(1))
@@ -1161,7 +1161,7 @@ fn the_cli_lists_groups_listens_and_sends() {
         text.contains(&format!("node 1 pid {}", listener.pid())),
         "{text}"
     );
-    let send = Command::new(STATUS)
+    let send = Command::new(cli_bin())
         .args(["send", "cli", "hello there", "--socket"])
         .arg(cluster.socket(1))
         .output()

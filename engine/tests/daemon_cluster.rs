@@ -886,7 +886,7 @@ fn ringcast_status_prints_the_ring() {
     let mut cluster = Cluster::new("status", 21_500, 1);
     cluster.start_all();
     cluster.wait_ring(&[1], FORM_TIMEOUT).unwrap();
-    let output = Command::new(STATUS)
+    let output = Command::new(cli_bin())
         .args(["status", "--node-id", "1", "--state-dir"])
         .arg(cluster.state_dir(1))
         .output()
@@ -901,7 +901,7 @@ fn ringcast_status_prints_the_ring() {
     }
     assert!(text.lines().any(|l| l.starts_with("packets_in ")));
     assert!(text.lines().any(|l| l.starts_with("token_rotations ")));
-    let missing = Command::new(STATUS)
+    let missing = Command::new(cli_bin())
         .args(["status", "--stats", "/nonexistent/stats_1"])
         .output()
         .unwrap();

@@ -51,18 +51,23 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! [`stats`] is the engine's counters page (read by the `ringcast` command line) and
+//! [`paths`] the default socket and directories both sides derive.
+//!
 //! `unsafe` lives in [`ring`] (atomics and byte copies through pointers into the mapping)
 //! and [`region`]/[`wake`] (FFI: memfd, fcntl, eventfd, poll); every block says why it holds.
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod delivery_pool;
 pub mod layout;
+pub mod paths;
 pub mod pool;
 pub mod proto;
 pub mod region;
 pub mod ring;
 pub mod send_area;
 pub mod socket;
+pub mod stats;
 pub mod wake;
 
 pub use delivery_pool::{DeliveryPool, DeliveryPoolView};

@@ -27,7 +27,7 @@ use ringcast_engine::totem::{
 
 #[derive(Parser, Debug)]
 #[command(about = "ns of Totem state-machine work per ordered 64 B message, 3-node ring")]
-struct Args {
+pub(crate) struct Args {
     /// Messages to order (split evenly over the 3 nodes).
     #[arg(long, default_value_t = 3_000_000)]
     messages: u64,

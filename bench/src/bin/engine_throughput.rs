@@ -34,7 +34,7 @@ use ringcast_engine::io::stats::{Snapshot, StatsReader, state_name};
 
 #[derive(Parser, Debug, Clone)]
 #[command(about = "ordered throughput of ringcastd engines on loopback (internal load generator)")]
-struct Args {
+pub(crate) struct Args {
     /// The ringcastd binary (default: next to this program, or $RINGCASTD).
     #[arg(long)]
     daemon: Option<PathBuf>,
@@ -361,8 +361,16 @@ fn run(args: &Args) -> Result<Vec<Row>, String> {
          test-hooks) or pass --daemon",
     )?;
     let mut rows = Vec::new();
+    let runs = args.nodes.len() * args.sizes.len();
     for &n in &args.nodes {
         for &size in &args.sizes {
+            // Progress on stderr: each run takes warm-up + window seconds.
+            eprintln!(
+                "[{}/{runs}] {n} engines, {size}-byte messages ({:.1} s warm-up, {:.1} s window)",
+                rows.len() + 1,
+                args.warmup,
+                args.seconds
+            );
             let row = measure(args, &daemon, n, size);
             eprintln!(
                 "{} measured over {:.2} s",

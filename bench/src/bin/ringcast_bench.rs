@@ -33,7 +33,7 @@ use ringcast_engine::io::stats::StatsReader;
     name = "ringcast-bench",
     about = "ringcast client throughput and latency"
 )]
-struct Args {
+pub(crate) struct Args {
     /// A running engine's socket; default: start a private engine.
     #[arg(long)]
     socket: Option<PathBuf>,
@@ -557,10 +557,19 @@ fn orchestrate(args: Args) {
         "| size | receivers | ringcast msg/s | ringcast MB/s | raw ring msg/s | raw ring MB/s | ratio | copies: sender | engine |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    // Progress on stderr (the table on stdout stays clean): one line per measurement.
+    let runs = sizes.len() * receivers;
+    let started = Instant::now();
+    let mut run = 0;
     for &size in &sizes {
         let count = messages.min(((2u64 << 30) / size as u64).max(50));
         let raw = raw_ring(size, count);
         for r in 1..=receivers {
+            run += 1;
+            eprintln!(
+                "[{run}/{runs}] size {size} B, {r} receivers, {count} messages ({:.0} s so far)",
+                started.elapsed().as_secs_f64()
+            );
             let rc = throughput(&socket, stats.as_deref(), size, r, count);
             let engine_copies = rc
                 .engine_copies
@@ -576,6 +585,7 @@ fn orchestrate(args: Args) {
             );
         }
     }
+    eprintln!("[latency] {samples} samples of 64 B");
     let hist = latency(&socket, samples);
     println!();
     println!(

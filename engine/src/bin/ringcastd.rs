@@ -25,7 +25,7 @@ use ringcast_engine::io;
     version,
     about = "ringcast engine: Totem over io_uring"
 )]
-struct Cli {
+pub(crate) struct Cli {
     #[command(flatten)]
     flags: ConfigFlags,
     /// Write a new random 32-byte key to FILE (mode 0600; never overwrites) and exit.
@@ -69,6 +69,23 @@ fn main() -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
+    // A user's default runtime directory may be in /tmp, where another user could have
+    // created it first: it must be this user's alone (the engine creates the rest).
+    let runtime_dir = ringcast_shm::paths::runtime_dir();
+    if config.settings.ipc_socket.parent() == Some(runtime_dir.as_path())
+        && ringcast_shm::paths::effective_uid() != 0
+        && let Err(e) = ringcast_shm::paths::ensure_private_dir(&runtime_dir)
+    {
+        eprintln!("ringcastd: runtime directory: {e}");
+        return ExitCode::from(1);
+    }
+    eprintln!(
+        "ringcastd: node {} on {}; clients connect at {}, stats page {}",
+        config.node_id,
+        config.own_addr,
+        config.settings.ipc_socket.display(),
+        config.stats_path.display()
+    );
     let level: tracing::Level = config
         .settings
         .log_level

@@ -246,8 +246,10 @@ impl Default for Settings {
             recv_buffers: 0,
             send_zerocopy_bytes: 0,
             key_file: None,
-            ipc_socket: "/run/ringcast/ringcast.sock".into(),
-            state_dir: "/var/lib/ringcast".into(),
+            // /run/ringcast and /var/lib/ringcast for root, per-user directories
+            // otherwise: the rule clients follow to find the engine (`ringcast_shm::paths`).
+            ipc_socket: ringcast_shm::paths::socket(),
+            state_dir: ringcast_shm::paths::state_dir(),
             log_level: "info".into(),
             nodelist: Vec::new(),
             totem: TotemSettings::default(),
@@ -291,8 +293,10 @@ pub struct ConfigFlags {
     /// TOML configuration file.
     #[arg(long, short = 'c', value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Cluster name, hashed into every packet's cluster id (`cluster_name`).
     #[arg(long)]
     pub cluster_name: Option<String>,
+    /// This node's id in the nodelist, never 0 (`node_id`).
     #[arg(long)]
     pub node_id: Option<NodeId>,
     /// A nodelist entry, `ID=ADDR` (repeatable; replaces the file's nodelist).
@@ -301,27 +305,40 @@ pub struct ConfigFlags {
     /// `udpu` or `multicast`.
     #[arg(long)]
     pub transport: Option<String>,
+    /// UDP port of every node and of the multicast group (`port`, default 5405).
     #[arg(long)]
     pub port: Option<u16>,
+    /// Group address for `--transport multicast` (`multicast_group`).
     #[arg(long)]
     pub multicast_group: Option<String>,
+    /// Largest datagram on the wire, seal included (`datagram_bytes`, default 1500).
     #[arg(long)]
     pub datagram_bytes: Option<usize>,
     /// `spin` or `backoff`.
     #[arg(long)]
     pub idle: Option<String>,
+    /// Pin the engine thread to this CPU, ideally an isolated core (`cpu`).
     #[arg(long)]
     pub cpu: Option<usize>,
+    /// Receive buffers on huge pages, normal pages if none are reserved (`huge_pages`).
     #[arg(long, value_name = "BOOL")]
     pub huge_pages: Option<bool>,
+    /// A kernel thread polls the io_uring submission queue (`sqpoll`).
     #[arg(long, value_name = "BOOL")]
     pub sqpoll: Option<bool>,
+    /// 32-byte pre-shared key that authenticates and encrypts packets (`key_file`).
     #[arg(long, value_name = "FILE")]
     pub key_file: Option<PathBuf>,
+    /// The clients' Unix socket (`ipc_socket`; default /run/ringcast/ringcast.sock for
+    /// root, $XDG_RUNTIME_DIR/ringcast/ringcast.sock or /tmp/ringcast-$UID/ringcast.sock
+    /// otherwise).
     #[arg(long, value_name = "PATH")]
     pub ipc_socket: Option<PathBuf>,
+    /// Ring sequence and stats page (`state_dir`; default /var/lib/ringcast for root,
+    /// $XDG_STATE_HOME/ringcast or ~/.local/state/ringcast otherwise).
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// error, warn, info, debug or trace (`log_level`, default info).
     #[arg(long)]
     pub log_level: Option<String>,
     /// Base token timeout (`totem.token_ms`).
@@ -645,7 +662,7 @@ pub fn cluster_id(name: &str) -> u32 {
 
 /// The stats page a node with this state dir and id writes (read by `ringcast status`).
 pub fn stats_path(state_dir: &Path, node_id: NodeId) -> PathBuf {
-    state_dir.join(format!("stats_{node_id}"))
+    ringcast_shm::stats::page_path(state_dir, node_id)
 }
 
 fn parse_address(address: &str, port: u16) -> Option<SocketAddr> {
@@ -944,10 +961,8 @@ mod tests {
         assert_eq!(c.totem.token, Duration::from_millis(3000));
         assert_eq!(c.totem.cluster_id, cluster_id("ringcast"));
         assert_eq!(c.totem.max_datagram_bytes, 1500);
-        assert_eq!(
-            c.settings.ipc_socket,
-            PathBuf::from("/run/ringcast/ringcast.sock")
-        );
+        assert_eq!(c.settings.ipc_socket, ringcast_shm::paths::socket());
+        assert_eq!(c.settings.state_dir, ringcast_shm::paths::state_dir());
     }
 
     #[test]

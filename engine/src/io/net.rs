@@ -15,7 +15,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::daemon::DaemonConfig;
 
 /// Socket buffer sizes asked for (the kernel caps them at `net.core.*mem_max`).
-const SOCKET_BUFFER_BYTES: usize = 8 << 20;
+pub const SOCKET_BUFFER_BYTES: usize = 8 << 20;
 
 /// How long a start waits for its port to be released.
 const BIND_PATIENCE: std::time::Duration = std::time::Duration::from_secs(3);

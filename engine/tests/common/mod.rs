@@ -13,7 +13,17 @@ use ringcast_engine::io::stats::{Snapshot, StatsReader, state_name};
 /// Node addresses in network namespaces: `<NETNS_SUBNET>.<id>/24`.
 pub const NETNS_SUBNET: &str = "10.77.0";
 pub const DAEMON: &str = env!("CARGO_BIN_EXE_ringcastd");
-pub const STATUS: &str = env!("CARGO_BIN_EXE_ringcast");
+/// The `ringcast` command line (crate ringcast-cli): cargo builds it next to ringcastd
+/// when the workspace's tests are built (`make test`).
+pub fn cli_bin() -> PathBuf {
+    let path = std::path::Path::new(DAEMON).with_file_name("ringcast");
+    assert!(
+        path.exists(),
+        "{} is missing: build it with `cargo build -p ringcast-cli`",
+        path.display()
+    );
+    path
+}
 pub const TOKEN_MS: u64 = 300;
 /// Generous for a loaded 2-core machine; membership itself takes token + consensus.
 pub const FORM_TIMEOUT: Duration = Duration::from_secs(20);

@@ -15,8 +15,12 @@ use clap::Parser;
 use ringcast_sim::{self as sim, RunReport, SimOptions};
 
 #[derive(Parser, Debug)]
-#[command(about = "Deterministic Totem cluster simulator with fault injection and checkers")]
-struct Args {
+#[command(
+    name = "ringcast-sim",
+    version,
+    about = "Deterministic Totem cluster simulator with fault injection and checkers"
+)]
+pub(crate) struct Args {
     /// Run this many seeds, from --start.
     #[arg(long, default_value_t = 100)]
     seeds: u64,
@@ -38,10 +42,13 @@ struct Args {
     /// Virtual seconds the cluster has to become quiescent after the workload stops.
     #[arg(long, default_value_t = 10.0)]
     settle: f64,
+    /// Token-loss timeout of every simulated node, ms.
     #[arg(long, default_value_t = 200)]
     token_ms: u64,
+    /// Join retransmission timeout, ms.
     #[arg(long, default_value_t = 30)]
     join_ms: u64,
+    /// Merge-detection interval of an idle representative, ms.
     #[arg(long, default_value_t = 100)]
     merge_ms: u64,
     /// max_datagram_bytes choices, comma-separated; each seed picks one.
@@ -56,10 +63,13 @@ struct Args {
     /// Probability of an extra reordering delay.
     #[arg(long)]
     reorder: Option<f64>,
+    /// Extra delay of a reordered datagram, µs.
     #[arg(long)]
     reorder_delay_us: Option<u64>,
+    /// Shortest network delay, µs.
     #[arg(long)]
     delay_min_us: Option<u64>,
+    /// Longest network delay, µs.
     #[arg(long)]
     delay_max_us: Option<u64>,
     /// Loss probability during a loss burst.
@@ -74,26 +84,34 @@ struct Args {
     /// Shortest downtime of a crashed node, virtual seconds.
     #[arg(long)]
     downtime_min: Option<f64>,
+    /// Longest downtime of a crashed node, virtual seconds.
     #[arg(long)]
     downtime_max: Option<f64>,
     /// Broadcasts do not come back to their sender (ringcastd's unicast fan-out).
     #[arg(long)]
     no_loopback: bool,
+    /// No node crashes (and restarts).
     #[arg(long)]
     no_crash: bool,
+    /// No node leaves the ring cleanly.
     #[arg(long)]
     no_leave: bool,
+    /// No network partitions.
     #[arg(long)]
     no_partition: bool,
     /// No loss at all: --drop 0, no bursts, no token loss.
     #[arg(long)]
     no_loss: bool,
+    /// No loss bursts.
     #[arg(long)]
     no_burst: bool,
+    /// No token loss episodes.
     #[arg(long)]
     no_token_loss: bool,
+    /// No duplicated datagrams (--dup 0).
     #[arg(long)]
     no_dup: bool,
+    /// No reordering (--reorder 0).
     #[arg(long)]
     no_reorder: bool,
     /// No faults of any kind (a perfect network apart from delay).
@@ -111,6 +129,7 @@ struct Args {
     /// Fraction of 100 KiB–2 MiB messages.
     #[arg(long)]
     large: Option<f64>,
+    /// Stop a run after this many simulation steps (a runaway guard).
     #[arg(long)]
     max_steps: Option<u64>,
     /// Threads (default: the number of CPUs); each seed runs on one.
@@ -125,6 +144,72 @@ struct Args {
     /// Print one line per seed.
     #[arg(long, short)]
     verbose: bool,
+    /// No progress line on stderr.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+/// A progress line on stderr while many seeds run: rewritten in place on a terminal,
+/// one line every 10 s otherwise (CI logs), and a last one when done.
+struct Progress {
+    total: usize,
+    started: std::time::Instant,
+    tty: bool,
+    /// When the last line was printed.
+    last: Mutex<Option<std::time::Instant>>,
+}
+
+impl Progress {
+    fn new(total: usize) -> Progress {
+        use std::io::IsTerminal;
+        Progress {
+            total,
+            started: std::time::Instant::now(),
+            tty: std::io::stderr().is_terminal(),
+            last: Mutex::new(None),
+        }
+    }
+
+    fn line(&self, done: usize, violations: usize) -> String {
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let left = if done > 0 {
+            elapsed / done as f64 * (self.total - done) as f64
+        } else {
+            0.0
+        };
+        format!(
+            "seeds {done}/{} ({:.0}%), {violations} violations, {elapsed:.1} s elapsed, ~{left:.0} s left",
+            self.total,
+            100.0 * done as f64 / self.total.max(1) as f64
+        )
+    }
+
+    fn tick(&self, done: usize, violations: usize) {
+        let every = if self.tty {
+            Duration::from_millis(200)
+        } else {
+            Duration::from_secs(10)
+        };
+        let mut last = self.last.lock().expect("no poisoning");
+        let now = std::time::Instant::now();
+        if last.is_some_and(|t| now.duration_since(t) < every) {
+            return;
+        }
+        *last = Some(now);
+        if self.tty {
+            eprint!("\r{}\x1b[K", self.line(done, violations));
+        } else {
+            eprintln!("{}", self.line(done, violations));
+        }
+    }
+
+    fn finish(&self, violations: usize) {
+        if self.tty {
+            eprintln!("\r{}\x1b[K", self.line(self.total, violations));
+        } else {
+            eprintln!("{}", self.line(self.total, violations));
+        }
+    }
 }
 
 fn parse_nodes(s: &str) -> Result<(usize, usize), String> {
@@ -231,6 +316,9 @@ fn main() {
 
     let next = AtomicU64::new(0);
     let reports: Mutex<Vec<RunReport>> = Mutex::new(Vec::new());
+    let progress = (!single && !args.no_progress).then(|| Progress::new(seeds.len()));
+    let done = AtomicU64::new(0);
+    let violations_seen = AtomicU64::new(0);
     std::thread::scope(|scope| {
         for _ in 0..jobs {
             scope.spawn(|| {
@@ -246,11 +334,20 @@ fn main() {
                     for v in &report.violations {
                         print!("{v}");
                     }
+                    let found = report.violations.len() as u64;
                     reports.lock().expect("no poisoning").push(report);
+                    let finished = done.fetch_add(1, Ordering::Relaxed) + 1;
+                    let bad = violations_seen.fetch_add(found, Ordering::Relaxed) + found;
+                    if let Some(p) = &progress {
+                        p.tick(finished as usize, bad as usize);
+                    }
                 }
             });
         }
     });
+    if let Some(p) = &progress {
+        p.finish(violations_seen.load(Ordering::Relaxed) as usize);
+    }
     let mut reports = reports.into_inner().expect("no poisoning");
     reports.sort_by_key(|r| r.seed);
 
