@@ -1038,6 +1038,14 @@ pub fn plan(host: &Host, needs: &Needs) -> Plan {
         if bad("isolcpus") || bad("nohz_full") || bad("rcu_nocbs") {
             plan.boot.push(boot_isolation(cpu));
         }
+        // The engine thread pins itself; the daemon's other threads belong on the
+        // housekeeping cpus, never on another isolated core.
+        let mut cpus = irq_cpus(host, cpu);
+        cpus.push(cpu);
+        plan.boot.push(format!(
+            "systemd: CPUAffinity={} in a drop-in for ringcastd (systemctl edit ringcastd)",
+            format_cpu_list(&cpus)
+        ));
     } else {
         plan.boot
             .push("config: set cpu = N (an isolated core) to pin the engine thread".into());

@@ -24,6 +24,17 @@ use ringcast_engine::daemon::config::{ConfigFlags, DaemonConfig};
 use serde::{Deserialize, Serialize};
 
 pub use checks::{Check, Needs, Status};
+
+/// `println!` that ends the program quietly when stdout is closed (`ringcast-tune check |
+/// head`), instead of panicking on the broken pipe.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if writeln!(std::io::stdout(), $($arg)*).is_err() {
+            std::process::exit(0);
+        }
+    }};
+}
 pub use host::Host;
 
 /// The config file `check` and `apply` read when no `--config` is given, if it exists.
@@ -108,11 +119,11 @@ pub fn main() -> ExitCode {
             let report = checks::run(&host, &needs);
             if json {
                 match serde_json::to_string_pretty(&report) {
-                    Ok(text) => println!("{text}"),
+                    Ok(text) => say!("{text}"),
                     Err(e) => return fail(&e.to_string()),
                 }
             } else {
-                print!("{}", report.human());
+                say!("{}", report.human().trim_end());
             }
             if report.failures() > 0 {
                 ExitCode::from(1)
@@ -217,7 +228,7 @@ fn apply(host: &Host, needs: &Needs, saved_path: &Path, dry_run: bool) -> ExitCo
     };
     let mut failed = 0;
     if plan.runtime.is_empty() {
-        println!("runtime: nothing to change");
+        say!("runtime: nothing to change");
     }
     for change in &plan.runtime {
         let line = format!(
@@ -229,19 +240,21 @@ fn apply(host: &Host, needs: &Needs, saved_path: &Path, dry_run: bool) -> ExitCo
             change.why
         );
         if dry_run {
-            println!("{line}");
+            say!("{line}");
             continue;
         }
         match host.write(&change.path, &change.new) {
             Ok(()) => {
-                println!("{line}");
+                say!("{line}");
                 saved.record(change.clone());
             }
             Err(e) => {
                 failed += 1;
-                println!(
+                say!(
                     "FAILED {}: {} -> {}: {e}",
-                    change.path, change.old, change.new
+                    change.path,
+                    change.old,
+                    change.new
                 );
             }
         }
@@ -250,15 +263,15 @@ fn apply(host: &Host, needs: &Needs, saved_path: &Path, dry_run: bool) -> ExitCo
         if let Err(e) = saved.store(saved_path) {
             return fail(&format!("changes made but not saved for revert: {e}"));
         }
-        println!(
+        say!(
             "saved the old values in {} (ringcast-tune revert restores them)",
             saved_path.display()
         );
     }
     if !plan.boot.is_empty() {
-        println!("boot-time changes (not applied; make them and reboot):");
+        say!("boot-time changes (not applied; make them and reboot):");
         for line in &plan.boot {
-            println!("  {line}");
+            say!("  {line}");
         }
     }
     if failed > 0 {
@@ -277,7 +290,7 @@ fn revert(host: &Host, saved_path: &Path, dry_run: bool) -> ExitCode {
         Err(e) => return fail(&e),
     };
     if saved.changes.is_empty() {
-        println!(
+        say!(
             "nothing to revert ({} has no changes)",
             saved_path.display()
         );
@@ -286,13 +299,13 @@ fn revert(host: &Host, saved_path: &Path, dry_run: bool) -> ExitCode {
     let mut left = Saved::default();
     for change in saved.changes.iter().rev() {
         if dry_run {
-            println!("would restore {}: {}", change.path, change.old);
+            say!("would restore {}: {}", change.path, change.old);
             continue;
         }
         match host.write(&change.path, &change.old) {
-            Ok(()) => println!("restored {}: {}", change.path, change.old),
+            Ok(()) => say!("restored {}: {}", change.path, change.old),
             Err(e) => {
-                println!("FAILED to restore {}: {}: {e}", change.path, change.old);
+                say!("FAILED to restore {}: {}: {e}", change.path, change.old);
                 left.changes.insert(0, change.clone());
             }
         }

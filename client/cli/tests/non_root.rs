@@ -22,6 +22,35 @@ fn daemon_bin() -> PathBuf {
     path
 }
 
+/// `program` where another user can run it: in place when every directory above it is
+/// searchable by others (e.g. under /work), else a copy in a 0755 directory (a clone
+/// under /root, mode 0700). The copies are made once, before any test spawns anything:
+/// a child forked while a copy is open for writing would make its exec fail (ETXTBSY).
+fn runnable_by_others(program: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    static COPIES: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    let dir = COPIES.get_or_init(|| {
+        let open = Path::new(CLI)
+            .ancestors()
+            .skip(1)
+            .all(|dir| std::fs::metadata(dir).is_ok_and(|m| m.mode() & 0o001 != 0));
+        if open || euid() != 0 {
+            return None;
+        }
+        let dir = std::env::temp_dir().join(format!("ringcast-nonroot-bin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        for bin in [PathBuf::from(CLI), daemon_bin()] {
+            std::fs::copy(&bin, dir.join(bin.file_name().unwrap())).unwrap();
+        }
+        Some(dir)
+    });
+    match dir {
+        Some(dir) => dir.join(program.file_name().unwrap()),
+        None => program.to_path_buf(),
+    }
+}
+
 fn euid() -> u32 {
     std::fs::metadata("/proc/self").unwrap().uid()
 }
@@ -41,7 +70,7 @@ impl User {
             cmd.arg(format!("--reuid={}", self.uid))
                 .arg(format!("--regid={}", self.uid))
                 .arg("--clear-groups")
-                .arg(program);
+                .arg(runnable_by_others(program));
             cmd
         } else {
             Command::new(program)
