@@ -6,6 +6,7 @@ CARGO    ?= cargo
 #   make sim SIM_ARGS="--seed 1234"
 SIM_ARGS ?= --seeds 1000 --nodes 2-16
 
+.PHONY: install-c capi
 .PHONY: all build run test fmt-check clippy unit-test bench bench-client bench-engine sim cluster tune-check clean help
 
 all: build
@@ -18,6 +19,7 @@ help:
 	@echo "make bench-engine  ordered throughput of 1, 3, 5 ringcastd engines on loopback (load generator)"
 	@echo "make cluster     N engines on 127.0.0.1..N until Ctrl-C (CLUSTER_NODES=3)"
 	@echo "make tune-check  not yet implemented"
+	@echo "make install-c   libcpg.so.4, libcfg.so.7, corosync/*.h and .pc files (PREFIX=$(PREFIX) DESTDIR=)"
 
 build:
 	$(CARGO) build --workspace --release
@@ -70,6 +72,33 @@ cluster:
 tune-check:
 	@echo "make tune-check: not yet implemented (no issue yet: ringcast-tune host checks)" >&2
 	@exit 1
+
+# The Corosync-compatible C libraries (docs/c-api.md): `make install-c PREFIX=/usr/local
+# DESTDIR=...`. CAPI_PROFILE=debug installs a debug build (the tests do).
+PREFIX      ?= /usr/local
+DESTDIR     ?=
+LIBDIR      ?= $(PREFIX)/lib
+INCLUDEDIR  ?= $(PREFIX)/include
+CAPI_PROFILE ?= release
+CAPI_OUT     = target/$(if $(filter debug,$(CAPI_PROFILE)),debug,$(CAPI_PROFILE))
+
+capi:
+	$(CARGO) build --profile $(if $(filter debug,$(CAPI_PROFILE)),dev,$(CAPI_PROFILE)) -p ringcast-capi-cpg -p ringcast-capi-cfg
+
+install-c: capi
+	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCLUDEDIR)/corosync
+	install -m 644 client/include/corosync/corotypes.h client/include/corosync/cpg.h \
+		client/include/corosync/cfg.h $(DESTDIR)$(INCLUDEDIR)/corosync/
+	install -m 755 $(CAPI_OUT)/libcpg.so $(DESTDIR)$(LIBDIR)/libcpg.so.4.1.0
+	install -m 755 $(CAPI_OUT)/libcfg.so $(DESTDIR)$(LIBDIR)/libcfg.so.7.3.0
+	ln -sf libcpg.so.4.1.0 $(DESTDIR)$(LIBDIR)/libcpg.so.4
+	ln -sf libcpg.so.4 $(DESTDIR)$(LIBDIR)/libcpg.so
+	ln -sf libcfg.so.7.3.0 $(DESTDIR)$(LIBDIR)/libcfg.so.7
+	ln -sf libcfg.so.7 $(DESTDIR)$(LIBDIR)/libcfg.so
+	for pc in libcpg libcfg; do \
+		sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' \
+			client/capi-cpg/pkgconfig/$$pc.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/$$pc.pc; \
+	done
 
 clean:
 	$(CARGO) clean
