@@ -31,7 +31,6 @@ const SHUTDOWN_FLAG_IMMEDIATE: c_int = 2;
 const NODE_STATUS_V1: c_int = 1;
 const MAX_HOST_LEN: usize = 256;
 const MAX_LINKS: usize = 8;
-const DISPATCH_NAP_MS: c_int = 100;
 
 type ShutdownFn = unsafe extern "C-unwind" fn(u64, c_int);
 
@@ -196,27 +195,21 @@ fn tell_shutdown(handle: &Handle) {
 }
 
 /// One non-blocking step; `Ok(true)` when an event was handled.
-fn dispatch_step(handle: &Handle, one: bool) -> Result<bool, c_int> {
-    let mode = if one {
-        Dispatch::OneNonBlocking
-    } else {
-        Dispatch::All
-    };
-    match handle.cpg.dispatch(mode, &mut Ignore) {
+fn dispatch_step(h: u64, handle: &Handle) -> Result<bool, c_int> {
+    let r = handle.cpg.dispatch(Dispatch::OneNonBlocking, &mut Ignore);
+    if HANDLES.get(h).is_none() {
+        return Err(CS_ERR_BAD_HANDLE);
+    }
+    match r {
         Ok(()) => Ok(true),
         Err(e) if e.is_try_again() || e.status() == Status::Busy => Ok(false),
-        Err(e) => {
-            let code = handle.fail(&e);
-            if code == CS_ERR_LIBRARY {
-                tell_shutdown(handle);
-            }
-            Err(code)
-        }
+        Err(e) => Err(handle.fail(&e)),
     }
 }
 
-/// `corosync_cfg_dispatch`, with the dispatch modes of CPG_SPEC.md section 4; waits
-/// in `poll`, outside the panic guard (cancellable).
+/// `corosync_cfg_dispatch`, with the dispatch modes of CPG_SPEC.md section 4
+/// ([`ffi::dispatch_loop`]). A tracking handle whose engine went away gets the
+/// shutdown callback first.
 extern "C-unwind" fn dispatch(h: u64, flags: c_int) -> c_int {
     let Some(handle) = HANDLES.get(h) else {
         return CS_ERR_BAD_HANDLE;
@@ -225,38 +218,20 @@ extern "C-unwind" fn dispatch(h: u64, flags: c_int) -> c_int {
         return CS_ERR_LIBRARY;
     }
     let fd = handle.cpg.as_raw_fd();
-    let mut woken = false;
-    loop {
-        let mut step = Err(CS_ERR_LIBRARY);
-        let code = guard(|| {
-            step = dispatch_step(&handle, flags != CS_DISPATCH_ALL);
+    let code = dispatch_loop(
+        flags,
+        fd,
+        || dispatch_step(h, &handle),
+        || handle.cpg.engine_gone(),
+    );
+    if code == CS_ERR_LIBRARY {
+        handle.lost.store(true, Ordering::Release);
+        guard(|| {
+            tell_shutdown(&handle);
             CS_OK
         });
-        if code != CS_OK {
-            return code;
-        }
-        if HANDLES.get(h).is_none() {
-            return CS_ERR_BAD_HANDLE;
-        }
-        match (flags, step) {
-            (_, Err(code)) => return code,
-            (CS_DISPATCH_ALL, Ok(_)) => return CS_OK,
-            (CS_DISPATCH_ONE | CS_DISPATCH_ONE_NONBLOCKING, Ok(true)) => return CS_OK,
-            (CS_DISPATCH_ONE_NONBLOCKING, Ok(false)) => return CS_ERR_TRY_AGAIN,
-            (_, Ok(true)) => woken = false,
-            (_, Ok(false)) => {
-                if woken && handle.cpg.engine_gone() {
-                    handle.lost.store(true, Ordering::Release);
-                    let _ = guard(|| {
-                        tell_shutdown(&handle);
-                        CS_OK
-                    });
-                    return CS_ERR_LIBRARY;
-                }
-                woken = poll_in(fd, DISPATCH_NAP_MS);
-            }
-        }
     }
+    code
 }
 
 /// Copies `text` into a C string field, NUL-terminated and truncated to fit.

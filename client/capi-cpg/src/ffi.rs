@@ -171,3 +171,57 @@ macro_rules! versioned {
         )*
     };
 }
+
+/// How long a blocking dispatch sleeps in `poll` before it looks again (a finalize
+/// from another thread is noticed within this).
+const DISPATCH_NAP_MS: c_int = 100;
+
+/// The dispatch loop of both libraries (CPG_SPEC.md section 4). `step` handles at most
+/// one pending event (`Ok(true)`) or finds none (`Ok(false)`); `gone` tells a lost
+/// engine from an idle one. Steps run under the panic guard; the waits happen in
+/// `poll` outside it, so `pthread_cancel` of a blocked thread unwinds cleanly.
+pub fn dispatch_loop(
+    flags: c_int,
+    fd: c_int,
+    mut step: impl FnMut() -> Result<bool, c_int>,
+    gone: impl Fn() -> bool,
+) -> c_int {
+    let mut handled = 0usize;
+    let mut woken = false;
+    loop {
+        let mut result = Err(CS_ERR_LIBRARY);
+        let code = guard(|| {
+            result = step();
+            CS_OK
+        });
+        if code != CS_OK {
+            return code;
+        }
+        match result {
+            Err(code) => return code,
+            Ok(true) => {
+                handled += 1;
+                woken = false;
+                if flags == CS_DISPATCH_ONE || flags == CS_DISPATCH_ONE_NONBLOCKING {
+                    return CS_OK;
+                }
+            }
+            Ok(false) => {
+                let waits = flags != CS_DISPATCH_ALL && flags != CS_DISPATCH_ONE_NONBLOCKING;
+                // Nothing pending although the fd said so (or a non-blocking call found
+                // nothing at all): a dead engine is an error, as in Corosync.
+                let look = if waits { woken } else { handled == 0 };
+                if look && guard(|| if gone() { CS_ERR_LIBRARY } else { CS_OK }) != CS_OK {
+                    return CS_ERR_LIBRARY;
+                }
+                match flags {
+                    CS_DISPATCH_ALL => return CS_OK,
+                    CS_DISPATCH_ONE_NONBLOCKING => return CS_ERR_TRY_AGAIN,
+                    // ONE waits for its event; BLOCKING (and any other value, as in
+                    // Corosync) handles events until an error.
+                    _ => woken = poll_in(fd, DISPATCH_NAP_MS),
+                }
+            }
+        }
+    }
+}

@@ -32,9 +32,6 @@ const MAX_ATOMIC_MSG_BYTES: u32 = 1_047_552;
 const CPG_MAX_NAME_LENGTH: usize = 128;
 const MODEL_V1: c_int = 1;
 const DELIVER_INITIAL_TOTEM_CONF: c_uint = 1;
-/// How long a blocking dispatch sleeps in `poll` before it looks whether its handle was
-/// finalized by another thread.
-const DISPATCH_NAP_MS: c_int = 100;
 
 #[repr(C)]
 pub struct CpgName {
@@ -464,19 +461,14 @@ impl Handler for Callbacks<'_> {
     }
 }
 
-/// One non-blocking step of a dispatch: at most one event (`one`) or all pending ones.
-/// `Ok(true)` when an event was handled, `Ok(false)` when none was pending.
-fn dispatch_step(handle: &Handle, one: bool) -> Result<bool, c_int> {
+/// One non-blocking step of a dispatch: `Ok(true)` when an event was handled,
+/// `Ok(false)` when none was pending.
+fn dispatch_step(handle: &Handle) -> Result<bool, c_int> {
     let mut callbacks = Callbacks {
         handle,
         scratch: Vec::new(),
     };
-    let mode = if one {
-        Dispatch::OneNonBlocking
-    } else {
-        Dispatch::All
-    };
-    let r = handle.cpg.dispatch(mode, &mut callbacks);
+    let r = handle.cpg.dispatch(Dispatch::OneNonBlocking, &mut callbacks);
     if handle.finalized.load(Ordering::Acquire) {
         // cpg_finalize ran in a callback or on another thread.
         return Err(CS_ERR_BAD_HANDLE);
@@ -489,8 +481,7 @@ fn dispatch_step(handle: &Handle, one: bool) -> Result<bool, c_int> {
     }
 }
 
-/// `cpg_dispatch` (CPG_SPEC.md section 4). The waits happen in `poll` outside any
-/// panic guard, so `pthread_cancel` of a thread blocked here unwinds cleanly.
+/// `cpg_dispatch` (CPG_SPEC.md section 4, [`ffi::dispatch_loop`]).
 extern "C-unwind" fn dispatch(h: u64, flags: c_int) -> c_int {
     let handle = match HANDLES.get(h) {
         Some(handle) => handle,
@@ -500,35 +491,16 @@ extern "C-unwind" fn dispatch(h: u64, flags: c_int) -> c_int {
         return CS_ERR_LIBRARY;
     }
     let fd = handle.cpg.as_raw_fd();
-    let mut woken = false;
-    loop {
-        let one = flags != CS_DISPATCH_ALL;
-        let mut step = Err(CS_ERR_LIBRARY);
-        let code = guard(|| {
-            step = dispatch_step(&handle, one);
-            CS_OK
-        });
-        if code != CS_OK {
-            return code;
-        }
-        match (flags, step) {
-            (_, Err(code)) => return code,
-            (CS_DISPATCH_ALL, Ok(_)) => return CS_OK,
-            (CS_DISPATCH_ONE | CS_DISPATCH_ONE_NONBLOCKING, Ok(true)) => return CS_OK,
-            (CS_DISPATCH_ONE_NONBLOCKING, Ok(false)) => return CS_ERR_TRY_AGAIN,
-            // BLOCKING (and any other value, as in Corosync) handles events until an
-            // error; ONE waits for its event.
-            (_, Ok(true)) => woken = false,
-            (_, Ok(false)) => {
-                // The fd was readable yet nothing was pending: the engine is gone.
-                if woken && handle.cpg.engine_gone() {
-                    handle.lost.store(true, Ordering::Release);
-                    return CS_ERR_LIBRARY;
-                }
-                woken = poll_in(fd, DISPATCH_NAP_MS);
-            }
-        }
+    let code = dispatch_loop(
+        flags,
+        fd,
+        || dispatch_step(&handle),
+        || handle.cpg.engine_gone(),
+    );
+    if code == CS_ERR_LIBRARY {
+        handle.lost.store(true, Ordering::Release);
     }
+    code
 }
 
 // ---------------------------------------------------------------------------------
