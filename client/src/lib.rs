@@ -123,6 +123,15 @@ pub struct Member {
     pub pid: u32,
 }
 
+/// The engine's nodelist and the current ring ([`Cpg::nodes`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterNodes {
+    /// Node id and address (`ip:port`) of every configured node.
+    pub nodes: Vec<(u32, String)>,
+    /// Members of the current ring.
+    pub ring: Vec<u32>,
+}
+
 /// One entry of an iteration (`cpg_iteration_description_t`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GroupMember {
@@ -1164,19 +1173,19 @@ impl Cpg {
 
     /// The engine's nodelist (node id, `ip:port`) and the members of the current ring
     /// (for Corosync's cfg API).
-    pub fn nodes(&self) -> Result<(Vec<(u32, String)>, Vec<u32>)> {
+    pub fn nodes(&self) -> Result<ClusterNodes> {
         match self.request(&Request::Nodes)? {
             Reply::Nodes {
                 status: Status::Ok,
                 ring,
                 nodes,
-            } => Ok((
-                nodes
+            } => Ok(ClusterNodes {
+                nodes: nodes
                     .into_iter()
                     .map(|n| (n.node, String::from_utf8_lossy(&n.addr).into_owned()))
                     .collect(),
                 ring,
-            )),
+            }),
             other => Err(Error::new(other.status())),
         }
     }

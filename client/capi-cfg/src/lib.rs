@@ -68,6 +68,9 @@ pub struct NodeStatusV1 {
     link_status: [LinkStatusV1; MAX_LINKS],
 }
 
+/// Node id and address of each configured node.
+type NodeAddrs = Vec<(u32, SocketAddr)>;
+
 struct Handle {
     id: u64,
     cpg: Cpg,
@@ -107,9 +110,11 @@ impl Handle {
     }
 
     /// The nodelist and the current ring.
-    fn nodes(&self) -> Result<(Vec<(u32, SocketAddr)>, Vec<u32>), c_int> {
-        let (nodes, ring) = self.cpg.nodes().map_err(|e| self.fail(&e))?;
-        let nodes = nodes
+    fn nodes(&self) -> Result<(NodeAddrs, Vec<u32>), c_int> {
+        let listed = self.cpg.nodes().map_err(|e| self.fail(&e))?;
+        let ring = listed.ring;
+        let nodes = listed
+            .nodes
             .into_iter()
             .filter_map(|(id, addr)| Some((id, addr.parse().ok()?)))
             .collect();

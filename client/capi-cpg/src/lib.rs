@@ -468,7 +468,9 @@ fn dispatch_step(handle: &Handle) -> Result<bool, c_int> {
         handle,
         scratch: Vec::new(),
     };
-    let r = handle.cpg.dispatch(Dispatch::OneNonBlocking, &mut callbacks);
+    let r = handle
+        .cpg
+        .dispatch(Dispatch::OneNonBlocking, &mut callbacks);
     if handle.finalized.load(Ordering::Acquire) {
         // cpg_finalize ran in a callback or on another thread.
         return Err(CS_ERR_BAD_HANDLE);
@@ -528,8 +530,10 @@ unsafe extern "C-unwind" fn leave(h: u64, group: *const CpgName) -> c_int {
     })
 }
 
-/// `cpg_mcast_joined`: the iovecs are gathered straight into the submit ring (or, above
-/// one ring record, into pieces of it); TRY_AGAIN when the ring is full.
+/// `cpg_mcast_joined`: the iovecs are gathered straight into the submit ring, or above
+/// one ring record into a send buffer of the shared region (above all the send
+/// buffers, on the heap and then into the ring in pieces); TRY_AGAIN when the ring or
+/// the buffers are full.
 ///
 /// # Safety
 /// C caller: `iov` points to `iov_len` iovecs, each naming readable memory.
@@ -561,7 +565,16 @@ unsafe extern "C-unwind" fn mcast_joined(
             // SAFETY: each iovec names `iov_len` readable bytes for the call.
             parts.push(unsafe { std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len) });
         }
-        handle.send_result(handle.cpg.mcast_gather(guarantee(g), &parts))
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        // Gathered straight into shared memory: a ring record, or above one record a
+        // send buffer (one library copy either way; see Cpg::mcast_with).
+        handle.send_result(handle.cpg.mcast_with(guarantee(g), len, |dst| {
+            let mut at = 0;
+            for part in &parts {
+                dst[at..at + part.len()].copy_from_slice(part);
+                at += part.len();
+            }
+        }))
     })
 }
 

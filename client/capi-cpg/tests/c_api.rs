@@ -59,9 +59,14 @@ fn env() -> &'static Env {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("bin")).unwrap();
         // The engine binary (this crate cannot name another package's binary).
-        run(Command::new(&cargo)
-            .current_dir(&root)
-            .args(["build", "-q", "-p", "ringcast-engine", "--bin", "ringcastd"]));
+        run(Command::new(&cargo).current_dir(&root).args([
+            "build",
+            "-q",
+            "-p",
+            "ringcast-engine",
+            "--bin",
+            "ringcastd",
+        ]));
         let dest = dir.join("dest");
         run(Command::new("make")
             .current_dir(&root)
@@ -312,7 +317,10 @@ impl Member {
                     panic!("member {}: no {what}; saw {:#?}", self.pid, self.seen)
                 }
                 Err(RecvTimeoutError::Disconnected) => {
-                    panic!("member {} exited; no {what}; saw {:#?}", self.pid, self.seen)
+                    panic!(
+                        "member {} exited; no {what}; saw {:#?}",
+                        self.pid, self.seen
+                    )
                 }
             }
         }
@@ -570,7 +578,10 @@ fn engine_restart_and_cfg_shutdown() {
         cluster.wait_exit(1, Duration::from_secs(20)),
         "engine did not stop on try_shutdown"
     );
-    m.expect(|l| l == "shutdown 2", "shutdown callback on cfg try_shutdown");
+    m.expect(
+        |l| l == "shutdown 2",
+        "shutdown callback on cfg try_shutdown",
+    );
 }
 
 /// Payload copies and throughput of cpg_mcast_joined against cpg_zcb_mcast_joined
