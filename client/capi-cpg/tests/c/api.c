@@ -103,8 +103,13 @@ static void deliver(cpg_handle_t h, const struct cpg_name *g, uint32_t nodeid, u
 	memcpy(s->last_msg, msg, len < 63 ? len : 63);
 	if (len > 4096)
 		s->last_crc = crc32(msg, len);
-	/* The message is writable (programs byte-swap in place). */
-	((unsigned char *)msg)[0] ^= 0;
+	/* The message is writable (programs byte-swap in place): a read-only mapping
+	 * would fault here. */
+	if (len > 0) {
+		volatile unsigned char *v = msg;
+		v[0] = v[0];
+		v[len - 1] = v[len - 1];
+	}
 	if (len == 100000) {
 		const unsigned char *b = msg;
 		size_t i;
