@@ -80,7 +80,7 @@ DESTDIR     ?=
 LIBDIR      ?= $(PREFIX)/lib
 INCLUDEDIR  ?= $(PREFIX)/include
 CAPI_PROFILE ?= release
-CAPI_OUT     = target/$(if $(filter debug,$(CAPI_PROFILE)),debug,$(CAPI_PROFILE))
+CAPI_OUT     = $(or $(CARGO_TARGET_DIR),target)/$(CAPI_PROFILE)
 
 capi:
 	$(CARGO) build --profile $(if $(filter debug,$(CAPI_PROFILE)),dev,$(CAPI_PROFILE)) -p ringcast-capi-cpg -p ringcast-capi-cfg

@@ -313,17 +313,19 @@ impl Cpg {
             if lock(&self.submit).consumed_upto() >= end {
                 return Ok(());
             }
+            // The engine takes a record within microseconds when it is busy: spin,
+            // then give it the CPU, and only then sleep in short naps.
             round += 1;
             if round < 200 {
                 std::hint::spin_loop();
-            } else if round < 220 {
+            } else if round < 1200 {
                 std::thread::yield_now();
             } else {
                 self.stash_events();
                 if round % 64 == 0 && self.engine_gone() {
                     return Err(Error::with_detail(Status::Library, "engine gone"));
                 }
-                std::thread::sleep(std::time::Duration::from_micros(50));
+                std::thread::sleep(std::time::Duration::from_micros(20));
             }
         }
     }

@@ -55,6 +55,9 @@ fn env() -> &'static Env {
             .canonicalize()
             .unwrap();
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join("target"));
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("capi");
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("bin")).unwrap();
@@ -70,6 +73,9 @@ fn env() -> &'static Env {
         let dest = dir.join("dest");
         run(Command::new("make")
             .current_dir(&root)
+            .env_remove("MAKEFLAGS")
+            .env_remove("MFLAGS")
+            .env_remove("MAKELEVEL")
             .arg("-s")
             .arg("install-c")
             .arg("CAPI_PROFILE=debug")
@@ -100,7 +106,7 @@ fn env() -> &'static Env {
                 .arg("-lpthread"));
         }
         Env {
-            daemon: root.join("target/debug/ringcastd"),
+            daemon: target.join("debug/ringcastd"),
             root,
             dir,
             libdir,
