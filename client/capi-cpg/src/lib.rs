@@ -713,6 +713,21 @@ extern "C-unwind" fn zcb_free(h: u64, buffer: *mut c_void) -> c_int {
     })
 }
 
+/// `RINGCAST_CPG_ZCB_COPY_BELOW=<bytes>`: zcb messages shorter than this are copied into
+/// the submit ring like `cpg_mcast_joined` instead of sent in place. In place costs an
+/// engine round trip per send (the call waits until the engine took its copy), which
+/// for small messages costs more than the copy (docs/c-api.md has the figures). 0, the
+/// default: every zcb message is sent in place.
+fn zcb_copy_below() -> usize {
+    static BELOW: OnceLock<usize> = OnceLock::new();
+    *BELOW.get_or_init(|| {
+        std::env::var("RINGCAST_CPG_ZCB_COPY_BELOW")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    })
+}
+
 /// `cpg_zcb_mcast_joined`: sends the first `len` bytes of a `cpg_zcb_alloc` buffer.
 /// From the shared region the library copies nothing and returns once the engine has
 /// taken its copy, so the buffer is the caller's again (see docs/c-api.md). Any other
@@ -732,7 +747,7 @@ pub unsafe extern "C-unwind" fn cpg_zcb_mcast_joined(
         if msg.is_null() && len > 0 {
             return CS_ERR_INVALID_PARAM;
         }
-        {
+        if len >= zcb_copy_below() {
             let zcb = handle.zcb.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(Zcb::Shared(buf)) = zcb.get(&(msg as usize)) {
                 if len > buf.len() {
