@@ -6,7 +6,7 @@ CARGO    ?= cargo
 #   make sim SIM_ARGS="--seed 1234"
 SIM_ARGS ?= --seeds 1000 --nodes 2-16
 
-.PHONY: all build run test fmt-check clippy unit-test bench bench-client bench-engine sim cluster tune-check clean help install install-bin
+.PHONY: all build run test fmt-check clippy unit-test bench bench-client bench-engine sim cluster tune-check clean help install install-bin install-c capi
 
 all: build
 
@@ -19,6 +19,7 @@ help:
 	@echo "make cluster     N engines on 127.0.0.1..N until Ctrl-C (CLUSTER_NODES=3)"
 	@echo "make install     programs, man pages, systemd unit, tuned profile, example config (PREFIX=$(PREFIX) DESTDIR=)"
 	@echo "make tune-check  ringcast-tune check: this host against the engine's config (reports, never fails make)"
+	@echo "make install-c   libcpg.so.4, libcfg.so.7, corosync/*.h and .pc files (PREFIX=$(PREFIX) DESTDIR=)"
 
 build:
 	$(CARGO) build --workspace --release
@@ -101,7 +102,7 @@ INSTALL_BUILD   ?= 1
 TARGET_DIR      ?= $(or $(CARGO_TARGET_DIR),target)
 INSTALL_BINS     = ringcastd ringcast ringcast-tune ringcast-sim
 # The pieces of `make install`; each adds itself here (the C libraries: install-c).
-INSTALL_TARGETS  = install-bin
+INSTALL_TARGETS  = install-bin install-c
 
 install: $(INSTALL_TARGETS)
 
@@ -124,6 +125,31 @@ endif
 	# An existing configuration is never overwritten.
 	test -e $(DESTDIR)$(SYSCONFDIR)/ringcast/ringcast.toml || \
 		install -m 0644 tuning/deploy/ringcast.toml $(DESTDIR)$(SYSCONFDIR)/ringcast/ringcast.toml
+
+# The Corosync-compatible C libraries (docs/c-api.md): `make install-c PREFIX=/usr/local
+# DESTDIR=...`. CAPI_PROFILE=debug installs a debug build (the tests do).
+LIBDIR      ?= $(PREFIX)/lib
+INCLUDEDIR  ?= $(PREFIX)/include
+CAPI_PROFILE ?= release
+CAPI_OUT     = $(or $(CARGO_TARGET_DIR),target)/$(CAPI_PROFILE)
+
+capi:
+	$(CARGO) build --profile $(if $(filter debug,$(CAPI_PROFILE)),dev,$(CAPI_PROFILE)) -p ringcast-capi-cpg -p ringcast-capi-cfg
+
+install-c: capi
+	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCLUDEDIR)/corosync
+	install -m 644 client/include/corosync/corotypes.h client/include/corosync/cpg.h \
+		client/include/corosync/cfg.h $(DESTDIR)$(INCLUDEDIR)/corosync/
+	install -m 755 $(CAPI_OUT)/libcpg.so $(DESTDIR)$(LIBDIR)/libcpg.so.4.1.0
+	install -m 755 $(CAPI_OUT)/libcfg.so $(DESTDIR)$(LIBDIR)/libcfg.so.7.3.0
+	ln -sf libcpg.so.4.1.0 $(DESTDIR)$(LIBDIR)/libcpg.so.4
+	ln -sf libcpg.so.4 $(DESTDIR)$(LIBDIR)/libcpg.so
+	ln -sf libcfg.so.7.3.0 $(DESTDIR)$(LIBDIR)/libcfg.so.7
+	ln -sf libcfg.so.7 $(DESTDIR)$(LIBDIR)/libcfg.so
+	for pc in libcpg libcfg; do \
+		sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' \
+			client/capi-cpg/pkgconfig/$$pc.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/$$pc.pc; \
+	done
 
 clean:
 	$(CARGO) clean

@@ -50,7 +50,7 @@ use ringcast_shm::{Consumer, DeliveryPoolView, EventFd, Producer, PushError, Reg
 pub use error::{Error, Result, Status};
 pub use ringcast_shm::proto::WireAddress as Address;
 pub use ringcast_shm::proto::reason;
-pub use send_buffer::SendBuffer;
+pub use send_buffer::{RetainedBuffer, SendBuffer};
 
 /// Where an engine run by root listens. Clients default to [`default_socket`] (this one
 /// for root, a per-user socket otherwise); `RINGCAST_SOCKET` overrides both.
@@ -128,6 +128,15 @@ pub struct RingId {
 pub struct Member {
     pub node: u32,
     pub pid: u32,
+}
+
+/// The engine's nodelist and the current ring ([`Cpg::nodes`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterNodes {
+    /// Node id and address (`ip:port`) of every configured node.
+    pub nodes: Vec<(u32, String)>,
+    /// Members of the current ring.
+    pub ring: Vec<u32>,
 }
 
 /// One entry of an iteration (`cpg_iteration_description_t`).
@@ -710,8 +719,10 @@ impl Cpg {
         Ok(())
     }
 
-    /// True when the engine closed our socket (EOF or error pending).
-    fn engine_gone(&self) -> bool {
+    /// True when the engine closed our socket (EOF or error pending): the handle is
+    /// useless (one `poll` syscall; for C callers that must tell a lost engine from an
+    /// idle one).
+    pub fn engine_gone(&self) -> bool {
         let socket = lock(&self.socket);
         let mut pfd = libc::pollfd {
             fd: socket.as_raw_fd(),
@@ -1202,6 +1213,33 @@ impl Cpg {
         result.map(|()| out)
     }
 
+    /// The engine's nodelist (node id, `ip:port`) and the members of the current ring
+    /// (for Corosync's cfg API).
+    pub fn nodes(&self) -> Result<ClusterNodes> {
+        match self.request(&Request::Nodes)? {
+            Reply::Nodes {
+                status: Status::Ok,
+                ring,
+                nodes,
+            } => Ok(ClusterNodes {
+                nodes: nodes
+                    .into_iter()
+                    .map(|n| (n.node, String::from_utf8_lossy(&n.addr).into_owned()))
+                    .collect(),
+                ring,
+            }),
+            other => Err(Error::new(other.status())),
+        }
+    }
+
+    /// The engine's process id (SO_PEERCRED of the session socket).
+    pub fn engine_pid(&self) -> Result<u32> {
+        let cred = lock(&self.socket)
+            .peer_cred()
+            .map_err(|e| Error::from_io(&e, "peer credentials"))?;
+        Ok(cred.pid as u32)
+    }
+
     /// Largest message [`Cpg::mcast`] accepts.
     pub fn max_message_size(&self) -> usize {
         self.max_message_bytes
@@ -1239,6 +1277,21 @@ impl Cpg {
     /// Whether the shared region got huge pages.
     pub fn huge_pages(&self) -> bool {
         self.region.huge_pages()
+    }
+
+    /// Whether `msg` (a delivered message) lies in the engine's delivery pool, which
+    /// this process maps read-only: a caller that must hand out writable memory (the
+    /// C API's deliver callback) copies it first.
+    pub fn is_read_only(&self, msg: &[u8]) -> bool {
+        let Some(pool) = &self.delivery_pool else {
+            return false;
+        };
+        let Some(all) = pool.slice(0, pool.len() as u64) else {
+            return false;
+        };
+        let range = all.as_ptr_range();
+        let start = msg.as_ptr();
+        start >= range.start && start < range.end
     }
 
     /// Ends the session (`cpg_finalize`): a member still joined is reported with

@@ -205,3 +205,128 @@ impl Cpg {
         Ok(())
     }
 }
+
+/// A send buffer that stays the caller's across sends (Corosync's `cpg_zcb_alloc`
+/// contract): [`Cpg::mcast_retained`] sends its bytes as they are at the call, and the
+/// caller may rewrite, resend or drop it as soon as that returns. Dropped, it goes back
+/// to the pool.
+#[derive(Debug)]
+pub struct RetainedBuffer {
+    buf: AreaBuf,
+    /// The handle whose pool it is in (identity only).
+    owner: usize,
+}
+
+impl RetainedBuffer {
+    /// Where the buffer's bytes start (for a C caller).
+    pub fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.buf.as_mut_ptr()
+    }
+
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+}
+
+impl Deref for RetainedBuffer {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl DerefMut for RetainedBuffer {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.buf
+    }
+}
+
+impl Cpg {
+    /// A buffer of `len` bytes in this connection's shared memory that the caller keeps
+    /// (see [`RetainedBuffer`]). Errors as [`Cpg::alloc`].
+    pub fn alloc_retained(&self, len: usize) -> Result<RetainedBuffer> {
+        let buffer = self.alloc(len)?;
+        Ok(RetainedBuffer {
+            buf: buffer.buf,
+            owner: self as *const Cpg as usize,
+        })
+    }
+
+    /// Multicasts the first `len` bytes of `buffer` (`cpg_zcb_mcast_joined`) and returns
+    /// once nothing will read the buffer again, so that the caller may rewrite it at
+    /// once. In the region's pool the library copies nothing: the call waits until the
+    /// engine has taken the record (its one copy of any message, made before it
+    /// consumes the record). With trusted senders, whose buffers the engine keeps until
+    /// every receiver is done, the message is copied once into a fresh buffer of the
+    /// slab instead, which the engine then sends without a copy.
+    /// `TryAgain` when the submit ring is full (nothing was sent); `InvalidParam` for a
+    /// buffer of another handle or `len` beyond the buffer.
+    pub fn mcast_retained(
+        &self,
+        guarantee: Guarantee,
+        buffer: &RetainedBuffer,
+        len: usize,
+    ) -> Result<()> {
+        if buffer.owner != self as *const Cpg as usize || len > buffer.len() {
+            return Err(Error::new(Status::InvalidParam));
+        }
+        self.check_send(len)?;
+        if lock(&self.send_buffers).is_trusted() {
+            return self.mcast_with(guarantee, len, |dst| dst.copy_from_slice(&buffer[..len]));
+        }
+        let record = MessageRef {
+            guarantee: if guarantee.is_safe() {
+                WireGuarantee::Safe
+            } else {
+                WireGuarantee::Agreed
+            }
+            .to_u32(),
+            offset: buffer.buf.offset(),
+            len: len as u64,
+        };
+        let end = {
+            let mut producer = lock(&self.submit);
+            if producer
+                .try_push(submit::MCAST_REF, &[&record.encode()])
+                .is_err()
+            {
+                return Err(Error::new(Status::TryAgain));
+            }
+            let end = producer.written_upto();
+            self.publish(&mut producer);
+            end
+        };
+        self.wait_consumed(end)
+    }
+
+    /// Waits until the engine's consumer of the submit ring has passed `end`. The
+    /// engine stops taking sends while this handle's own events pile up, so those are
+    /// moved aside meanwhile (as a large send does).
+    fn wait_consumed(&self, end: u64) -> Result<()> {
+        let mut round = 0u32;
+        loop {
+            if lock(&self.submit).consumed_upto() >= end {
+                return Ok(());
+            }
+            // The engine takes a record within microseconds when it is busy: spin,
+            // then give it the CPU, and only then sleep in short naps.
+            round += 1;
+            if round < 200 {
+                std::hint::spin_loop();
+            } else if round < 1200 {
+                std::thread::yield_now();
+            } else {
+                self.stash_events();
+                if round % 64 == 0 && self.engine_gone() {
+                    return Err(Error::with_detail(Status::Library, "engine gone"));
+                }
+                std::thread::sleep(std::time::Duration::from_micros(20));
+            }
+        }
+    }
+}

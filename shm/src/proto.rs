@@ -265,6 +265,7 @@ const OP_ITER_INIT: u32 = 6;
 const OP_ITER_NEXT: u32 = 7;
 const OP_ITER_FINALIZE: u32 = 8;
 const OP_FINALIZE: u32 = 9;
+const OP_NODES: u32 = 10;
 
 /// One request on the control socket. Each is answered by exactly one [`Reply`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -300,6 +301,8 @@ pub enum Request {
     },
     /// Leave the engine: PROCDOWN if still joined, then the engine closes the session.
     Finalize,
+    /// The configured nodes and the current ring (Corosync's cfg API).
+    Nodes,
 }
 
 impl Request {
@@ -340,6 +343,9 @@ impl Request {
             }
             Request::Finalize => {
                 w.u32(OP_FINALIZE);
+            }
+            Request::Nodes => {
+                w.u32(OP_NODES);
             }
         }
         w.finish()
@@ -384,6 +390,7 @@ impl Request {
             },
             OP_ITER_FINALIZE => Request::IterFinalize { iter: r.u32()? },
             OP_FINALIZE => Request::Finalize,
+            OP_NODES => Request::Nodes,
             other => return Err(ProtoError::UnknownOp(other)),
         };
         r.finish()?;
@@ -460,6 +467,13 @@ pub struct IterEntry {
     pub pid: u32,
 }
 
+/// One configured node: its id and address (`ip:port`, as text).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WireNode {
+    pub node: u32,
+    pub addr: Vec<u8>,
+}
+
 /// The answer to every request after `Hello`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reply {
@@ -482,6 +496,12 @@ pub enum Reply {
         status: Status,
         entries: Vec<IterEntry>,
     },
+    Nodes {
+        status: Status,
+        /// Members of the current ring.
+        ring: Vec<u32>,
+        nodes: Vec<WireNode>,
+    },
 }
 
 const R_STATUS: u32 = 1;
@@ -489,6 +509,7 @@ const R_MEMBERSHIP: u32 = 2;
 const R_LOCAL: u32 = 3;
 const R_ITER_INIT: u32 = 4;
 const R_ITER_NEXT: u32 = 5;
+const R_NODES: u32 = 6;
 
 impl Reply {
     pub fn status(&self) -> Status {
@@ -497,7 +518,8 @@ impl Reply {
             Reply::Membership { status, .. }
             | Reply::LocalGet { status, .. }
             | Reply::IterInit { status, .. }
-            | Reply::IterNext { status, .. } => *status,
+            | Reply::IterNext { status, .. }
+            | Reply::Nodes { status, .. } => *status,
         }
     }
 
@@ -534,6 +556,20 @@ impl Reply {
                     .u32(entries.len() as u32);
                 for e in entries {
                     w.name(&e.name).u32(e.node).u32(e.pid);
+                }
+            }
+            Reply::Nodes {
+                status,
+                ring,
+                nodes,
+            } => {
+                w.u32(R_NODES).u32(*status as u32).u32(ring.len() as u32);
+                for id in ring {
+                    w.u32(*id);
+                }
+                w.u32(nodes.len() as u32);
+                for n in nodes {
+                    w.u32(n.node).name(&n.addr);
                 }
             }
         }
@@ -583,6 +619,29 @@ impl Reply {
                     });
                 }
                 Reply::IterNext { status, entries }
+            }
+            R_NODES => {
+                let n = r.u32()? as usize;
+                if n > r.remaining() / 4 {
+                    return Err(ProtoError::BadField("ring size"));
+                }
+                let ring = (0..n).map(|_| r.u32()).collect::<Result<Vec<_>, _>>()?;
+                let n = r.u32()? as usize;
+                if n > r.remaining() / 8 {
+                    return Err(ProtoError::BadField("node count"));
+                }
+                let mut nodes = Vec::with_capacity(n);
+                for _ in 0..n {
+                    nodes.push(WireNode {
+                        node: r.u32()?,
+                        addr: r.name()?.to_vec(),
+                    });
+                }
+                Reply::Nodes {
+                    status,
+                    ring,
+                    nodes,
+                }
             }
             other => return Err(ProtoError::UnknownOp(other)),
         };
@@ -926,6 +985,7 @@ mod tests {
             Request::IterNext { iter: 3, index: 9 },
             Request::IterFinalize { iter: 3 },
             Request::Finalize,
+            Request::Nodes,
         ];
         for req in all {
             assert_eq!(Request::decode(&req.encode()).unwrap(), req);
@@ -955,6 +1015,14 @@ mod tests {
                     name: b"g".to_vec(),
                     node: 1,
                     pid: 5,
+                }],
+            },
+            Reply::Nodes {
+                status: Status::Ok,
+                ring: vec![1, 3],
+                nodes: vec![WireNode {
+                    node: 3,
+                    addr: b"127.0.0.3:5405".to_vec(),
                 }],
             },
         ];

@@ -422,6 +422,7 @@ impl Engine {
         let ipc = Ipc::new(
             IpcConfig {
                 socket_path: s.ipc_socket.clone(),
+                nodes: config.nodes.clone(),
                 allowed_uids: ipc_config.allowed_uids.clone(),
                 allowed_gids: ipc_config.allowed_gids.clone(),
                 region: ringcast_shm::RegionSpec {

@@ -46,6 +46,8 @@ use session::{Assembly, BacklogLimits, MAX_ITERATIONS, Outgoing, Ready, Session,
 #[derive(Clone, Debug)]
 pub struct IpcConfig {
     pub socket_path: PathBuf,
+    /// The nodelist (node id, address), for clients' `Nodes` request (the C cfg API).
+    pub nodes: Vec<(NodeId, std::net::SocketAddr)>,
     /// Users allowed to connect besides root and the engine's own user.
     pub allowed_uids: Vec<u32>,
     /// Groups allowed to connect.
@@ -572,6 +574,16 @@ impl Ipc {
                     Status::BadHandle
                 })
             }
+            Request::Nodes => Reply::Nodes {
+                status: Status::Ok,
+                ring: node.members().to_vec(),
+                nodes: (self.config.nodes.iter())
+                    .map(|(id, addr)| proto::WireNode {
+                        node: *id,
+                        addr: addr.to_string().into_bytes(),
+                    })
+                    .collect(),
+            },
             Request::Hello { .. } | Request::Finalize => Reply::Status(Status::BadHandle),
         }
     }
