@@ -10,7 +10,9 @@ use std::os::fd::AsRawFd;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Cluster, EVENT_TIMEOUT, FORM_TIMEOUT, cli_bin, connect_to, retry, wait_for};
+use common::{
+    Cluster, EVENT_TIMEOUT, FORM_TIMEOUT, cli_bin, connect_to, free_port, retry, wait_for,
+};
 use ringcast::{
     Address, ConnectOptions, Cpg, Dispatch, Event, Guarantee, Handler, IterationKind, Status,
     reason,
@@ -134,7 +136,7 @@ impl Drop for Listener {
 /// §13.2 (a leave resets the connection: it can join again).
 #[test]
 fn join_send_leave_and_procdown_on_one_host() {
-    let mut cluster = Cluster::new("cpg1", 47100, 1);
+    let mut cluster = Cluster::new("cpg1", free_port(1), 1);
     start_one(&mut cluster);
     let me = std::process::id();
     let a = connect(&cluster, 1);
@@ -258,7 +260,7 @@ fn readable(fd: i32, timeout_ms: i32) -> bool {
 /// CPG_SPEC §4: the four dispatch modes, and the fd readable exactly when events wait.
 #[test]
 fn dispatch_modes_and_the_pollable_fd() {
-    let mut cluster = Cluster::new("cpg2", 47110, 1);
+    let mut cluster = Cluster::new("cpg2", free_port(1), 1);
     start_one(&mut cluster);
     let cpg = connect(&cluster, 1);
     let mut h = Counting {
@@ -366,7 +368,7 @@ fn the_fd_works_with_tokio_async_fd() {
             self.0
         }
     }
-    let mut cluster = Cluster::new("cpg10", 47200, 1);
+    let mut cluster = Cluster::new("cpg10", free_port(1), 1);
     start_one(&mut cluster);
     let cpg = connect(&cluster, 1);
     retry(|| cpg.join(b"tokio"));
@@ -420,7 +422,7 @@ fn the_fd_works_with_tokio_async_fd() {
 /// TRY_AGAIN; nothing accepted is lost once the engine runs again.
 #[test]
 fn a_full_ring_gives_try_again_and_loses_nothing() {
-    let mut cluster = Cluster::new("cpg3", 47120, 1);
+    let mut cluster = Cluster::new("cpg3", free_port(1), 1);
     start_one(&mut cluster);
     let cpg = joined(&cluster, b"bp");
     cluster.daemon(1).signal(libc::SIGSTOP);
@@ -511,7 +513,7 @@ fn a_client_scribbling_on_its_rings_is_cut_off() {
     use ringcast_shm::proto::Request;
     use ringcast_shm::socket::SeqPacket;
 
-    let mut cluster = Cluster::new("cpg4", 47130, 1);
+    let mut cluster = Cluster::new("cpg4", free_port(1), 1);
     start_one(&mut cluster);
     let good = joined(&cluster, b"h");
 
@@ -686,7 +688,7 @@ fn fnv(bytes: &[u8]) -> u64 {
 /// go inline after that, in order, nothing lost.
 #[test]
 fn large_deliveries_travel_through_the_pool_and_come_back() {
-    let mut cluster = Cluster::new("cpg9", 47190, 1);
+    let mut cluster = Cluster::new("cpg9", free_port(1), 1);
     let config = cluster.dir.join("pool.toml");
     std::fs::write(
         &config,
@@ -758,7 +760,7 @@ fn large_deliveries_travel_through_the_pool_and_come_back() {
 /// are given back as the engine takes them.
 #[test]
 fn send_buffers_are_written_in_place_and_reused() {
-    let mut cluster = Cluster::new("cpg11", 47210, 1);
+    let mut cluster = Cluster::new("cpg11", free_port(1), 1);
     start_one(&mut cluster);
     let sender = joined(&cluster, b"zcb");
     assert_eq!(sender.send_buffer_capacity(), 16 << 20);
@@ -849,7 +851,7 @@ fn send_and_check(sender: &Cpg, receiver: &Cpg, len: usize, seeds: std::ops::Ran
 /// buffer the kernel wrote, with no copy in the receiving engine.
 #[test]
 fn remote_messages_are_read_where_the_kernel_put_them() {
-    let mut cluster = Cluster::new("cpg12", 47220, 2);
+    let mut cluster = Cluster::new("cpg12", free_port(2), 2);
     cluster.extra = vec!["--datagram-bytes".into(), "65000".into()];
     let (sender, receiver) = two_members(&mut cluster, b"far");
     let copied_before = cluster.counter(2, "payload_bytes_copied");
@@ -895,7 +897,7 @@ fn remote_messages_are_read_where_the_kernel_put_them() {
 /// slot kept forever would stall it), and everything arrives intact.
 #[test]
 fn zero_copy_sends_deliver_and_release_their_buffers() {
-    let mut cluster = Cluster::new("cpg14", 47240, 2);
+    let mut cluster = Cluster::new("cpg14", free_port(2), 2);
     cluster.extra = vec![
         "--datagram-bytes".into(),
         "65000".into(),
@@ -918,7 +920,7 @@ fn zero_copy_sends_deliver_and_release_their_buffers() {
 /// messages, 35 MiB in all, through a 16 MiB slab.
 #[test]
 fn trusted_senders_send_without_any_copy() {
-    let mut cluster = Cluster::new("cpg15", 47250, 1);
+    let mut cluster = Cluster::new("cpg15", free_port(1), 1);
     cluster.extra = vec!["--set".into(), "ipc.trusted_senders=true".into()];
     start_one(&mut cluster);
     let cpg = joined(&cluster, b"trust");
@@ -972,7 +974,7 @@ fn trusted_senders_send_without_any_copy() {
 /// and large messages still go through the pool.
 #[test]
 fn garbage_received_into_the_pool_is_dropped() {
-    let mut cluster = Cluster::new("cpg13", 47230, 2);
+    let mut cluster = Cluster::new("cpg13", free_port(2), 2);
     cluster.extra = vec!["--datagram-bytes".into(), "65000".into()];
     cluster.start(1);
     cluster.wait_ring(&[1], FORM_TIMEOUT).unwrap();
@@ -980,8 +982,9 @@ fn garbage_received_into_the_pool_is_dropped() {
     retry(|| cpg.join(b"junk"));
     next_confchg(&cpg);
     // Node 2's address: listed, so its datagrams get past the source check.
-    let socket = std::net::UdpSocket::bind(format!("{}:47230", cluster.addr(2))).unwrap();
-    let target = format!("{}:47230", cluster.addr(1));
+    let socket =
+        std::net::UdpSocket::bind(format!("{}:{}", cluster.addr(2), cluster.port)).unwrap();
+    let target = format!("{}:{}", cluster.addr(1), cluster.port);
     let before = cluster.counter(1, "packets_in");
     let mut x = 0x2545_f491_4f6c_dd1du64;
     let mut next = || {
@@ -1027,7 +1030,7 @@ fn garbage_received_into_the_pool_is_dropped() {
 /// and a healed partition reports NODEUP.
 #[test]
 fn three_engines_order_nodedown_nodeup_and_64_mib() {
-    let mut cluster = Cluster::new("cpg5", 47140, 3);
+    let mut cluster = Cluster::new("cpg5", free_port(3), 3);
     // Large datagrams: the 64 MiB message should take a second, not a minute.
     cluster.extra = vec!["--datagram-bytes".into(), "65000".into()];
     cluster.start_all();
@@ -1144,7 +1147,7 @@ fn three_engines_order_nodedown_nodeup_and_64_mib() {
 /// The operator CLI (issue 4): `ringcast groups`, `listen`, `send`.
 #[test]
 fn the_cli_lists_groups_listens_and_sends() {
-    let mut cluster = Cluster::new("cpg6", 47150, 1);
+    let mut cluster = Cluster::new("cpg6", free_port(1), 1);
     start_one(&mut cluster);
     let listener = Listener::spawn(&cluster, 1, "cli");
     listener.wait_line("confchg group=cli");
@@ -1178,7 +1181,7 @@ fn the_cli_lists_groups_listens_and_sends() {
 /// then a totem confchg describing the current ring.
 #[test]
 fn initial_totem_conf_follows_the_join() {
-    let mut cluster = Cluster::new("cpg7", 47160, 1);
+    let mut cluster = Cluster::new("cpg7", free_port(1), 1);
     start_one(&mut cluster);
     let cpg = Cpg::connect(&ConnectOptions {
         socket: cluster.socket(1),
@@ -1210,7 +1213,7 @@ fn initial_totem_conf_follows_the_join() {
 /// again once the engine is back.
 #[test]
 fn a_dead_engine_is_reported_and_a_restarted_one_accepts_clients() {
-    let mut cluster = Cluster::new("cpg8", 47170, 1);
+    let mut cluster = Cluster::new("cpg8", free_port(1), 1);
     start_one(&mut cluster);
     let cpg = joined(&cluster, b"restart");
     cluster.kill9(1);

@@ -22,7 +22,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Cluster, EVENT_TIMEOUT, FORM_TIMEOUT, connect_to, retry};
+use common::{Cluster, EVENT_TIMEOUT, FORM_TIMEOUT, connect_to, free_port, retry};
 use ringcast::{Cpg, Event, Guarantee};
 
 /// Messages each sender multicasts to A (each is relayed once into B).
@@ -463,7 +463,7 @@ fn a_relayed_message_never_overtakes_its_cause_across_groups() {
     if let Ok(node) = std::env::var(OBSERVER_ENV) {
         return run_observer(&node);
     }
-    let mut cluster = Cluster::new("xgrp", 47180, 3);
+    let mut cluster = Cluster::new("xgrp", free_port(3), 3);
     cluster.start_all();
     cluster.wait_ring(&[1, 2, 3], FORM_TIMEOUT).unwrap();
     let started = Instant::now();

@@ -279,7 +279,7 @@ fn no_loss_to_survivors(starts: &[LoggedStart], survivors: &[u32]) -> Result<usi
 /// cleanly and exits 0 (issue 3, "SIGTERM").
 #[test]
 fn one_node_forms_a_ring_and_exits_zero_on_sigterm() {
-    let mut cluster = Cluster::new("one", 21_100, 1);
+    let mut cluster = Cluster::new("one", free_port(1), 1);
     cluster.start_all();
     cluster.wait_ring(&[1], FORM_TIMEOUT).unwrap();
     assert!(cluster.log(1).contains("membership"), "{}", cluster.log(1));
@@ -295,7 +295,7 @@ fn one_node_forms_a_ring_and_exits_zero_on_sigterm() {
 /// §5: agreed order, EVS; no loss to nodes 1 and 2).
 #[test]
 fn three_nodes_survive_a_crash_and_a_restart() {
-    let mut cluster = Cluster::new("three", 21_200, 3).with_key();
+    let mut cluster = Cluster::new("three", free_port(3), 3).with_key();
     with_checked_load(&mut cluster, 200);
     cluster.start_all();
     cluster.wait_ring(&[1, 2, 3], FORM_TIMEOUT).unwrap();
@@ -336,8 +336,10 @@ fn three_nodes_survive_a_crash_and_a_restart() {
 /// Issue 3, "The wire": nodes with different keys never merge, and count why.
 #[test]
 fn nodes_with_different_keys_never_merge() {
-    let mut a = Cluster::new("key-a", 21_300, 2).with_key();
-    let b = Cluster::new("key-b", 21_300, 2).with_key();
+    // One port for both clusters: their datagrams reach each other, their keys differ.
+    let port = free_port(2);
+    let mut a = Cluster::new("key-a", port, 2).with_key();
+    let b = Cluster::new("key-b", port, 2).with_key();
     a.start(1);
     // Node 2 runs with the other cluster's key file but the same nodelist and port.
     let mut b_args = a.args(2);
@@ -623,7 +625,7 @@ fn kernel_drops(id: u32, port: u16) -> u64 {
 /// intact again once the datagrams stop.
 #[test]
 fn a_hundred_thousand_hostile_datagrams_are_counted_and_survived() {
-    let port = 21_400;
+    let port = free_port(FUZZER);
     let mut cluster = Cluster::new("fuzz", port, 4).with_key();
     cluster.start(1);
     cluster.start(2);
@@ -883,7 +885,7 @@ impl Stream {
 /// `ringcast status` prints the ring and the counters of a running engine.
 #[test]
 fn ringcast_status_prints_the_ring() {
-    let mut cluster = Cluster::new("status", 21_500, 1);
+    let mut cluster = Cluster::new("status", free_port(1), 1);
     cluster.start_all();
     cluster.wait_ring(&[1], FORM_TIMEOUT).unwrap();
     let output = Command::new(cli_bin())
@@ -946,7 +948,7 @@ impl Cluster {
 /// together).
 #[test]
 fn a_partition_makes_two_rings_and_healing_merges_them() {
-    let mut cluster = Cluster::new("partition", 21_700, 3);
+    let mut cluster = Cluster::new("partition", free_port(3), 3);
     with_checked_load(&mut cluster, 100);
     cluster.start_all();
     cluster.wait_ring(&[1, 2, 3], FORM_TIMEOUT).unwrap();
@@ -981,7 +983,7 @@ fn a_partition_makes_two_rings_and_healing_merges_them() {
 /// generated throughout keep the guarantees (no loss to nodes 2–5).
 #[test]
 fn five_nodes_survive_the_loss_of_the_representative() {
-    let mut cluster = Cluster::new("five", 21_800, 5).with_key();
+    let mut cluster = Cluster::new("five", free_port(5), 5).with_key();
     with_checked_load(&mut cluster, 60);
     cluster.start_all();
     cluster.wait_ring(&[1, 2, 3, 4, 5], FORM_TIMEOUT).unwrap();
@@ -1002,7 +1004,7 @@ fn five_nodes_survive_the_loss_of_the_representative() {
 /// are unicast; works over loopback with the interface set to the node's address.
 #[test]
 fn multicast_transport_forms_a_ring() {
-    let mut cluster = Cluster::new("multicast", 21_900, 2);
+    let mut cluster = Cluster::new("multicast", free_port(2), 2);
     cluster.extra = vec![
         "--transport".into(),
         "multicast".into(),
@@ -1139,7 +1141,7 @@ fn network_namespaces_partition_by_link_down_and_heal() {
         }
     };
     let prefix = netns.prefix.clone();
-    let mut cluster = Cluster::new("netns", 22_000, 3).with_key();
+    let mut cluster = Cluster::new("netns", free_port(3), 3).with_key();
     cluster.netns = Some(prefix.clone());
     with_checked_load(&mut cluster, 100);
     cluster.start_all();
@@ -1179,7 +1181,7 @@ fn network_namespaces_partition_by_link_down_and_heal() {
 /// its drop accounting stays a pure function of the wire decoder.
 #[test]
 fn a_join_with_the_largest_ring_sequence_is_survived() {
-    let port = 22_100;
+    let port = free_port(2);
     let mut cluster = Cluster::new("seq-max", port, 2).with_key();
     cluster.start(1);
     cluster.wait_ring(&[1], FORM_TIMEOUT).unwrap();

@@ -61,12 +61,17 @@ fn env() -> &'static Env {
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("capi");
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("bin")).unwrap();
-        // The engine binary (this crate cannot name another package's binary).
+        // The engine binary (this crate cannot name another package's binary). Built with
+        // the features the engine's own tests build it with: both builds land on
+        // target/debug/ringcastd, and a ringcastd without test-hooks left there by this
+        // test would fail the engine tests that run after it in `cargo test --workspace`.
         run(Command::new(&cargo).current_dir(&root).args([
             "build",
             "-q",
             "-p",
             "ringcast-engine",
+            "--features",
+            "test-hooks",
             "--bin",
             "ringcastd",
         ]));

@@ -64,6 +64,46 @@ pub fn addr(id: u32) -> String {
     format!("127.0.0.{id}")
 }
 
+/// A UDP port the OS gives out on 127.0.0.1 that is also free on 127.0.0.2..=`n`, so that
+/// no two tests (nor two test runs on one host) share a ring's port.
+pub fn free_port(n: u32) -> u16 {
+    for _ in 0..64 {
+        let first = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = first.local_addr().expect("local_addr").port();
+        let rest: Result<Vec<_>, _> = (2..=n)
+            .map(|id| std::net::UdpSocket::bind(format!("{}:{port}", addr(id))))
+            .collect();
+        if rest.is_ok() {
+            return port;
+        }
+    }
+    panic!("no UDP port free on 127.0.0.1..={n} after 64 tries");
+}
+
+/// Whether process `pid` has exited (gone, or a zombie not yet reaped).
+fn has_exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which is in parentheses.
+        Ok(stat) => {
+            stat.rsplit(')')
+                .next()
+                .and_then(|rest| rest.trim_start().chars().next())
+                == Some('Z')
+        }
+        Err(_) => true,
+    }
+}
+
+/// The last `n` lines of `text`, indented, for an error message.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines.len().saturating_sub(n);
+    lines[start..]
+        .iter()
+        .map(|l| format!("\n    {l}"))
+        .collect()
+}
+
 /// One running daemon; killed (SIGKILL) when dropped.
 pub struct Daemon {
     pub child: Child,
@@ -275,7 +315,7 @@ impl Cluster {
                             s.ring_id,
                             s.members
                         ),
-                        None => format!("node {id}: no stats page"),
+                        None => self.why_no_status(*id),
                     })
                     .collect();
                 return Err(format!(
@@ -285,6 +325,18 @@ impl Cluster {
                 ));
             }
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Why node `id` shows no stats page: not started, exited (with its log's end), or
+    /// running without one yet.
+    fn why_no_status(&self, id: u32) -> String {
+        match &self.daemons[id as usize] {
+            None => format!("node {id}: not running"),
+            Some(daemon) if has_exited(daemon.child.id()) => {
+                format!("node {id}: exited; its log ends:{}", tail(&self.log(id), 8))
+            }
+            Some(_) => format!("node {id}: running, no stats page yet"),
         }
     }
 
