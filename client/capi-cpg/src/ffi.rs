@@ -225,3 +225,50 @@ pub fn dispatch_loop(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_in_a_call_becomes_cs_err_library() {
+        // The default hook would print the panic; the test expects it.
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let code = guard(|| panic!("a bug inside the library"));
+        std::panic::set_hook(hook);
+        assert_eq!(code, CS_ERR_LIBRARY);
+        assert_eq!(guard(|| CS_ERR_TRY_AGAIN), CS_ERR_TRY_AGAIN);
+    }
+
+    /// Every exported function of both libraries runs its body under `guard`, except
+    /// `dispatch`, which guards each step (itself or through `dispatch_loop`) and calls
+    /// the C callbacks outside (a forced unwind from `pthread_cancel` must pass through
+    /// them).
+    #[test]
+    fn every_exported_function_is_guarded() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        for lib in ["capi-cpg/src/lib.rs", "capi-cfg/src/lib.rs"] {
+            let source = std::fs::read_to_string(root.join(lib)).unwrap();
+            let mut exported = 0;
+            for (at, _) in source.match_indices("extern \"C-unwind\" fn ") {
+                let rest = &source[at..];
+                let name: String = rest["extern \"C-unwind\" fn ".len()..]
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                let body = rest[rest.find('{').unwrap() + 1..].trim_start();
+                let whole = &body[..body.find("\n}").unwrap()];
+                let guarded = body.starts_with("guard(")
+                    || (name == "dispatch"
+                        && (whole.contains("guard(") || whole.contains("dispatch_loop(")));
+                assert!(guarded, "{lib}: {name} does not run under guard");
+                exported += 1;
+            }
+            assert!(
+                exported >= 10,
+                "{lib}: only {exported} exported functions found"
+            );
+        }
+    }
+}
