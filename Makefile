@@ -6,7 +6,7 @@ CARGO    ?= cargo
 #   make sim SIM_ARGS="--seed 1234"
 SIM_ARGS ?= --seeds 1000 --nodes 2-16
 
-.PHONY: all build run test fmt-check clippy unit-test bench bench-client bench-engine sim cluster tune-check clean help install install-bin install-c capi
+.PHONY: all build run test fmt-check clippy unit-test chaos chaos-smoke bench bench-client bench-engine sim cluster tune-check clean help install install-bin install-c capi
 
 all: build
 
@@ -38,7 +38,7 @@ run:
 	@echo "  counters:         ./target/release/ringcast status     (Ctrl-C stops the engine)"
 	exec ./target/release/ringcastd
 
-test: fmt-check clippy unit-test
+test: fmt-check clippy unit-test chaos-smoke
 
 fmt-check:
 	$(CARGO) fmt --all -- --check
@@ -47,7 +47,19 @@ clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 unit-test:
-	$(CARGO) test --workspace
+	$(CARGO) test --workspace -- --skip chaos
+
+# A real-process soak under random faults (engine/tests/chaos.rs): CHAOS_SECONDS
+# (default 60), CHAOS_SEED (default: from the clock, printed), CHAOS_NODES (3-5).
+# Needs root (network namespaces); skipped, saying so, without.
+chaos:
+	$(CARGO) build --release -p ringcast-cli --bin ringcast
+	$(CARGO) test --release -p ringcast-engine --test chaos -- --nocapture
+
+# The 60-second chaos run of make test (a debug build, like the other tests).
+chaos-smoke:
+	$(CARGO) build -p ringcast-cli --bin ringcast
+	$(CARGO) test -p ringcast-engine --test chaos -- --nocapture
 
 # Arguments for the client benchmark, e.g. CLIENT_BENCH_ARGS="--sizes 64 --receivers 2".
 CLIENT_BENCH_ARGS ?=

@@ -4,6 +4,9 @@
 //! panic).
 #![allow(dead_code)]
 
+pub mod checked;
+pub mod netns;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
