@@ -30,7 +30,9 @@ use super::signal::{SIGINFO_BYTES, Waker, termination_fd};
 use super::stats::{Counter, StatsWriter};
 use crate::daemon::hooks::{HookError, TestHooks};
 use crate::daemon::keyfile::{self, KeyError};
-use crate::daemon::{DaemonConfig, FileRingSeqStore, IdleStrategy};
+use crate::daemon::{
+    DaemonConfig, FileRingSeqStore, IdleStrategy, RingSeqFailure, RingSeqWriteError,
+};
 use crate::ipc::{Ipc, IpcConfig, session::BacklogLimits};
 use crate::service::ServiceId;
 use crate::totem::{
@@ -93,6 +95,16 @@ pub enum EngineError {
     /// The Totem configuration was refused.
     #[error(transparent)]
     Totem(#[from] crate::totem::ConfigError),
+    /// A new ring sequence could not be written: the node stops rather than use a
+    /// ring id that a restart could hand out again (docs/invariants.md, "Ring
+    /// identifiers").
+    #[error(
+        "state_dir: cannot write ring sequence {} to {}: {}; stopping, a ring id must never be reused",
+        .0.seq,
+        .0.path.display(),
+        .0.source
+    )]
+    RingSeq(RingSeqWriteError),
     /// The key file could not be read.
     #[error(transparent)]
     Key(#[from] KeyError),
@@ -266,6 +278,8 @@ pub struct Engine {
     drop_from: Vec<NodeId>,
     /// Client sessions and the CPG service.
     ipc: Ipc,
+    /// A failed ring sequence write: the engine stops before anything leaves.
+    ring_seq_failure: RingSeqFailure,
 }
 
 impl std::fmt::Debug for Engine {
@@ -366,7 +380,11 @@ impl Engine {
             )))?;
         let stats = StatsWriter::create(&config.stats_path, config.node_id, config.cluster_id)?;
         let origin = std::time::Instant::now();
+        let ring_seq_failure = store.failure();
         let node = Node::new(config.totem.clone(), Box::new(store), Instant::ZERO)?;
+        if let Some(e) = ring_seq_failure.take() {
+            return Err(EngineError::RingSeq(e));
+        }
 
         let all_dests = match config.multicast_group {
             Some(group) => vec![RawAddr::new(group)],
@@ -513,6 +531,7 @@ impl Engine {
             origin,
             last_heartbeat: Instant::ZERO,
             leaving_until: None,
+            ring_seq_failure,
             features,
             send_errors_logged: 0,
             drop_from: Vec::new(),
@@ -708,10 +727,12 @@ impl Engine {
                 work += self.hooks.generate_load(&mut self.node, now, &self.stats);
             }
             work += self.ipc.poll_rings(&mut self.node, now);
+            self.check_ring_seq()?;
             work += self.drain_events(now);
             let now = self.now();
             work += self.ipc.flush_events(&mut self.node, now);
             self.cancel_closed_polls();
+            self.check_ring_seq()?;
             work += self.drain_transmits();
             self.publish_stats(now);
             self.hooks.tick(now);
@@ -775,6 +796,16 @@ impl Engine {
                     }
                 }
             }
+        }
+    }
+
+    /// Stops the engine if Totem asked for a ring sequence that could not be written:
+    /// called after the calls into Totem and before anything (events for clients,
+    /// datagrams) leaves it, so nothing that names the unwritten ring gets out.
+    fn check_ring_seq(&self) -> Result<(), EngineError> {
+        match self.ring_seq_failure.take() {
+            Some(e) => Err(EngineError::RingSeq(e)),
+            None => Ok(()),
         }
     }
 
