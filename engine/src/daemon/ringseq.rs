@@ -1,4 +1,4 @@
-//! The persistent ring sequence (CPG_SPEC.md §9.1): `<state_dir>/ringid_<nodeid>`, eight
+//! The persistent ring sequence (docs/cpg.md §9.1): `<state_dir>/ringid_<nodeid>`, eight
 //! little-endian bytes, replaced atomically (write a temporary file, fsync, rename, fsync
 //! the directory) so that a crash leaves either the old or the new value, never a torn
 //! one.

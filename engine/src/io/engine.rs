@@ -1064,8 +1064,7 @@ impl Engine {
         }
     }
 
-    /// Fault injection for partition tests (issue 3, "the engine's own test-only drop
-    /// rule"): on SIGUSR1, `<state_dir>/drop_nodes` (node ids separated by commas or
+    /// Fault injection for partition tests (a test-only drop rule): on SIGUSR1, `<state_dir>/drop_nodes` (node ids separated by commas or
     /// whitespace; missing or empty = none) lists the nodes whose datagrams this engine
     /// drops on arrival. Writing complementary lists on both sides and sending SIGUSR1
     /// partitions the cluster; empty lists heal it. Only IO is affected, never Totem.
