@@ -434,51 +434,20 @@ fn main() {
     }
     let options = options(&args);
     let started = std::time::Instant::now();
-    let seeds: Vec<u64> = match args.seed {
-        Some(seed) => vec![seed],
-        None => (args.start..args.start.saturating_add(args.seeds)).collect(),
-    };
+    let seeds = seeds(&args);
     let single = args.seed.is_some();
-    let jobs = args
-        .jobs
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-        .clamp(1, seeds.len().max(1));
-
-    let next = AtomicU64::new(0);
-    let reports: Mutex<Vec<RunReport>> = Mutex::new(Vec::new());
-    let progress = (!single && !args.no_progress).then(|| Progress::new(seeds.len()));
-    let done = AtomicU64::new(0);
-    let violations_seen = AtomicU64::new(0);
-    std::thread::scope(|scope| {
-        for _ in 0..jobs {
-            scope.spawn(|| {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
-                    let Some(&seed) = seeds.get(i) else {
-                        break;
-                    };
-                    let report = sim::run(seed, &options);
-                    if args.verbose || single {
-                        println!("{}", report.summary_line());
-                    }
-                    for v in &report.violations {
-                        print!("{v}");
-                    }
-                    let found = report.violations.len() as u64;
-                    reports.lock().expect("no poisoning").push(report);
-                    let finished = done.fetch_add(1, Ordering::Relaxed) + 1;
-                    let bad = violations_seen.fetch_add(found, Ordering::Relaxed) + found;
-                    if let Some(p) = &progress {
-                        p.tick(finished as usize, bad as usize);
-                    }
-                }
-            });
+    let jobs = jobs(&args, seeds.len());
+    let run = |seed| {
+        let report = sim::run(seed, &options);
+        if args.verbose || single {
+            println!("{}", report.summary_line());
         }
-    });
-    if let Some(p) = &progress {
-        p.finish(violations_seen.load(Ordering::Relaxed) as usize);
-    }
-    let mut reports = reports.into_inner().expect("no poisoning");
+        for v in &report.violations {
+            print!("{v}");
+        }
+        report
+    };
+    let mut reports = run_parallel(&args, &seeds, jobs, run, |r: &RunReport| r.violations.len());
     reports.sort_by_key(|r| r.seed);
 
     if single {
