@@ -245,6 +245,17 @@ impl ConnLog {
             pid: self.pid,
         }
     }
+
+    /// Records a confchg, numbered among the equal ones it saw before (see [`Key`]).
+    fn push_conf(&mut self, conf: Conf) {
+        let nth = self
+            .keys
+            .iter()
+            .filter(|k| matches!(k, Key::Conf(c, _) if **c == conf))
+            .count() as u32;
+        self.view = conf.members.clone();
+        self.keys.push(Key::Conf(Box::new(conf), nth));
+    }
 }
 
 struct ConnState {
@@ -1033,26 +1044,9 @@ impl Harness {
         let (li, model, own_group) = (state.log, state.model, state.group.map(group_name));
         let me = self.logs[li].member();
         let members: Vec<Member> = members.iter().map(|a| a.member).collect();
-        let mut problems = Vec::new();
+        let mut problems = self.confchg_shape(&members, &left, &joined);
         if own_group.as_ref() != Some(&group) {
             problems.push(format!("a confchg of {group:?} in {own_group:?}"));
-        }
-        if !members.windows(2).all(|w| w[0] < w[1])
-            || joined.iter().any(|a| !members.contains(&a.member))
-            || left.iter().any(|a| members.contains(&a.member))
-        {
-            problems.push(format!(
-                "confchg {members:?} left {left:?} joined {joined:?}"
-            ));
-        }
-        for a in left.iter().filter(|a| a.reason == Reason::Leave) {
-            let asked = self
-                .logs_by_member
-                .get(&a.member)
-                .is_some_and(|&l| self.logs[l].asked_leave);
-            if !asked {
-                problems.push(format!("{:?} left with LEAVE, never asked", a.member));
-            }
         }
         let mut model = model;
         if joined
@@ -1082,22 +1076,43 @@ impl Harness {
         let conf = Conf {
             ring,
             group: group.as_bytes().to_vec(),
-            members: members.clone(),
+            members,
             left,
             joined,
         };
-        let log = &mut self.logs[li];
-        let nth = log
-            .keys
-            .iter()
-            .filter(|k| matches!(k, Key::Conf(c, _) if **c == conf))
-            .count() as u32;
-        let key = Key::Conf(Box::new(conf), nth);
-        log.keys.push(key);
-        log.view = members;
+        self.logs[li].push_conf(conf);
         for p in problems {
             self.violation(format!("n{id} conn {conn}: {p}"));
         }
+    }
+
+    /// What is wrong with a confchg on its own: members unsorted, a joiner not among
+    /// them, a leaver still among them, a member that left with LEAVE but never asked.
+    fn confchg_shape(
+        &self,
+        members: &[Member],
+        left: &[Address],
+        joined: &[Address],
+    ) -> Vec<String> {
+        let mut problems = Vec::new();
+        if !members.windows(2).all(|w| w[0] < w[1])
+            || joined.iter().any(|a| !members.contains(&a.member))
+            || left.iter().any(|a| members.contains(&a.member))
+        {
+            problems.push(format!(
+                "confchg {members:?} left {left:?} joined {joined:?}"
+            ));
+        }
+        for a in left.iter().filter(|a| a.reason == Reason::Leave) {
+            let asked = self
+                .logs_by_member
+                .get(&a.member)
+                .is_some_and(|&l| self.logs[l].asked_leave);
+            if !asked {
+                problems.push(format!("{:?} left with LEAVE, never asked", a.member));
+            }
+        }
+        problems
     }
 
     // ---------------------------------------------------------------- checkers
