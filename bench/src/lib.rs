@@ -1,1 +1,1 @@
-//! ringcast-bench (see DESIGN.md).
+//! ringcast-bench (see docs/architecture.md).

@@ -1,4 +1,4 @@
-//! Errors: one `cs_error_t` status (CPG_SPEC §2.1) plus, where it helps, what happened.
+//! Errors: one `cs_error_t` status (docs/cpg.md §2.1) plus, where it helps, what happened.
 
 pub use ringcast_shm::proto::Status;
 
@@ -44,7 +44,7 @@ impl Error {
         self.status == Status::Library
     }
 
-    /// An io error during a call, translated as libcpg does (CPG_SPEC §2.1).
+    /// An io error during a call, translated as libcpg does (docs/cpg.md §2.1).
     pub fn from_io(e: &std::io::Error, what: &str) -> Error {
         let status = match e.raw_os_error() {
             Some(libc::EBADF) => Status::BadHandle,

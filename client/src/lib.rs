@@ -1,5 +1,5 @@
 //! `ringcast`: the Rust client of the ringcast engine — Corosync's closed process group
-//! API (CPG_SPEC.md) over shared-memory rings.
+//! API (docs/cpg.md) over shared-memory rings.
 //!
 //! ```no_run
 //! use ringcast::{Cpg, ConnectOptions, Dispatch, Guarantee, Handler, Address};
@@ -88,7 +88,7 @@ impl Guarantee {
     }
 }
 
-/// `cs_dispatch_flags_t` (CPG_SPEC §4).
+/// `cs_dispatch_flags_t` (docs/cpg.md §4).
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Dispatch {
     /// Wait for one event and handle it.
@@ -522,7 +522,7 @@ impl Cpg {
 
     /// Joins `group` (`cpg_join`). `Ok` means accepted; the join confchg follows.
     /// A leave or join in progress is retried for up to a second (libcpg spins on BUSY
-    /// for ever; CPG_SPEC §13.8).
+    /// for ever; docs/cpg.md §13 quirk 8).
     pub fn join(&self, group: &[u8]) -> Result<()> {
         check_name(group)?;
         self.retry_busy(&Request::Join {

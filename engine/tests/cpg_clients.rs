@@ -1,4 +1,4 @@
-//! Clients on real engines (issue 4, "Tests"): the `ringcast` crate talking to
+//! Clients on real engines: the `ringcast` crate talking to
 //! `ringcastd` processes through the control socket and the shared-memory rings.
 //! Other members are separate processes (`ringcast listen`), so that they have their
 //! own pids and can be killed with SIGKILL.
@@ -131,7 +131,7 @@ impl Drop for Listener {
     }
 }
 
-/// CPG_SPEC §5.2 (the joiner gets its own join confchg), §5.3 (LEAVE and PROCDOWN,
+/// docs/cpg.md §5.2 (the joiner gets its own join confchg), §5.3 (LEAVE and PROCDOWN,
 /// the leaver gets its own leave confchg), §5.4 (self-delivery, per-sender FIFO),
 /// §13.2 (a leave resets the connection: it can join again).
 #[test]
@@ -193,7 +193,7 @@ fn join_send_leave_and_procdown_on_one_host() {
     assert_eq!(
         a.leave(b"other").unwrap_err().status(),
         Status::NotExist,
-        "leave validates the name (CPG_SPEC §13.7)"
+        "leave validates the name (docs/cpg.md §13 quirk 7)"
     );
     retry(|| a.leave(b"g1"));
     let (members, left, _) = next_confchg(&a);
@@ -205,12 +205,12 @@ fn join_send_leave_and_procdown_on_one_host() {
     assert_eq!(
         a.join(b"g2").unwrap_err().status(),
         Status::Exist,
-        "one group per handle (CPG_SPEC §3 cpg_join)"
+        "one group per handle (docs/cpg.md §3 cpg_join)"
     );
     assert_eq!(
         a.join(b"").unwrap_err().status(),
         Status::InvalidParam,
-        "empty names are refused (CPG_SPEC §13 / §5.3)"
+        "empty names are refused (docs/cpg.md §13 / §5.3)"
     );
     assert_eq!(
         a.join(&[b'x'; 129]).unwrap_err().status(),
@@ -230,7 +230,7 @@ struct Counting {
 
 impl Handler for Counting {
     fn deliver(&mut self, cpg: &Cpg, _group: &[u8], _node: u32, _pid: u32, _msg: &[u8]) {
-        // Callbacks may call the handle (CPG_SPEC §12).
+        // Callbacks may call the handle (docs/cpg.md §12).
         assert_eq!(cpg.local_node().unwrap(), 1);
         self.delivered += 1;
     }
@@ -257,7 +257,7 @@ fn readable(fd: i32, timeout_ms: i32) -> bool {
     unsafe { libc::poll(&mut pfd, 1, timeout_ms) > 0 }
 }
 
-/// CPG_SPEC §4: the four dispatch modes, and the fd readable exactly when events wait.
+/// docs/cpg.md §4: the four dispatch modes, and the fd readable exactly when events wait.
 #[test]
 fn dispatch_modes_and_the_pollable_fd() {
     let mut cluster = Cluster::new("cpg2", free_port(1), 1);
@@ -357,7 +357,7 @@ fn dispatch_modes_and_the_pollable_fd() {
     });
 }
 
-/// The pollable fd under tokio's `AsyncFd` (issue 4): one task waits for readiness and
+/// The pollable fd under tokio's `AsyncFd`: one task waits for readiness and
 /// dispatches without blocking, clearing readiness only when nothing was pending (tokio's
 /// rule), while another thread sends; every message arrives.
 #[test]
@@ -418,7 +418,7 @@ fn the_fd_works_with_tokio_async_fd() {
     assert_eq!(h.confchgs, 1, "the join");
 }
 
-/// Issue 4 "Back-pressure": with the engine stopped, a sender fills its ring and gets
+/// Back-pressure: with the engine stopped, a sender fills its ring and gets
 /// TRY_AGAIN; nothing accepted is lost once the engine runs again.
 #[test]
 fn a_full_ring_gives_try_again_and_loses_nothing() {
@@ -506,7 +506,7 @@ fn expect_closed_for(
     );
 }
 
-/// Issue 4 "a hostile client that scribbles on its rings": it is cut off; the engine
+/// A hostile client that scribbles on its rings: it is cut off; the engine
 /// and the other clients carry on.
 #[test]
 fn a_client_scribbling_on_its_rings_is_cut_off() {
@@ -753,7 +753,7 @@ fn large_deliveries_travel_through_the_pool_and_come_back() {
     assert_eq!(cluster.counter(1, "pool_inline_fallbacks"), 16);
 }
 
-/// Zero-copy send buffers (issue 4, `alloc` → write → send): messages larger than one
+/// Zero-copy send buffers (`alloc` → write → send): messages larger than one
 /// submit-ring record are written in place into the connection's send buffers (by
 /// `alloc` + `mcast_buffer` and by `mcast_with`), arrive intact, and cost one engine
 /// copy each (none in the library); 40 MiB go through the 16 MiB of buffers, so they
@@ -1024,7 +1024,7 @@ fn garbage_received_into_the_pool_is_dropped() {
     }));
 }
 
-/// Three engines (issue 4): one member per node sees the others join (NODEUP-free
+/// Three engines: one member per node sees the others join (NODEUP-free
 /// startup: joins), every member delivers the same messages in the same order, a
 /// 64 MiB message arrives intact, a killed engine's member is reported NODEDOWN,
 /// and a healed partition reports NODEUP.
@@ -1144,7 +1144,7 @@ fn three_engines_order_nodedown_nodeup_and_64_mib() {
     drop(clients);
 }
 
-/// The operator CLI (issue 4): `ringcast groups`, `listen`, `send`.
+/// The operator CLI: `ringcast groups`, `listen`, `send`.
 #[test]
 fn the_cli_lists_groups_listens_and_sends() {
     let mut cluster = Cluster::new("cpg6", free_port(1), 1);
@@ -1177,7 +1177,7 @@ fn the_cli_lists_groups_listens_and_sends() {
     listener.wait_line("hello there");
 }
 
-/// CPG_SPEC §5.6: with DELIVER_INITIAL_TOTEM_CONF, a joiner gets its join confchg and
+/// docs/cpg.md §5.6: with DELIVER_INITIAL_TOTEM_CONF, a joiner gets its join confchg and
 /// then a totem confchg describing the current ring.
 #[test]
 fn initial_totem_conf_follows_the_join() {
@@ -1209,7 +1209,7 @@ fn initial_totem_conf_follows_the_join() {
     }
 }
 
-/// CPG_SPEC §12: a client sees `CS_ERR_LIBRARY` when its engine dies, and can connect
+/// docs/cpg.md §12: a client sees `CS_ERR_LIBRARY` when its engine dies, and can connect
 /// again once the engine is back.
 #[test]
 fn a_dead_engine_is_reported_and_a_restarted_one_accepts_clients() {

@@ -1,6 +1,6 @@
-//! Agreed order across groups, seen by processes on real engines (issue 4, "Tests").
+//! Agreed order across groups, seen by processes on real engines.
 //!
-//! CPG_SPEC §5.4 (total order): all messages on the ring, in every group, share one
+//! docs/cpg.md §5.4 (total order): all messages on the ring, in every group, share one
 //! sequence; so a process with a handle in each of two groups is handed their messages
 //! in that sequence. A handle joins one group, so the order between two groups shows
 //! only through causality: a relay turns every message `a` of group A it is handed
@@ -10,7 +10,7 @@
 //! full, so nothing waits in a backlog), so a process that is handed `b(a)` on one
 //! handle must already find `a` waiting on the other.
 //!
-//! A process may have only one member per group and node (CPG_SPEC §3 `cpg_join`:
+//! A process may have only one member per group and node (docs/cpg.md §3 `cpg_join`:
 //! EXIST), so the observers are separate processes: this test binary run again, with
 //! [`OBSERVER_ENV`] set, as the same test, which then plays one observer.
 
@@ -454,7 +454,7 @@ fn counters(order: &[Vec<u8>], kind: &str, sender: u32) -> Vec<u32> {
         .collect()
 }
 
-/// CPG_SPEC §5.4: total order across groups, agreed delivery, per-sender FIFO. Three
+/// docs/cpg.md §5.4: total order across groups, agreed delivery, per-sender FIFO. Three
 /// engines, the default datagram size. This process sends (on nodes 1 and 2) and
 /// relays (on node 3); one observer process per node checks the causal order and
 /// reports what it was handed.

@@ -1,4 +1,4 @@
-//! Real `ringcastd` processes on 127.0.0.x (issue 3, "Tests with real processes").
+//! Real `ringcastd` processes on 127.0.0.x.
 //!
 //! Every test uses its own UDP port and state directories, the backoff idle strategy
 //! and short timers (token 300 ms, no per-node scaling), waits with a deadline, and
@@ -26,8 +26,8 @@ use ringcast_engine::daemon::keyfile::{self, counter_from_clock};
 use ringcast_engine::wire::seal::{Key, OpenError, Opener, Sealer};
 use ringcast_engine::wire::{CommitEntry, CommitToken, Join, Mcast, Packet, Recovered, Token};
 
-/// CPG_SPEC.md §9.6 "Startup": a lone node forms a singleton ring; SIGTERM leaves it
-/// cleanly and exits 0 (issue 3, "SIGTERM").
+/// docs/cpg.md §9.6 "Startup": a lone node forms a singleton ring; SIGTERM leaves it
+/// cleanly and exits 0.
 #[test]
 fn one_node_forms_a_ring_and_exits_zero_on_sigterm() {
     let mut cluster = Cluster::new("one", free_port(1), 1);
@@ -41,7 +41,7 @@ fn one_node_forms_a_ring_and_exits_zero_on_sigterm() {
 }
 
 /// Three nodes form one ring; `kill -9` one and the survivors form a ring of two within
-/// token + consensus (+ slack for a loaded machine); restarted, it rejoins (CPG_SPEC.md
+/// token + consensus (+ slack for a loaded machine); restarted, it rejoins (docs/cpg.md
 /// §9.5 "Loss", §9.6). The messages generated throughout keep the guarantees (Totem §2,
 /// §5: agreed order, EVS; no loss to nodes 1 and 2).
 #[test]
@@ -84,7 +84,7 @@ fn three_nodes_survive_a_crash_and_a_restart() {
     }
 }
 
-/// Issue 3, "The wire": nodes with different keys never merge, and count why.
+/// The wire: nodes with different keys never merge, and count why.
 #[test]
 fn nodes_with_different_keys_never_merge() {
     // One port for both clusters: their datagrams reach each other, their keys differ.
@@ -352,7 +352,7 @@ fn kernel_drops(id: u32, port: u16) -> u64 {
         .unwrap_or_else(|| panic!("no socket {local} in /proc/net/udp"))
 }
 
-/// Issue 3: "100,000 random and mutated datagrams sent at a running engine: it stays up,
+/// "100,000 random and mutated datagrams sent at a running engine: it stays up,
 /// the ring stays intact, the drop counters account for them"; "Wrong key, replayed
 /// packets, a packet of another cluster: rejected and counted"; "Nothing in a datagram
 /// can make the engine panic".
@@ -661,7 +661,7 @@ fn ringcast_status_prints_the_ring() {
     assert_eq!(missing.status.code(), Some(1));
 }
 
-/// Issue 3: "A bad or inconsistent config is rejected at start with a message that
+/// "A bad or inconsistent config is rejected at start with a message that
 /// names the setting."
 #[test]
 fn bad_configuration_exits_2_naming_the_setting() {
@@ -694,7 +694,7 @@ impl Cluster {
 }
 
 /// Partition (the engine's own drop rule) → two rings; heal → one ring again
-/// (CPG_SPEC.md §9.6, "Merge detection"). The messages generated before, during and
+/// (docs/cpg.md §9.6, "Merge detection"). The messages generated before, during and
 /// after keep the guarantees (agreed order, EVS, no loss to nodes 1 and 2, which stay
 /// together).
 #[test]
@@ -729,7 +729,7 @@ fn a_partition_makes_two_rings_and_healing_merges_them() {
     cluster.check_guarantees(&[1, 2]);
 }
 
-/// Five engines form one ring (issue 3: "1, 3 and 5 engines"); `kill -9` the
+/// Five engines form one ring (1, 3 and 5 engines are tested); `kill -9` the
 /// representative, the other four re-form; restarted, it rejoins. The messages
 /// generated throughout keep the guarantees (no loss to nodes 2–5).
 #[test]
@@ -751,7 +751,7 @@ fn five_nodes_survive_the_loss_of_the_representative() {
     cluster.check_guarantees(&[2, 3, 4, 5]);
 }
 
-/// The multicast transport (CPG_SPEC.md §11, "UDP"): multicasts go to the group, tokens
+/// The multicast transport (docs/cpg.md §11, "UDP"): multicasts go to the group, tokens
 /// are unicast; works over loopback with the interface set to the node's address.
 #[test]
 fn multicast_transport_forms_a_ring() {
@@ -769,9 +769,9 @@ fn multicast_transport_forms_a_ring() {
     }
 }
 
-/// Issue 3: three engines "in network namespaces that the test creates and removes";
+/// Three engines "in network namespaces that the test creates and removes";
 /// "a partition (netns with the veth taken down) → two rings; heal → one ring again"
-/// (CPG_SPEC.md §9.5 "Loss", §9.6 "Merge detection"), with generated messages checked
+/// (docs/cpg.md §9.5 "Loss", §9.6 "Merge detection"), with generated messages checked
 /// across all three logs. Skipped, saying so, without root or network namespaces.
 #[test]
 fn network_namespaces_partition_by_link_down_and_heal() {
@@ -816,7 +816,7 @@ fn network_namespaces_partition_by_link_down_and_heal() {
     assert!(left.is_empty(), "namespaces left behind: {left:?}");
 }
 
-/// Issue 3, "Nothing in a datagram can make the engine panic", for sequence numbers at
+/// Nothing in a datagram can make the engine panic (docs/invariants.md), for sequence numbers at
 /// their largest: a join whose ring sequence is `u64::MAX`, from a node holding the key
 /// (or from any listed address in a cluster without one). Totem refuses packets with a
 /// sequence number above `totem::MAX_SEQ` (it used to overflow on them); found by the

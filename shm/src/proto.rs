@@ -26,14 +26,14 @@
 pub const HELLO_MAGIC: u32 = 0x5453_4352;
 /// Bumped on any incompatible change to this module or to the region layout.
 pub const PROTOCOL_VERSION: u32 = 4;
-/// Longest group name (CPG_SPEC §2.4).
+/// Longest group name (docs/cpg.md §2.4).
 pub const MAX_NAME_BYTES: usize = 128;
 /// Largest control-socket message either side sends.
 pub const MAX_SOCKET_MESSAGE_BYTES: usize = 64 * 1024;
 /// Entries per `IterNext` reply; keeps every reply far below the socket limit.
 pub const ITER_BATCH: usize = 256;
 
-/// `cs_error_t` (CPG_SPEC §2.1): the status of every reply.
+/// `cs_error_t` (docs/cpg.md §2.1): the status of every reply.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 #[repr(u32)]
 pub enum Status {
@@ -209,7 +209,7 @@ impl Writer {
     }
 }
 
-/// Delivery guarantee as carried on the rings (CPG_SPEC §2.2 `cpg_guarantee_t`).
+/// Delivery guarantee as carried on the rings (docs/cpg.md §2.2 `cpg_guarantee_t`).
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 pub enum WireGuarantee {
     Agreed,

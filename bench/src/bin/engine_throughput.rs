@@ -1,6 +1,5 @@
 //! `engine_throughput`: engine-to-engine ordered throughput of real `ringcastd` processes
-//! on 127.0.0.x loopback, driven by the engines' internal load generator (issue 3,
-//! "Figures"), before any client exists.
+//! on 127.0.0.x loopback, driven by the engines' internal load generator, before any client exists.
 //!
 //! For each node count and message size it starts that many engines (nodes 1..=n on
 //! 127.0.0.1..=n, one UDP port, no key, default Totem timers, `idle = backoff`), each

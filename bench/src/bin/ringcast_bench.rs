@@ -1,5 +1,5 @@
 //! `ringcast-bench`: client-level throughput and latency on one host, next to a raw
-//! two-process shared-memory ring as the ceiling (issue 4, "First benchmark").
+//! two-process shared-memory ring as the ceiling.
 //!
 //! It starts its own single-node `ringcastd` (backoff idle strategy, a private socket and
 //! state directory, an OS-chosen port) unless `--socket` names a running engine. Every

@@ -212,7 +212,7 @@ fn dispatch_step(h: u64, handle: &Handle) -> Result<bool, c_int> {
     }
 }
 
-/// `corosync_cfg_dispatch`, with the dispatch modes of CPG_SPEC.md section 4
+/// `corosync_cfg_dispatch`, with the dispatch modes of docs/cpg.md §4
 /// ([`ffi::dispatch_loop`]). A tracking handle whose engine went away gets the
 /// shutdown callback first.
 extern "C-unwind" fn dispatch(h: u64, flags: c_int) -> c_int {

@@ -42,7 +42,7 @@ pub fn status(e: &ringcast::Error) -> c_int {
 }
 
 /// Runs one API call; a panic inside becomes `CS_ERR_LIBRARY` instead of unwinding
-/// into C (CPG_SPEC.md section 4).
+/// into C (docs/cpg.md §4).
 pub fn guard(f: impl FnOnce() -> c_int) -> c_int {
     catch_unwind(AssertUnwindSafe(f)).unwrap_or(CS_ERR_LIBRARY)
 }
@@ -132,7 +132,7 @@ impl<T> Table<T> {
 }
 
 /// Waits until `fd` is readable or `timeout_ms` passed. A libc cancellation point: a
-/// thread blocked in dispatch can be cancelled here (CPG_SPEC.md section 4), so no
+/// thread blocked in dispatch can be cancelled here (docs/cpg.md §4), so no
 /// `catch_unwind` frame may be on the stack when this is called.
 pub fn poll_in(fd: c_int, timeout_ms: c_int) -> bool {
     let mut pfd = libc::pollfd {
@@ -176,7 +176,7 @@ macro_rules! versioned {
 /// from another thread is noticed within this).
 const DISPATCH_NAP_MS: c_int = 100;
 
-/// The dispatch loop of both libraries (CPG_SPEC.md section 4). `step` handles at most
+/// The dispatch loop of both libraries (docs/cpg.md §4). `step` handles at most
 /// one pending event (`Ok(true)`) or finds none (`Ok(false)`); `gone` tells a lost
 /// engine from an idle one. Steps run under the panic guard; the waits happen in
 /// `poll` outside it, so `pthread_cancel` of a blocked thread unwinds cleanly.

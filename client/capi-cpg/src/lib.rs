@@ -1,5 +1,5 @@
 //! `libcpg.so.4`: Corosync's closed process group C API (`corosync/cpg.h`) over the
-//! ringcast client, as a drop-in for Debian's libcpg (CPG_SPEC.md sections 2-5, 12).
+//! ringcast client, as a drop-in for Debian's libcpg (docs/cpg.md §2–§5, §12).
 //! docs/c-api.md describes the behaviour C programs see and where it differs from
 //! Corosync's library.
 //!
@@ -483,7 +483,7 @@ fn dispatch_step(handle: &Handle) -> Result<bool, c_int> {
     }
 }
 
-/// `cpg_dispatch` (CPG_SPEC.md section 4, [`ffi::dispatch_loop`]).
+/// `cpg_dispatch` (docs/cpg.md §4, [`ffi::dispatch_loop`]).
 extern "C-unwind" fn dispatch(h: u64, flags: c_int) -> c_int {
     let handle = match HANDLES.get(h) {
         Some(handle) => handle,
@@ -579,7 +579,7 @@ unsafe extern "C-unwind" fn mcast_joined(
 }
 
 /// `cpg_membership_get`: members of any group sorted by node then pid, at most
-/// `*n` of them (Corosync ignores the capacity; CPG_SPEC.md section 13.5), reason 0.
+/// `*n` of them (Corosync ignores the capacity; docs/cpg.md §13 quirk 5), reason 0.
 ///
 /// # Safety
 /// C caller: `group` a `struct cpg_name`, `list` valid for `*n` entries, `n` valid.
@@ -632,7 +632,7 @@ pub unsafe extern "C-unwind" fn cpg_local_get(h: u64, nodeid: *mut c_uint) -> c_
     })
 }
 
-/// Always DISABLED, as Corosync (CPG_SPEC.md section 13.4): sends say TRY_AGAIN
+/// Always DISABLED, as Corosync (docs/cpg.md §13 quirk 4): sends say TRY_AGAIN
 /// themselves when the engine pushes back.
 ///
 /// # Safety
@@ -778,7 +778,7 @@ pub unsafe extern "C-unwind" fn cpg_iteration_initialize(
     it: *mut u64,
 ) -> c_int {
     guard(|| {
-        // Checks in Corosync's order (CPG_SPEC.md section 3).
+        // Checks in Corosync's order (docs/cpg.md §3).
         let name = if group.is_null() {
             None
         } else {

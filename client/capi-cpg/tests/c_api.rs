@@ -4,7 +4,7 @@
 //! `ringcastd` engines (backoff idle strategy, short token), and Debian's own
 //! `corosync-cpgtool` run unchanged on our libraries.
 //!
-//! The C sources are in tests/c/: layout.c (CPG_SPEC.md section 2), api.c (every
+//! The C sources are in tests/c/: layout.c (docs/cpg.md §2), api.c (every
 //! function, sections 3, 4 and 12), member.c (a stdin-driven member for the
 //! multi-process cases), bench.c (mcast against zcb throughput).
 
@@ -358,7 +358,7 @@ impl Drop for Member {
     }
 }
 
-/// CPG_SPEC.md section 2: every size, alignment, offset and constant of the installed
+/// docs/cpg.md §2: every size, alignment, offset and constant of the installed
 /// headers.
 #[test]
 fn installed_headers_have_corosync_layouts() {
@@ -540,7 +540,7 @@ fn deliveries(m: &Member) -> Vec<String> {
 }
 
 /// A C member on each of three engines: one membership, one order; kill -9 of one
-/// member is a PROCDOWN (reason 5) at the others (CPG_SPEC.md sections 5.3, 12).
+/// member is a PROCDOWN (reason 5) at the others (docs/cpg.md §5.3, §12).
 #[test]
 fn three_engines_one_member_each_and_kill9() {
     let cluster = Cluster::new("three", 3);

@@ -1,7 +1,7 @@
 /*
  * corotypes.h - types shared by the Corosync-compatible C APIs of ringcast.
  *
- * Written for ringcast from its specification (docs: CPG_SPEC.md sections 2 and 4);
+ * Written for ringcast from its specification (docs: docs/cpg.md §2 and §4);
  * the names, values and layouts are those of Corosync 3.1 so that programs written
  * for Corosync compile and link unchanged against libcpg.so.4 / libcfg.so.7.
  */
@@ -46,7 +46,7 @@ typedef struct {
 	unsigned char minorVersion;
 } cs_version_t;
 
-/* How much a *_dispatch call handles before it returns (CPG_SPEC.md section 4). */
+/* How much a *_dispatch call handles before it returns (docs/cpg.md §4). */
 typedef enum {
 	CS_DISPATCH_ONE = 1,             /* wait for one event, handle it */
 	CS_DISPATCH_ALL = 2,             /* handle what is pending, never wait */

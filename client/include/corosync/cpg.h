@@ -1,7 +1,7 @@
 /*
  * cpg.h - closed process groups: the C API of ringcast's libcpg.so.4.
  *
- * Written for ringcast from its specification (CPG_SPEC.md sections 2-5); names,
+ * Written for ringcast from its specification (docs/cpg.md §2–§5); names,
  * values, layouts and calling convention are those of Corosync 3.1, so programs
  * written for Corosync's CPG build and run unchanged. See docs/c-api.md for where
  * ringcast differs (real zero-copy buffers, bounded retries, fixed quirks).

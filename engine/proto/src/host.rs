@@ -381,6 +381,28 @@ impl Host {
         self.cpg.limits()
     }
 
+    /// Whether CPG is between a regular configuration and the activation of its sync
+    /// (joins, leaves and multicasts are then refused with `TRY_AGAIN`).
+    pub fn cpg_in_sync(&self) -> bool {
+        self.cpg.in_sync()
+    }
+
+    /// The ring of CPG's last completed sync.
+    pub fn cpg_synced_ring(&self) -> Option<RingId> {
+        self.cpg.synced_ring().map(|(ring, _)| ring)
+    }
+
+    /// PROCDOWNs and JOINLISTs CPG still owes Totem (see [`cpg::Service::poll`]).
+    pub fn cpg_owed_submissions(&self) -> usize {
+        self.cpg.owed_submissions()
+    }
+
+    /// Totem, read-only (queue lengths, for a driver or a simulator that waits for
+    /// quiescence).
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
     pub fn send_queue_len(&self) -> usize {
         self.node.send_queue_len()
     }

@@ -1,5 +1,5 @@
-//! Invariant checkers over a recorded [`Trace`] (DESIGN.md "Guarantees"; Totem paper
-//! §2 and §5 for agreed/safe delivery and extended virtual synchrony; CPG_SPEC.md
+//! Invariant checkers over a recorded [`Trace`] (docs/invariants.md; Totem paper
+//! §2 and §5 for agreed/safe delivery and extended virtual synchrony; docs/cpg.md
 //! §9.4–9.6). Each checker judges node incarnations separately: a restarted node is a
 //! new process as far as the guarantees go.
 
@@ -578,7 +578,7 @@ pub fn safe_delivery(trace: &Trace, index: &Index) -> Vec<Violation> {
     out
 }
 
-/// (h) Configuration agreement (Totem §4; CPG_SPEC.md §9.6): incarnations that install
+/// (h) Configuration agreement (Totem §4; docs/cpg.md §9.6): incarnations that install
 /// a regular configuration with the same ring id list the same members; every node is
 /// a member of its own configurations; the representative is the lowest member; a
 /// transitional configuration is made of members of the regular configuration before
@@ -731,7 +731,7 @@ pub fn configuration_agreement(trace: &Trace) -> Vec<Violation> {
     out
 }
 
-/// (i) Liveness (DESIGN.md guarantee 5): within the settle bound after the final heal,
+/// (i) Liveness (docs/invariants.md guarantee 5): within the settle bound after the final heal,
 /// the cluster is quiescent (every node operational in one ring of all nodes, send
 /// queues empty); at the end every live incarnation's last configuration is that ring;
 /// and every message a live incarnation submitted after installing it was delivered by

@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod checker;
+pub mod hosts;
 pub mod network;
 pub mod rng;
 pub mod trace;
@@ -1103,6 +1104,3 @@ impl RunReport {
 
 #[cfg(test)]
 mod tests;
-
-#[cfg(test)]
-mod cpg_tests;

@@ -1,4 +1,4 @@
-//! The simulator over many seeds with every fault on (DESIGN.md "Guarantees" 1–5), and
+//! The simulator over many seeds with every fault on (docs/invariants.md, guarantees 1–5), and
 //! bit-for-bit replay of a seed.
 //!
 //! Sized for `cargo test` in the debug profile on a 2-core machine: 200 seeds of 2–8

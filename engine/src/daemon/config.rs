@@ -54,7 +54,7 @@ pub enum Transport {
     Multicast,
 }
 
-/// What the engine thread does when it has no work (DESIGN.md, "Idle strategies").
+/// What the engine thread does when it has no work (docs/architecture.md, "Time, randomness, trust"; docs/tuning.md).
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum IdleStrategy {
@@ -75,7 +75,7 @@ pub struct NodeEntry {
     pub address: String,
 }
 
-/// Totem timers and constants (CPG_SPEC.md §10). Unset values take Corosync's defaults,
+/// Totem timers and constants (docs/cpg.md §10). Unset values take Corosync's defaults,
 /// derived from the effective token timeout like Corosync derives them.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -862,7 +862,7 @@ fn totem_config(
     let mut config = if t.token_ms.is_none() && t.token_coefficient_ms.is_none() {
         totem::Config::new(s.node_id, node_count)
     } else {
-        // CPG_SPEC.md §10: the configured token is the base, scaled for N ≥ 3.
+        // docs/cpg.md §10: the configured token is the base, scaled for N ≥ 3.
         let base = t.token_ms.unwrap_or(3000);
         let coefficient = t.token_coefficient_ms.unwrap_or(650);
         let extra = if node_count >= 3 {
@@ -921,7 +921,7 @@ fn totem_config(
         config.pack_by_reference_min = v;
     }
     // The CPG service runs its sync (joinlists) ahead of application messages after
-    // every configuration change, as Corosync's totempg does (CPG_SPEC §5.5).
+    // every configuration change, as Corosync's totempg does (docs/cpg.md §5.5).
     config.sync_barrier = true;
     // Jitter differs per node and per start.
     config.seed = u64::from(s.node_id) ^ u64::from(std::process::id()).rotate_left(32);
@@ -1075,7 +1075,7 @@ join_ms = 40
         assert_eq!(c.totem.pack_by_reference_min, 65536);
     }
 
-    /// Issue 3: the receive buffers hold every control packet of the configured ring,
+    /// The receive buffers hold every control packet of the configured ring,
     /// up to `wire::MAX_CONTROL_PACKET_BYTES` (a commit token of 384 members), and every
     /// datagram of `datagram_bytes`.
     #[test]

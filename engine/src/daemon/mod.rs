@@ -15,4 +15,4 @@ pub mod load;
 pub mod ringseq;
 
 pub use config::{DaemonConfig, IdleStrategy, NodeEntry, SettingError, Transport};
-pub use ringseq::FileRingSeqStore;
+pub use ringseq::{FileRingSeqStore, RingSeqFailure, RingSeqWriteError};

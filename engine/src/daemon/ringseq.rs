@@ -1,4 +1,4 @@
-//! The persistent ring sequence (CPG_SPEC.md §9.1): `<state_dir>/ringid_<nodeid>`, eight
+//! The persistent ring sequence (docs/cpg.md §9.1): `<state_dir>/ringid_<nodeid>`, eight
 //! little-endian bytes, replaced atomically (write a temporary file, fsync, rename, fsync
 //! the directory) so that a crash leaves either the old or the new value, never a torn
 //! one.
@@ -6,8 +6,36 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use crate::totem::RingSeqStore;
+
+/// A ring sequence write that failed: the file, the value and the error.
+#[derive(Debug)]
+pub struct RingSeqWriteError {
+    pub path: PathBuf,
+    pub seq: u64,
+    pub source: std::io::Error,
+}
+
+/// Where a [`FileRingSeqStore`] leaves its first failed write for the engine, which
+/// must stop before anything that names the new ring leaves the node: a ring id that
+/// was used but not persisted could be used again after a restart
+/// (docs/invariants.md, "Ring identifiers").
+#[derive(Clone, Debug, Default)]
+pub struct RingSeqFailure(Arc<Mutex<Option<RingSeqWriteError>>>);
+
+impl RingSeqFailure {
+    /// The first failed write, if any.
+    pub fn take(&self) -> Option<RingSeqWriteError> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    fn set(&self, error: RingSeqWriteError) {
+        let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        slot.get_or_insert(error);
+    }
+}
 
 /// A [`RingSeqStore`] backed by one small file.
 #[derive(Debug)]
@@ -15,6 +43,7 @@ pub struct FileRingSeqStore {
     path: PathBuf,
     /// The last value written (or loaded): a store of the same value is skipped.
     last: Option<u64>,
+    failure: RingSeqFailure,
 }
 
 impl FileRingSeqStore {
@@ -25,7 +54,11 @@ impl FileRingSeqStore {
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir)?;
         }
-        let mut store = FileRingSeqStore { path, last: None };
+        let mut store = FileRingSeqStore {
+            path,
+            last: None,
+            failure: RingSeqFailure::default(),
+        };
         let current = store.read()?;
         store.write(current)?;
         store.last = Some(current);
@@ -34,6 +67,12 @@ impl FileRingSeqStore {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Where a failed write is reported; the engine checks it after every call into
+    /// Totem and stops.
+    pub fn failure(&self) -> RingSeqFailure {
+        self.failure.clone()
     }
 
     /// The stored value: 0 when the file is missing; an error when it is not 8 bytes.
@@ -95,9 +134,11 @@ impl RingSeqStore for FileRingSeqStore {
         }
         match self.write(seq) {
             Ok(()) => self.last = Some(seq),
-            Err(e) => {
-                tracing::error!(path = %self.path.display(), seq, error = %e, "cannot persist the ring sequence")
-            }
+            Err(source) => self.failure.set(RingSeqWriteError {
+                path: self.path.clone(),
+                seq,
+                source,
+            }),
         }
     }
 }
@@ -120,6 +161,25 @@ mod tests {
         fs::write(&path, [1, 2, 3]).unwrap();
         assert!(again.read().is_err());
         assert!(FileRingSeqStore::open(path).is_err());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_failed_write_is_reported_once_with_the_file_and_the_value() {
+        let dir = std::env::temp_dir().join(format!("ringcast-ringseq-bad-{}", std::process::id()));
+        let path = dir.join("ringid_2");
+        let _ = fs::remove_dir_all(&dir);
+        let mut store = FileRingSeqStore::open(path.clone()).unwrap();
+        let failure = store.failure();
+        store.store(4);
+        assert!(failure.take().is_none());
+        fs::remove_file(&path).unwrap();
+        fs::create_dir_all(path.join("occupied")).unwrap();
+        store.store(8);
+        store.store(12);
+        let error = failure.take().expect("the write of 8 failed");
+        assert_eq!((error.path.as_path(), error.seq), (path.as_path(), 8));
+        assert!(failure.take().is_none());
         fs::remove_dir_all(&dir).unwrap();
     }
 }

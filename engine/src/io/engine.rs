@@ -30,7 +30,9 @@ use super::signal::{SIGINFO_BYTES, Waker, termination_fd};
 use super::stats::{Counter, StatsWriter};
 use crate::daemon::hooks::{HookError, TestHooks};
 use crate::daemon::keyfile::{self, KeyError};
-use crate::daemon::{DaemonConfig, FileRingSeqStore, IdleStrategy};
+use crate::daemon::{
+    DaemonConfig, FileRingSeqStore, IdleStrategy, RingSeqFailure, RingSeqWriteError,
+};
 use crate::ipc::{Ipc, IpcConfig, session::BacklogLimits};
 use crate::service::ServiceId;
 use crate::totem::{
@@ -93,6 +95,16 @@ pub enum EngineError {
     /// The Totem configuration was refused.
     #[error(transparent)]
     Totem(#[from] crate::totem::ConfigError),
+    /// A new ring sequence could not be written: the node stops rather than use a
+    /// ring id that a restart could hand out again (docs/invariants.md, "Ring
+    /// identifiers").
+    #[error(
+        "state_dir: cannot write ring sequence {} to {}: {}; stopping, a ring id must never be reused",
+        .0.seq,
+        .0.path.display(),
+        .0.source
+    )]
+    RingSeq(RingSeqWriteError),
     /// The key file could not be read.
     #[error(transparent)]
     Key(#[from] KeyError),
@@ -266,6 +278,8 @@ pub struct Engine {
     drop_from: Vec<NodeId>,
     /// Client sessions and the CPG service.
     ipc: Ipc,
+    /// A failed ring sequence write: the engine stops before anything leaves.
+    ring_seq_failure: RingSeqFailure,
 }
 
 impl std::fmt::Debug for Engine {
@@ -282,207 +296,30 @@ impl Engine {
     /// store, stats page, the node. SIGTERM/SIGINT must already be blocked
     /// ([`super::signal::block_termination_signals`]).
     pub fn new(config: DaemonConfig) -> Result<Engine, EngineError> {
-        let s = &config.settings;
-        let mut builder = IoUring::builder();
-        builder.setup_cqsize(SQ_ENTRIES * 4);
-        if s.sqpoll {
-            builder.setup_sqpoll(s.sqpoll_idle_ms);
-        }
-        let ring = builder.build(SQ_ENTRIES).map_err(|e| EngineError::Io {
-            what: if e.raw_os_error() == Some(libc::EPERM) {
-                "io_uring_setup (disabled by kernel.io_uring_disabled, or SQPOLL not permitted)"
-                    .into()
-            } else {
-                "io_uring_setup".into()
-            },
-            source: e,
-        })?;
-        let features = KernelFeatures::probe(&ring).map_err(io_error("io_uring probe"))?;
-        tracing::info!(
-            kernel = %features.release,
-            ext_arg = features.ext_arg,
-            nodrop = features.nodrop,
-            fast_poll = features.fast_poll,
-            multishot_recvmsg = features.multishot_recvmsg(),
-            sqpoll = s.sqpoll,
-            "io_uring features"
-        );
-        features.check()?;
-
-        // Room for the recvmsg header, the source address and the longest datagram a
-        // configured node may send (control packets of large rings included).
-        let buf_bytes = (16 + NAME_BYTES + config.recv_datagram_bytes).next_multiple_of(64);
-        let entries = if s.recv_buffers != 0 {
-            s.recv_buffers as u16
-        } else {
-            let wanted = ((8usize << 20) / buf_bytes).clamp(64, 4096);
-            // Round down to a power of two.
-            (1usize << (usize::BITS - 1 - wanted.leading_zeros())) as u16
-        };
-        let bufring = BufRing::new(entries, buf_bytes, BUF_GROUP, s.huge_pages)
-            .map_err(io_error("receive buffers"))?;
-        if s.huge_pages && !bufring.is_huge() {
-            tracing::warn!("huge_pages: none available, receive buffers use normal pages");
-        }
-        bufring.register(&ring.submitter()).map_err(|e| {
-            EngineError::Kernel(format!(
-                "cannot register a provided buffer ring (needs Linux 5.19): {e}"
-            ))
-        })?;
-
+        let (ring, features) = open_io_uring(&config)?;
+        let (mut bufring, recv_buffers) = receive_buffers(&config, &ring)?;
         let sockets = Sockets::open(&config).map_err(io_error("sockets"))?;
         let signal_fd = termination_fd().map_err(io_error("signalfd"))?;
         let waker = Waker::new().map_err(io_error("eventfd"))?;
-
-        let (sealer, opener) = match &s.key_file {
-            Some(path) => {
-                let key = keyfile::read(path)?;
-                if keyfile::is_exposed(path) {
-                    tracing::warn!(key_file = %path.display(), "key file is readable by group or others");
-                }
-                tracing::info!(key_file = %path.display(), "datagrams are sealed (ChaCha20-Poly1305)");
-                (
-                    Some(Sealer::new(
-                        &key,
-                        config.node_id,
-                        config.cluster_id,
-                        keyfile::counter_from_clock(),
-                    )),
-                    Some(Opener::new(&key, config.cluster_id, config.nodes.len())),
-                )
-            }
-            None => {
-                tracing::warn!(
-                    "no key_file: the cluster runs in the clear (no authentication, no encryption)"
-                );
-                (None, None)
-            }
-        };
-
-        let store =
-            FileRingSeqStore::open(config.ring_seq_path.clone()).map_err(io_error(format!(
-                "state_dir: ring sequence file {}",
-                config.ring_seq_path.display()
-            )))?;
+        let (sealer, opener) = sealing(&config)?;
+        let store = open_ring_seq_store(&config)?;
         let stats = StatsWriter::create(&config.stats_path, config.node_id, config.cluster_id)?;
         let origin = std::time::Instant::now();
-        let node = Node::new(config.totem.clone(), Box::new(store), Instant::ZERO)?;
-
-        let all_dests = match config.multicast_group {
-            Some(group) => vec![RawAddr::new(group)],
-            // Not to ourselves: Totem keeps its own broadcasts when it sends them and
-            // ignores them coming back, so the copy would cost two syscalls and two
-            // kernel copies for nothing (the simulator checks Totem without it too:
-            // `ringcast-sim --no-loopback`).
-            None => config
-                .nodes
-                .iter()
-                .filter(|(id, _)| *id != config.node_id)
-                .map(|(_, a)| RawAddr::new(*a))
-                .collect(),
-        };
-        let node_dests = config
-            .nodes
-            .iter()
-            .map(|(id, a)| (*id, RawAddr::new(*a)))
-            .collect();
+        let (mut node, ring_seq_failure) = start_node(&config, store)?;
+        let (all_dests, node_dests) = destinations(&config);
         let socket_count = 1 + usize::from(sockets.multicast.is_some());
-        let recv_msghdrs: Box<[libc::msghdr]> = (0..socket_count)
-            .map(|_| {
-                let mut msghdr = zeroed_msghdr();
-                msghdr.msg_namelen = NAME_BYTES as libc::socklen_t;
-                msghdr
-            })
-            .collect();
-        let slots: Box<[SendSlot]> = (0..SEND_SLOTS)
-            .map(|_| SendSlot {
-                msghdr: zeroed_msghdr(),
-                iov: Vec::with_capacity(4),
-                addr: RawAddr::new(config.own_addr),
-                payload: Gather::default(),
-            })
-            .collect();
+        let recv_msghdrs = recv_msghdrs(socket_count);
+        let slots = send_slots(&config);
         // Start time in ns: a fresh epoch per start.
         let epoch = keyfile::counter_from_clock();
         let hooks = TestHooks::new(&config, epoch)?;
+        log_ready(&config, recv_buffers, bufring.is_huge());
+        let ipc = Ipc::new(ipc_config(&config), config.node_id, waker.as_fd())?;
         tracing::info!(
-            node_id = config.node_id,
-            cluster = %s.cluster_name,
-            cluster_id = config.cluster_id,
-            address = %config.own_addr,
-            transport = ?s.transport,
-            nodes = config.nodes.len(),
-            token_ms = config.totem.token.as_millis() as u64,
-            recv_buffers = entries,
-            huge_pages = bufring.is_huge(),
-            stats = %config.stats_path.display(),
-            "engine ready"
-        );
-        let ipc_config = &s.ipc;
-        let ipc = Ipc::new(
-            IpcConfig {
-                socket_path: s.ipc_socket.clone(),
-                nodes: config.nodes.clone(),
-                allowed_uids: ipc_config.allowed_uids.clone(),
-                allowed_gids: ipc_config.allowed_gids.clone(),
-                region: ringcast_shm::RegionSpec {
-                    submit_ring_bytes: ipc_config.submit_ring_bytes,
-                    event_ring_bytes: ipc_config.event_ring_bytes,
-                    // Trusted senders write into a slab of the delivery pool instead.
-                    pool_bytes: if ipc_config.trusted_senders {
-                        0
-                    } else {
-                        ipc_config.send_buffer_bytes
-                    },
-                },
-                huge_pages: ipc_config.huge_pages,
-                max_clients: ipc_config.max_clients,
-                delivery_pool_bytes: ipc_config.delivery_pool_bytes,
-                delivery_pool_min_bytes: ipc_config.delivery_pool_min_bytes,
-                trusted_slab_bytes: if ipc_config.trusted_senders {
-                    ipc_config.send_buffer_bytes
-                } else {
-                    0
-                },
-                backlog: BacklogLimits {
-                    max_events: ipc_config.backlog_events,
-                    max_bytes: ipc_config.backlog_bytes,
-                },
-                cpg: crate::cpg::Limits {
-                    max_members_per_group: ipc_config.max_members_per_group,
-                    max_groups: ipc_config.max_groups,
-                    max_connections: ipc_config.max_clients,
-                    max_message_bytes: config
-                        .totem
-                        .max_message_bytes
-                        .saturating_sub(crate::cpg::MCAST_HEADER_MAX),
-                },
-            },
-            config.node_id,
-            waker.as_fd(),
-        )?;
-        tracing::info!(
-            socket = %s.ipc_socket.display(),
+            socket = %config.settings.ipc_socket.display(),
             "clients connect here (RINGCAST_SOCKET for a non-default path); try `ringcast listen demo` and `ringcast send demo hello`"
         );
-        let recv_pool = if opener.is_none() && config.recv_datagram_bytes >= KEEP_IN_POOL_MIN {
-            ipc.delivery_pool()
-        } else {
-            None
-        };
-        let mut node = node;
-        if let Some(pool) = ipc.delivery_pool() {
-            node.set_reassembly_buffers(
-                ipc_config.delivery_pool_min_bytes,
-                crate::ipc::delivery_placement::reassembly_buffers(pool),
-            );
-        }
-        let mut bufring = bufring;
-        if let Some(pool) = &recv_pool {
-            // No receive is armed yet (the loop arms them).
-            let buf_bytes = bufring.buf_bytes();
-            bufring.attach_all_before_use(|| pool.alloc(buf_bytes));
-        }
+        let recv_pool = use_delivery_pool(&config, &ipc, opener.is_none(), &mut node, &mut bufring);
         Ok(Engine {
             ipc,
             ring,
@@ -507,12 +344,13 @@ impl Engine {
             node_dests,
             pending: VecDeque::new(),
             datagram_bytes_copied: 0,
-            zerocopy_min: s.send_zerocopy_bytes,
+            zerocopy_min: config.settings.send_zerocopy_bytes,
             recv_pool,
             to_self: VecDeque::new(),
             origin,
             last_heartbeat: Instant::ZERO,
             leaving_until: None,
+            ring_seq_failure,
             features,
             send_errors_logged: 0,
             drop_from: Vec::new(),
@@ -668,113 +506,156 @@ impl Engine {
         let mut completions: Vec<(u64, i32, u32)> = Vec::with_capacity(SQ_ENTRIES as usize * 4);
         let mut idle_rounds = 0u32;
         loop {
-            let mut work = 0usize;
-
-            completions.clear();
-            completions.extend(
-                self.ring
-                    .completion()
-                    .map(|c| (c.user_data(), c.result(), c.flags())),
-            );
-            let now = self.now();
-            for &(data, result, flags) in &completions {
-                self.on_completion(now, data, result, flags)?;
-            }
-            work += completions.len();
-            // Packets to ourselves arrive like datagrams would, after what came in.
-            for _ in 0..self.to_self.len() {
-                let Some(packet) = self.to_self.pop_front() else {
-                    break;
-                };
-                // Counted in like a datagram: packets_in stays the sum of the drop
-                // counters and packets_accepted.
-                self.stats.add(Counter::PacketsIn, 1);
-                self.stats.add(Counter::BytesIn, packet.len() as u64);
-                self.node.handle_packet(now, &packet);
-                work += 1;
-            }
-            for index in 0..self.recv_armed.len() {
-                if !self.recv_armed[index] {
-                    self.arm_recv(index);
-                }
-            }
-
-            let now = self.now();
-            if self.node.poll_timeout().is_some_and(|t| t <= now) {
-                self.node.handle_timeout(now);
-                work += 1;
-            }
-            if self.leaving_until.is_none() {
-                work += self.hooks.generate_load(&mut self.node, now, &self.stats);
-            }
-            work += self.ipc.poll_rings(&mut self.node, now);
-            work += self.drain_events(now);
-            let now = self.now();
-            work += self.ipc.flush_events(&mut self.node, now);
-            self.cancel_closed_polls();
-            work += self.drain_transmits();
-            self.publish_stats(now);
-            self.hooks.tick(now);
-
-            let flushed = self.sends_in_flight == 0 && self.pending.is_empty();
-            if self
-                .leaving_until
-                .is_some_and(|until| flushed || now >= until)
-            {
-                if self.sends_in_flight != 0 || !self.pending.is_empty() {
-                    tracing::warn!(
-                        in_flight = self.sends_in_flight,
-                        "left before every datagram was sent"
-                    );
-                }
-                self.ipc.shutdown(&mut self.node, now);
-                let _ = self.ring.submit();
-                self.hooks.flush(now);
-                tracing::info!("left the ring, exiting");
+            let (work, now) = self.round(&mut completions)?;
+            if self.left(now) {
                 return Ok(());
             }
-
             if work > 0 {
                 idle_rounds = 0;
                 self.flush(None)?;
                 continue;
             }
-            match self.config.settings.idle {
-                IdleStrategy::Spin => self.flush(None)?,
-                IdleStrategy::Backoff => {
-                    idle_rounds = idle_rounds.saturating_add(1);
-                    if idle_rounds <= SPIN_ROUNDS {
-                        self.flush(None)?;
-                        std::hint::spin_loop();
-                    } else if idle_rounds <= SPIN_ROUNDS + YIELD_ROUNDS {
-                        self.flush(None)?;
-                        std::thread::yield_now();
-                    } else {
-                        let now = self.now();
-                        let deadline = [
-                            self.node.poll_timeout(),
-                            self.hooks.next_deadline(now),
-                            self.leaving_until,
-                        ]
-                        .into_iter()
-                        .flatten()
-                        .min();
-                        let mut wait =
-                            deadline.map_or(MAX_SLEEP, |d| d.saturating_since(now).min(MAX_SLEEP));
-                        if self.ipc.wants_poll_soon() {
-                            wait = wait.min(THROTTLED_POLL);
-                        }
-                        // Clients wake the engine only after it announced its sleep on
-                        // their rings; a ring that filled meanwhile cancels the sleep.
-                        if !wait.is_zero() && self.ipc.prepare_sleep() {
-                            self.stats.add(Counter::IdleSleeps, 1);
-                            let slept = self.flush(Some(wait));
-                            self.ipc.cancel_sleep();
-                            slept?;
-                        }
-                    }
+            self.idle(&mut idle_rounds)?;
+        }
+    }
+
+    /// One round of the loop: completions, packets to ourselves, timers, the load
+    /// generator, client rings, then what Totem and the clients have to send. Returns
+    /// how much work it found and the time it ended at.
+    fn round(
+        &mut self,
+        completions: &mut Vec<(u64, i32, u32)>,
+    ) -> Result<(usize, Instant), EngineError> {
+        let mut work = 0usize;
+        completions.clear();
+        completions.extend(
+            self.ring
+                .completion()
+                .map(|c| (c.user_data(), c.result(), c.flags())),
+        );
+        let now = self.now();
+        for &(data, result, flags) in completions.iter() {
+            self.on_completion(now, data, result, flags)?;
+        }
+        work += completions.len();
+        // Packets to ourselves arrive like datagrams would, after what came in.
+        for _ in 0..self.to_self.len() {
+            let Some(packet) = self.to_self.pop_front() else {
+                break;
+            };
+            // Counted in like a datagram: packets_in stays the sum of the drop
+            // counters and packets_accepted.
+            self.stats.add(Counter::PacketsIn, 1);
+            self.stats.add(Counter::BytesIn, packet.len() as u64);
+            self.node.handle_packet(now, &packet);
+            work += 1;
+        }
+        for index in 0..self.recv_armed.len() {
+            if !self.recv_armed[index] {
+                self.arm_recv(index);
+            }
+        }
+
+        let now = self.now();
+        if self.node.poll_timeout().is_some_and(|t| t <= now) {
+            self.node.handle_timeout(now);
+            work += 1;
+        }
+        if self.leaving_until.is_none() {
+            work += self.hooks.generate_load(&mut self.node, now, &self.stats);
+        }
+        work += self.ipc.poll_rings(&mut self.node, now);
+        self.check_ring_seq()?;
+        work += self.drain_events(now);
+        let now = self.now();
+        work += self.ipc.flush_events(&mut self.node, now);
+        self.cancel_closed_polls();
+        self.check_ring_seq()?;
+        work += self.drain_transmits();
+        self.publish_stats(now);
+        self.hooks.tick(now);
+        Ok((work, now))
+    }
+
+    /// After a termination signal: whether the node is done leaving (its last
+    /// datagrams sent, or the flush time is up); if so it has shut the clients down.
+    fn left(&mut self, now: Instant) -> bool {
+        let flushed = self.sends_in_flight == 0 && self.pending.is_empty();
+        if !self
+            .leaving_until
+            .is_some_and(|until| flushed || now >= until)
+        {
+            return false;
+        }
+        if self.sends_in_flight != 0 || !self.pending.is_empty() {
+            tracing::warn!(
+                in_flight = self.sends_in_flight,
+                "left before every datagram was sent"
+            );
+        }
+        self.ipc.shutdown(&mut self.node, now);
+        let _ = self.ring.submit();
+        self.hooks.flush(now);
+        tracing::info!("left the ring, exiting");
+        true
+    }
+
+    /// A round without work: spin, then yield, then (backoff) sleep in
+    /// `io_uring_enter` until the next deadline or a wake-up.
+    fn idle(&mut self, idle_rounds: &mut u32) -> Result<(), EngineError> {
+        match self.config.settings.idle {
+            IdleStrategy::Spin => self.flush(None),
+            IdleStrategy::Backoff => {
+                *idle_rounds = idle_rounds.saturating_add(1);
+                if *idle_rounds <= SPIN_ROUNDS {
+                    self.flush(None)?;
+                    std::hint::spin_loop();
+                    Ok(())
+                } else if *idle_rounds <= SPIN_ROUNDS + YIELD_ROUNDS {
+                    self.flush(None)?;
+                    std::thread::yield_now();
+                    Ok(())
+                } else {
+                    self.sleep()
                 }
             }
+        }
+    }
+
+    /// Sleeps until the earliest deadline (Totem, test hooks, leaving), at most
+    /// `MAX_SLEEP`, unless a client's ring filled meanwhile.
+    fn sleep(&mut self) -> Result<(), EngineError> {
+        let now = self.now();
+        let deadline = [
+            self.node.poll_timeout(),
+            self.hooks.next_deadline(now),
+            self.leaving_until,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let mut wait = deadline.map_or(MAX_SLEEP, |d| d.saturating_since(now).min(MAX_SLEEP));
+        if self.ipc.wants_poll_soon() {
+            wait = wait.min(THROTTLED_POLL);
+        }
+        // Clients wake the engine only after it announced its sleep on their rings; a
+        // ring that filled meanwhile cancels the sleep.
+        if !wait.is_zero() && self.ipc.prepare_sleep() {
+            self.stats.add(Counter::IdleSleeps, 1);
+            let slept = self.flush(Some(wait));
+            self.ipc.cancel_sleep();
+            slept?;
+        }
+        Ok(())
+    }
+
+    /// Stops the engine if Totem asked for a ring sequence that could not be written:
+    /// called after the calls into Totem and before anything (events for clients,
+    /// datagrams) leaves it, so nothing that names the unwritten ring gets out.
+    fn check_ring_seq(&self) -> Result<(), EngineError> {
+        match self.ring_seq_failure.take() {
+            Some(e) => Err(EngineError::RingSeq(e)),
+            None => Ok(()),
         }
     }
 
@@ -819,76 +700,9 @@ impl Engine {
     ) -> Result<(), EngineError> {
         let index = (data & ((1 << KIND_SHIFT) - 1)) as usize;
         match data >> KIND_SHIFT {
-            KIND_RECV => {
-                if !cqueue::more(flags) {
-                    self.recv_armed[index] = false;
-                }
-                if result < 0 {
-                    let errno = -result;
-                    if errno == libc::ENOBUFS {
-                        self.stats.add(Counter::RecvNoBuffers, 1);
-                    } else if errno == libc::EINVAL && !self.recv_ok {
-                        return Err(EngineError::Kernel(
-                            "multishot recvmsg refused (EINVAL): needs Linux 6.0".into(),
-                        ));
-                    } else {
-                        tracing::warn!(error = %std::io::Error::from_raw_os_error(errno), "receive failed");
-                    }
-                    return Ok(());
-                }
-                self.recv_ok = true;
-                if let Some(bid) = cqueue::buffer_select(flags) {
-                    self.on_datagram(now, index, bid, result as usize);
-                    self.refill(bid);
-                    self.bufring.recycle(bid);
-                }
-            }
-            KIND_SEND => {
-                if cqueue::notif(flags) {
-                    // A zero-copy send's notification: the kernel is done with the
-                    // payload; its result says whether it had to copy after all.
-                    if result as u32 & ZC_REPORT_COPIED != 0 {
-                        self.stats.add(Counter::SendsZerocopyCopied, 1);
-                    }
-                    self.release_slot(index);
-                    return Ok(());
-                }
-                if !cqueue::more(flags) {
-                    // Done (a plain send, or a zero-copy one that took no reference).
-                    self.release_slot(index);
-                }
-                if result < 0 {
-                    self.stats.add(Counter::SendErrors, 1);
-                    if self.send_errors_logged < 10 {
-                        self.send_errors_logged += 1;
-                        tracing::warn!(
-                            to = ?self.slots[index].addr,
-                            error = %std::io::Error::from_raw_os_error(-result),
-                            "send failed"
-                        );
-                    }
-                }
-            }
-            KIND_SIGNAL => {
-                let signo = i32::from_ne_bytes([
-                    self.signal_buf[0],
-                    self.signal_buf[1],
-                    self.signal_buf[2],
-                    self.signal_buf[3],
-                ]);
-                let complete = result as usize == SIGINFO_BYTES;
-                if complete && signo == libc::SIGUSR1 {
-                    self.reload_drop_rule();
-                } else if complete && signo == libc::SIGUSR2 {
-                    // Tests and benchmarks end their load phase without stopping engines.
-                    self.hooks.stop_load();
-                } else if complete && self.leaving_until.is_none() {
-                    tracing::info!(signal = signo, "termination signal: leaving the ring");
-                    self.node.leave(now);
-                    self.leaving_until = Some(now + LEAVE_FLUSH);
-                }
-                self.arm_signal();
-            }
+            KIND_RECV => return self.on_recv(now, index, result, flags),
+            KIND_SEND => self.on_send(index, result, flags),
+            KIND_SIGNAL => self.on_signal(now, result),
             KIND_WAKE => self.arm_wake(),
             KIND_ACCEPT => {
                 if !cqueue::more(flags) {
@@ -903,6 +717,90 @@ impl Engine {
             _ => debug_assert!(false, "unknown completion {data:#x}"),
         }
         Ok(())
+    }
+
+    /// A multishot receive on socket `index` completed: a datagram, or an error.
+    fn on_recv(
+        &mut self,
+        now: Instant,
+        index: usize,
+        result: i32,
+        flags: u32,
+    ) -> Result<(), EngineError> {
+        if !cqueue::more(flags) {
+            self.recv_armed[index] = false;
+        }
+        if result < 0 {
+            let errno = -result;
+            if errno == libc::ENOBUFS {
+                self.stats.add(Counter::RecvNoBuffers, 1);
+            } else if errno == libc::EINVAL && !self.recv_ok {
+                return Err(EngineError::Kernel(
+                    "multishot recvmsg refused (EINVAL): needs Linux 6.0".into(),
+                ));
+            } else {
+                tracing::warn!(error = %std::io::Error::from_raw_os_error(errno), "receive failed");
+            }
+            return Ok(());
+        }
+        self.recv_ok = true;
+        if let Some(bid) = cqueue::buffer_select(flags) {
+            self.on_datagram(now, index, bid, result as usize);
+            self.refill(bid);
+            self.bufring.recycle(bid);
+        }
+        Ok(())
+    }
+
+    /// A send from slot `index` completed, or its zero-copy notification arrived.
+    fn on_send(&mut self, index: usize, result: i32, flags: u32) {
+        if cqueue::notif(flags) {
+            // A zero-copy send's notification: the kernel is done with the payload; its
+            // result says whether it had to copy after all.
+            if result as u32 & ZC_REPORT_COPIED != 0 {
+                self.stats.add(Counter::SendsZerocopyCopied, 1);
+            }
+            self.release_slot(index);
+            return;
+        }
+        if !cqueue::more(flags) {
+            // Done (a plain send, or a zero-copy one that took no reference).
+            self.release_slot(index);
+        }
+        if result < 0 {
+            self.stats.add(Counter::SendErrors, 1);
+            if self.send_errors_logged < 10 {
+                self.send_errors_logged += 1;
+                tracing::warn!(
+                    to = ?self.slots[index].addr,
+                    error = %std::io::Error::from_raw_os_error(-result),
+                    "send failed"
+                );
+            }
+        }
+    }
+
+    /// A signal arrived: SIGUSR1 reloads the drop rule, SIGUSR2 stops the load
+    /// generator, SIGTERM/SIGINT make the node leave the ring.
+    fn on_signal(&mut self, now: Instant, result: i32) {
+        let signo = i32::from_ne_bytes([
+            self.signal_buf[0],
+            self.signal_buf[1],
+            self.signal_buf[2],
+            self.signal_buf[3],
+        ]);
+        let complete = result as usize == SIGINFO_BYTES;
+        if complete && signo == libc::SIGUSR1 {
+            self.reload_drop_rule();
+        } else if complete && signo == libc::SIGUSR2 {
+            // Tests and benchmarks end their load phase without stopping engines.
+            self.hooks.stop_load();
+        } else if complete && self.leaving_until.is_none() {
+            tracing::info!(signal = signo, "termination signal: leaving the ring");
+            self.node.leave(now);
+            self.leaving_until = Some(now + LEAVE_FLUSH);
+        }
+        self.arm_signal();
     }
 
     /// One datagram in buffer `bid`: check its source, open its seal, hand it to Totem.
@@ -1033,8 +931,7 @@ impl Engine {
         }
     }
 
-    /// Fault injection for partition tests (issue 3, "the engine's own test-only drop
-    /// rule"): on SIGUSR1, `<state_dir>/drop_nodes` (node ids separated by commas or
+    /// Fault injection for partition tests (a test-only drop rule): on SIGUSR1, `<state_dir>/drop_nodes` (node ids separated by commas or
     /// whitespace; missing or empty = none) lists the nodes whose datagrams this engine
     /// drops on arrival. Writing complementary lists on both sides and sending SIGUSR1
     /// partitions the cluster; empty lists heal it. Only IO is affected, never Totem.
@@ -1244,6 +1141,244 @@ impl Engine {
             self.last_heartbeat = now;
             self.stats.heartbeat();
         }
+    }
+}
+
+/// The io_uring instance and what its kernel offers (checked: the engine needs it).
+fn open_io_uring(config: &DaemonConfig) -> Result<(IoUring, KernelFeatures), EngineError> {
+    let s = &config.settings;
+    let mut builder = IoUring::builder();
+    builder.setup_cqsize(SQ_ENTRIES * 4);
+    if s.sqpoll {
+        builder.setup_sqpoll(s.sqpoll_idle_ms);
+    }
+    let ring = builder.build(SQ_ENTRIES).map_err(|e| EngineError::Io {
+        what: if e.raw_os_error() == Some(libc::EPERM) {
+            "io_uring_setup (disabled by kernel.io_uring_disabled, or SQPOLL not permitted)".into()
+        } else {
+            "io_uring_setup".into()
+        },
+        source: e,
+    })?;
+    let features = KernelFeatures::probe(&ring).map_err(io_error("io_uring probe"))?;
+    tracing::info!(
+        kernel = %features.release,
+        ext_arg = features.ext_arg,
+        nodrop = features.nodrop,
+        fast_poll = features.fast_poll,
+        multishot_recvmsg = features.multishot_recvmsg(),
+        sqpoll = s.sqpoll,
+        "io_uring features"
+    );
+    features.check()?;
+    Ok((ring, features))
+}
+
+/// The provided buffers datagrams are received into, registered with `ring`, and how
+/// many there are.
+fn receive_buffers(config: &DaemonConfig, ring: &IoUring) -> Result<(BufRing, u16), EngineError> {
+    let s = &config.settings;
+    // Room for the recvmsg header, the source address and the longest datagram a
+    // configured node may send (control packets of large rings included).
+    let buf_bytes = (16 + NAME_BYTES + config.recv_datagram_bytes).next_multiple_of(64);
+    let entries = if s.recv_buffers != 0 {
+        s.recv_buffers as u16
+    } else {
+        let wanted = ((8usize << 20) / buf_bytes).clamp(64, 4096);
+        // Round down to a power of two.
+        (1usize << (usize::BITS - 1 - wanted.leading_zeros())) as u16
+    };
+    let bufring = BufRing::new(entries, buf_bytes, BUF_GROUP, s.huge_pages)
+        .map_err(io_error("receive buffers"))?;
+    if s.huge_pages && !bufring.is_huge() {
+        tracing::warn!("huge_pages: none available, receive buffers use normal pages");
+    }
+    bufring.register(&ring.submitter()).map_err(|e| {
+        EngineError::Kernel(format!(
+            "cannot register a provided buffer ring (needs Linux 5.19): {e}"
+        ))
+    })?;
+    Ok((bufring, entries))
+}
+
+/// The sealer and opener of the configured key file; none without one (the cluster
+/// then runs in the clear, which is logged).
+fn sealing(config: &DaemonConfig) -> Result<(Option<Sealer>, Option<Opener>), EngineError> {
+    let Some(path) = &config.settings.key_file else {
+        tracing::warn!(
+            "no key_file: the cluster runs in the clear (no authentication, no encryption)"
+        );
+        return Ok((None, None));
+    };
+    let key = keyfile::read(path)?;
+    if keyfile::is_exposed(path) {
+        tracing::warn!(key_file = %path.display(), "key file is readable by group or others");
+    }
+    tracing::info!(key_file = %path.display(), "datagrams are sealed (ChaCha20-Poly1305)");
+    Ok((
+        Some(Sealer::new(
+            &key,
+            config.node_id,
+            config.cluster_id,
+            keyfile::counter_from_clock(),
+        )),
+        Some(Opener::new(&key, config.cluster_id, config.nodes.len())),
+    ))
+}
+
+fn open_ring_seq_store(config: &DaemonConfig) -> Result<FileRingSeqStore, EngineError> {
+    FileRingSeqStore::open(config.ring_seq_path.clone()).map_err(io_error(format!(
+        "state_dir: ring sequence file {}",
+        config.ring_seq_path.display()
+    )))
+}
+
+/// Totem, starting above the stored ring sequence (which it writes at once: a failure
+/// there stops the start), and where later failed writes are reported.
+fn start_node(
+    config: &DaemonConfig,
+    store: FileRingSeqStore,
+) -> Result<(Node, RingSeqFailure), EngineError> {
+    let failure = store.failure();
+    let node = Node::new(config.totem.clone(), Box::new(store), Instant::ZERO)?;
+    if let Some(e) = failure.take() {
+        return Err(EngineError::RingSeq(e));
+    }
+    Ok((node, failure))
+}
+
+/// One receive header per socket, each with room for the source address.
+fn recv_msghdrs(sockets: usize) -> Box<[libc::msghdr]> {
+    (0..sockets)
+        .map(|_| {
+            let mut msghdr = zeroed_msghdr();
+            msghdr.msg_namelen = NAME_BYTES as libc::socklen_t;
+            msghdr
+        })
+        .collect()
+}
+
+fn send_slots(config: &DaemonConfig) -> Box<[SendSlot]> {
+    (0..SEND_SLOTS)
+        .map(|_| SendSlot {
+            msghdr: zeroed_msghdr(),
+            iov: Vec::with_capacity(4),
+            addr: RawAddr::new(config.own_addr),
+            payload: Gather::default(),
+        })
+        .collect()
+}
+
+/// Lets Totem reassemble large messages in the delivery pool, and, for datagrams in
+/// the clear and large enough to be worth it, receives datagrams straight into it;
+/// returns the pool in that case.
+fn use_delivery_pool(
+    config: &DaemonConfig,
+    ipc: &Ipc,
+    clear: bool,
+    node: &mut Node,
+    bufring: &mut BufRing,
+) -> Option<SharedDeliveryPool> {
+    let recv_pool = if clear && config.recv_datagram_bytes >= KEEP_IN_POOL_MIN {
+        ipc.delivery_pool()
+    } else {
+        None
+    };
+    if let Some(pool) = ipc.delivery_pool() {
+        node.set_reassembly_buffers(
+            config.settings.ipc.delivery_pool_min_bytes,
+            crate::ipc::delivery_placement::reassembly_buffers(pool),
+        );
+    }
+    if let Some(pool) = &recv_pool {
+        // No receive is armed yet (the loop arms them).
+        let buf_bytes = bufring.buf_bytes();
+        bufring.attach_all_before_use(|| pool.alloc(buf_bytes));
+    }
+    recv_pool
+}
+
+/// Where `Destination::All` goes, and `Destination::Node` by id (sorted).
+fn destinations(config: &DaemonConfig) -> (Vec<RawAddr>, Vec<(NodeId, RawAddr)>) {
+    let all = match config.multicast_group {
+        Some(group) => vec![RawAddr::new(group)],
+        // Not to ourselves: Totem keeps its own broadcasts when it sends them and
+        // ignores them coming back, so the copy would cost two syscalls and two
+        // kernel copies for nothing (the simulator checks Totem without it too:
+        // `ringcast-sim --no-loopback`).
+        None => config
+            .nodes
+            .iter()
+            .filter(|(id, _)| *id != config.node_id)
+            .map(|(_, a)| RawAddr::new(*a))
+            .collect(),
+    };
+    let by_id = config
+        .nodes
+        .iter()
+        .map(|(id, a)| (*id, RawAddr::new(*a)))
+        .collect();
+    (all, by_id)
+}
+
+fn log_ready(config: &DaemonConfig, recv_buffers: u16, huge_pages: bool) {
+    let s = &config.settings;
+    tracing::info!(
+        node_id = config.node_id,
+        cluster = %s.cluster_name,
+        cluster_id = config.cluster_id,
+        address = %config.own_addr,
+        transport = ?s.transport,
+        nodes = config.nodes.len(),
+        token_ms = config.totem.token.as_millis() as u64,
+        recv_buffers,
+        huge_pages,
+        stats = %config.stats_path.display(),
+        "engine ready"
+    );
+}
+
+/// The session layer's configuration, from the daemon's.
+fn ipc_config(config: &DaemonConfig) -> IpcConfig {
+    let s = &config.settings;
+    let ipc = &s.ipc;
+    IpcConfig {
+        socket_path: s.ipc_socket.clone(),
+        nodes: config.nodes.clone(),
+        allowed_uids: ipc.allowed_uids.clone(),
+        allowed_gids: ipc.allowed_gids.clone(),
+        region: ringcast_shm::RegionSpec {
+            submit_ring_bytes: ipc.submit_ring_bytes,
+            event_ring_bytes: ipc.event_ring_bytes,
+            // Trusted senders write into a slab of the delivery pool instead.
+            pool_bytes: if ipc.trusted_senders {
+                0
+            } else {
+                ipc.send_buffer_bytes
+            },
+        },
+        huge_pages: ipc.huge_pages,
+        max_clients: ipc.max_clients,
+        delivery_pool_bytes: ipc.delivery_pool_bytes,
+        delivery_pool_min_bytes: ipc.delivery_pool_min_bytes,
+        trusted_slab_bytes: if ipc.trusted_senders {
+            ipc.send_buffer_bytes
+        } else {
+            0
+        },
+        backlog: BacklogLimits {
+            max_events: ipc.backlog_events,
+            max_bytes: ipc.backlog_bytes,
+        },
+        cpg: crate::cpg::Limits {
+            max_members_per_group: ipc.max_members_per_group,
+            max_groups: ipc.max_groups,
+            max_connections: ipc.max_clients,
+            max_message_bytes: config
+                .totem
+                .max_message_bytes
+                .saturating_sub(crate::cpg::MCAST_HEADER_MAX),
+        },
     }
 }
 

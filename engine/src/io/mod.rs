@@ -1,4 +1,4 @@
-//! The io_uring event loop that drives a Totem node over UDP (see DESIGN.md).
+//! The io_uring event loop that drives a Totem node over UDP (see docs/architecture.md).
 //!
 //! - [`engine`]: the loop itself (one thread, pinned when configured).
 //! - [`net`]: the UDP sockets of the two transports, raw socket addresses.

@@ -1,4 +1,4 @@
-//! UDP sockets for the two transports (CPG_SPEC.md §11), and socket addresses in the raw
+//! UDP sockets for the two transports (docs/cpg.md §11), and socket addresses in the raw
 //! form io_uring's `sendmsg`/`recvmsg` use.
 //!
 //! - `udpu`: one socket bound to this node's nodelist address; a multicast is one

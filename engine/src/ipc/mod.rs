@@ -1397,7 +1397,7 @@ fn take_message(
     match sent {
         Ok(()) => Step::Taken(len),
         Err(CpgError::TryAgain) => Step::Blocked,
-        // Not joined (compatible: accepted and dropped, CPG_SPEC §13.3) or too big: the
+        // Not joined (compatible: accepted and dropped, docs/cpg.md §13 quirk 3) or too big: the
         // record is consumed either way.
         Err(_) => Step::Dropped,
     }

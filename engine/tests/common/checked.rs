@@ -22,7 +22,7 @@ pub fn with_checked_load(cluster: &mut Cluster, rate: u64) {
         .extend(["--load-size", "64", "--load-rate", &rate.to_string()].map(String::from));
 }
 
-/// Issue 3: after `kill -9`, "the survivors form a new ring within the configured token +
+/// After `kill -9`, "the survivors form a new ring within the configured token +
 /// consensus time" (token loss, then a consensus round without the dead node; Totem
 /// §4), plus the commit token's two rotations, the test's 50 ms polling and slack for
 /// scheduling on a loaded 2-core host.
@@ -142,7 +142,7 @@ impl Cluster {
         }
     }
 
-    /// Issue 3: "Messages generated inside the engines during all this are checked
+    /// "Messages generated inside the engines during all this are checked
     /// against the same guarantees as in the simulator (order, EVS, no loss to
     /// survivors)". Call once quiescent in a ring of every node; `survivors` are the
     /// nodes that were never killed nor cut off from each other.
@@ -225,7 +225,7 @@ impl Cluster {
     }
 }
 
-/// Issue 3, "no loss to survivors": a generated message of a survivor that any node
+/// No loss to survivors: a generated message of a survivor that any node
 /// delivered in a configuration (regular or transitional) of which every survivor was a
 /// member is delivered by every survivor. Survivors are nodes that were never killed
 /// and never cut off from each other (each has one start); what they delivered before

@@ -1,5 +1,5 @@
 /* Every function of libcpg.so.4 and libcfg.so.7 against one running ringcastd
- * (CPG_SPEC.md sections 3, 4 and 12): errors, callbacks that call the API, all
+ * (docs/cpg.md §3, §4 and §12): errors, callbacks that call the API, all
  * dispatch modes, the pollable fd, two handles in one process, zero-copy buffers,
  * iterations, finalize inside a callback and from another thread, pthread_cancel of
  * a blocked dispatch. Prints "ok <step>" per step; exits non-zero at the first failure.
@@ -30,7 +30,7 @@
 #define OK(step) printf("ok %s\n", step), fflush(stdout)
 
 /* One handle per (process, group): the engine refuses a second join of the same
- * group from the same pid (EXIST, CPG_SPEC.md section 3), so each handle of this
+ * group from the same pid (EXIST, docs/cpg.md §3), so each handle of this
  * process has its own group; other processes are in the multi-process tests. */
 static struct cpg_name group, group_b, group_c;
 
@@ -124,7 +124,7 @@ static void deliver(cpg_handle_t h, const struct cpg_name *g, uint32_t nodeid, u
 		else
 			s->zcb_bad++;
 	}
-	/* Callbacks may call the API (CPG_SPEC.md section 12). */
+	/* Callbacks may call the API (docs/cpg.md §12). */
 	if (len == 11 && memcmp(msg, "hello world", 11) == 0) {
 		unsigned int local;
 		struct cpg_address list[8];
@@ -297,7 +297,7 @@ int main(void)
 	memset(&long_name, 'x', sizeof(long_name));
 	long_name.length = 129;
 
-	/* Errors that need no connection (CPG_SPEC.md section 3). */
+	/* Errors that need no connection (docs/cpg.md §3). */
 	EXPECT(cpg_finalize(bogus), CS_ERR_BAD_HANDLE);
 	EXPECT(cpg_join(bogus, &long_name), CS_ERR_NAME_TOO_LONG);
 	EXPECT(cpg_join(bogus, &group), CS_ERR_BAD_HANDLE);
@@ -531,7 +531,7 @@ int main(void)
 	    seen[3].members != 0)
 		FAIL("own leave: reason %u", seen[3].last_left.reason);
 	EXPECT(cpg_leave(h3, &group_c), CS_ERR_NOT_EXIST);
-	/* Re-join after the leave (the reset CPG_SPEC.md section 5.1 asks for), and
+	/* Re-join after the leave (the reset docs/cpg.md §5.1 asks for), and
 	 * finalize inside the join confchg: the dispatch returns BAD_HANDLE. */
 	seen[3].finalize_in_confchg = 1;
 	EXPECT(RETRY(cpg_join(h3, &group_c)), CS_OK);

@@ -1,4 +1,4 @@
-/* Layout and constants of the installed headers against CPG_SPEC.md section 2
+/* Layout and constants of the installed headers against docs/cpg.md §2
  * (LP64) and Corosync 3.1's cfg.h values. Exit status 0 when all hold. */
 #include <corosync/cpg.h>
 #include <corosync/cfg.h>

@@ -1,5 +1,5 @@
 /* A CPG member driven through stdin, as CPG programs in the field are written
- * (CPG_SPEC.md section 12): it polls the cpg fd and the cfg fd together with stdin,
+ * (docs/cpg.md §12): it polls the cpg fd and the cfg fd together with stdin,
  * dispatches with CS_DISPATCH_ALL, and reconnects after CS_ERR_LIBRARY when the engine
  * restarts. Usage: member GROUP. Prints one line per event:
  *   ready NODE PID | confchg members=N left=node:pid:reason,... joined=...

@@ -1,5 +1,5 @@
 //! How CPG messages travel inside Totem payloads. This encoding is ringcast's own (not
-//! Corosync's, CPG_SPEC.md §7): versioned, little-endian, with a compact header so that
+//! Corosync's, docs/cpg.md §7): versioned, little-endian, with a compact header so that
 //! an application payload is a zero-copy slice of the Totem delivery.
 //!
 //! ```text

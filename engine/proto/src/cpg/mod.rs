@@ -1,5 +1,5 @@
 #![forbid(unsafe_code)]
-//! The CPG service (CPG_SPEC.md §3 and §5) as a pure state machine on top of Totem's
+//! The CPG service (docs/cpg.md §3 and §5) as a pure state machine on top of Totem's
 //! agreed deliveries.
 //!
 //! The replicated group table changes only through messages in Totem's total order
@@ -18,7 +18,7 @@
 //!   per delivered message, or one activation); a caller that drains after every call
 //!   keeps it bounded.
 //!
-//! # Synchronisation (CPG_SPEC.md §5.5)
+//! # Synchronisation (docs/cpg.md §5.5)
 //!
 //! After every regular Totem configuration each node multicasts one JOINLIST (its own
 //! members, possibly none; it doubles as the barrier) tagged with the ring id. When the
@@ -61,11 +61,11 @@ pub use codec::{JOINLIST_ENTRY_MAX, MCAST_HEADER_MAX, Malformed, joinlist_bytes_
 /// A local client connection, chosen by the caller.
 pub type ConnId = u64;
 
-/// `CPG_MAX_NAME_LENGTH` (CPG_SPEC.md §2.4).
+/// `CPG_MAX_NAME_LENGTH` (docs/cpg.md §2.4).
 pub const MAX_NAME_BYTES: usize = 128;
 
 /// A group name: 1..=128 arbitrary bytes (not a C string), ordered by length and then
-/// bytes, as Corosync compares them (CPG_SPEC.md §2.4).
+/// bytes, as Corosync compares them (docs/cpg.md §2.4).
 #[derive(Clone)]
 pub struct GroupName(NameRepr);
 
@@ -83,7 +83,7 @@ enum NameRepr {
 }
 
 impl GroupName {
-    /// The empty name is refused (CPG_SPEC.md §5.3 quirk: Corosync accepts it and then
+    /// The empty name is refused (docs/cpg.md §5.3 quirk: Corosync accepts it and then
     /// never sends PROCDOWN for it); so is a name over 128 bytes.
     pub fn new(bytes: &[u8]) -> Result<GroupName, CpgError> {
         if bytes.is_empty() {
@@ -184,7 +184,7 @@ pub struct Member {
     pub pid: u32,
 }
 
-/// `cpg_reason_t` (CPG_SPEC.md §2.2).
+/// `cpg_reason_t` (docs/cpg.md §2.2).
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[repr(u32)]
 pub enum Reason {
@@ -197,7 +197,7 @@ pub enum Reason {
     ProcDown = 5,
 }
 
-/// `cpg_address` (CPG_SPEC.md §2.3).
+/// `cpg_address` (docs/cpg.md §2.3).
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Address {
     pub member: Member,
@@ -205,7 +205,7 @@ pub struct Address {
 }
 
 /// Why a request was refused. [`CpgError::cs_error`] gives the `cs_error_t` the client
-/// returns (CPG_SPEC.md §2.1).
+/// returns (docs/cpg.md §2.1).
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, thiserror::Error)]
 pub enum CpgError {
     /// A sync is running, or Totem's send queue is full: nothing was done; retry
@@ -223,7 +223,7 @@ pub enum CpgError {
     #[error("not joined")]
     NotExist,
     /// Join while this connection's leave is in progress, or leave while its join is
-    /// in progress (`CS_ERR_BUSY`; libcpg retries, CPG_SPEC.md §13 quirk 8).
+    /// in progress (`CS_ERR_BUSY`; libcpg retries, docs/cpg.md §13 quirk 8).
     #[error("busy")]
     Busy,
     /// A group name longer than 128 bytes (`CS_ERR_NAME_TOO_LONG`).
@@ -254,7 +254,7 @@ pub enum CpgError {
 }
 
 impl CpgError {
-    /// The `cs_error_t` value (CPG_SPEC.md §2.1).
+    /// The `cs_error_t` value (docs/cpg.md §2.1).
     pub fn cs_error(self) -> u32 {
         match self {
             CpgError::TryAgain => 6,
@@ -272,7 +272,7 @@ impl CpgError {
     }
 }
 
-/// `cpg_iteration_type_t` (CPG_SPEC.md §3 `cpg_iteration_initialize`).
+/// `cpg_iteration_type_t` (docs/cpg.md §3 `cpg_iteration_initialize`).
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 pub enum IterationKind {
     /// One entry per group, with node and pid 0.
@@ -289,7 +289,7 @@ pub enum IterationKind {
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// Members of one group. Default 128, `CPG_MEMBERS_MAX`, which programs built
-    /// against cpg.h use to size their membership arrays (CPG_SPEC.md §2.4, §13 quirk 6).
+    /// against cpg.h use to size their membership arrays (docs/cpg.md §2.4, §13 quirk 6).
     pub max_members_per_group: usize,
     /// Groups in the cluster. Default 1024.
     pub max_groups: usize,
@@ -376,7 +376,7 @@ pub enum ClientEvent {
         left: Vec<Address>,
         joined: Vec<Address>,
     },
-    /// A sync completed (CPG_SPEC.md §5.6): the ring and all its node ids, sorted.
+    /// A sync completed (docs/cpg.md §5.6): the ring and all its node ids, sorted.
     TotemConfchg {
         ring_id: RingId,
         members: Vec<NodeId>,
@@ -389,7 +389,7 @@ pub struct Stats {
     /// Group messages applied (each counted once, whatever the number of receivers).
     pub messages_delivered: u64,
     /// Group messages dropped because the sending node has no member in the group
-    /// (CPG_SPEC.md §5.4 "Sender-node filter").
+    /// (docs/cpg.md §5.4 "Sender-node filter").
     pub dropped_unknown_node: u64,
     /// Mcasts accepted from unjoined or leaving connections and dropped (§13 quirk 3).
     pub dropped_not_joined: u64,
@@ -423,7 +423,7 @@ struct Conn {
     state: ConnState,
     /// Set from the join request until the connection's own leave is delivered.
     group: Option<GroupName>,
-    /// `CPG_MODEL_V1_DELIVER_INITIAL_TOTEM_CONF` came with the join (CPG_SPEC.md §5.6).
+    /// `CPG_MODEL_V1_DELIVER_INITIAL_TOTEM_CONF` came with the join (docs/cpg.md §5.6).
     wants_initial_conf: bool,
     initial_conf_sent: bool,
 }
@@ -570,7 +570,7 @@ impl Service {
         Ok(())
     }
 
-    /// `cpg_join` (CPG_SPEC.md §3): checks in the daemon's order, then multicasts a
+    /// `cpg_join` (docs/cpg.md §3): checks in the daemon's order, then multicasts a
     /// JOIN. Ok means accepted; the join takes effect with its confchg (§5.2).
     pub fn join(
         &mut self,
@@ -608,7 +608,7 @@ impl Service {
             ConnState::JoinStarted | ConnState::JoinCompleted => return Err(CpgError::Exist),
             ConnState::LeaveStarted => return Err(CpgError::Busy),
         }
-        // Limits (CPG_SPEC.md §13 quirk 6), counting this node's joins in flight.
+        // Limits (docs/cpg.md §13 quirk 6), counting this node's joins in flight.
         let joining = |g: &GroupName| {
             self.conns
                 .values()
@@ -646,7 +646,7 @@ impl Service {
         Ok(())
     }
 
-    /// `cpg_leave` (CPG_SPEC.md §3): the name must be the joined group's (§13 quirk 7).
+    /// `cpg_leave` (docs/cpg.md §3): the name must be the joined group's (§13 quirk 7).
     pub fn leave(
         &mut self,
         conn: ConnId,
@@ -674,7 +674,7 @@ impl Service {
         Ok(())
     }
 
-    /// `cpg_mcast_joined` (CPG_SPEC.md §3): `parts` gathered into one message (the one
+    /// `cpg_mcast_joined` (docs/cpg.md §3): `parts` gathered into one message (the one
     /// copy of the send path). From an unjoined or leaving connection: Ok, and the
     /// message is dropped (the compatible choice, §13 quirk 3; counted).
     pub fn mcast(
@@ -775,9 +775,9 @@ impl Service {
     }
 
     /// The client went away (EOF or finalize). A connection that joined (or is joining)
-    /// and is not leaving gets a PROCDOWN (CPG_SPEC.md §5.3); if Totem cannot take it
+    /// and is not leaving gets a PROCDOWN (docs/cpg.md §5.3); if Totem cannot take it
     /// now, or a sync is running, it is owed and `poll` sends it. It is never lost.
-    /// Events still queued for it are dropped (CPG_SPEC.md §3 `cpg_finalize`: "pending
+    /// Events still queued for it are dropped (docs/cpg.md §3 `cpg_finalize`: "pending
     /// events are lost"), so a connection id used again never sees them.
     pub fn disconnect(&mut self, conn: ConnId, totem: &mut impl Submit) {
         let Some(c) = self.conns.remove(&conn) else {
@@ -809,7 +809,7 @@ impl Service {
             .unwrap_or_default()
     }
 
-    /// A snapshot for `cpg_iteration_*` (CPG_SPEC.md §3): sorted by group, then member.
+    /// A snapshot for `cpg_iteration_*` (docs/cpg.md §3): sorted by group, then member.
     pub fn iterate(
         &self,
         kind: IterationKind,
@@ -868,7 +868,7 @@ impl Service {
         self.transitional = Some(change.members);
     }
 
-    /// A new ring: abort a sync still running, start this ring's (CPG_SPEC.md §5.5).
+    /// A new ring: abort a sync still running, start this ring's (docs/cpg.md §5.5).
     fn on_regular(&mut self, change: ConfigurationChange, totem: &mut impl Submit) {
         if let Some(aborted) = self.sync.take() {
             // The next downlist covers both changes: `departed` and `cpg_members` are
@@ -1028,7 +1028,7 @@ impl Service {
         }
     }
 
-    /// CPG_SPEC.md §5.5 "activate", then the held messages and owed PROCDOWNs.
+    /// docs/cpg.md §5.5 "activate", then the held messages and owed PROCDOWNs.
     fn activate(&mut self, totem: &mut impl Submit) {
         let sync = self.sync.take().expect("activate runs a sync");
         let local = self.local;
@@ -1139,7 +1139,7 @@ impl Service {
         }
     }
 
-    /// CPG_SPEC.md §5.2.
+    /// docs/cpg.md §5.2.
     fn on_join(&mut self, node: NodeId, group: GroupName, pid: u32) {
         let member = Member { node, pid };
         if self.table.get(&group).is_some_and(|m| m.contains(&member)) {
@@ -1164,7 +1164,7 @@ impl Service {
         self.initial_totem_confs();
     }
 
-    /// CPG_SPEC.md §5.3. The leaver gets the confchg, then (quirk 2 fixed) is UNJOINED.
+    /// docs/cpg.md §5.3. The leaver gets the confchg, then (quirk 2 fixed) is UNJOINED.
     fn on_leave(&mut self, node: NodeId, group: GroupName, pid: u32, procdown: bool) {
         let member = Member { node, pid };
         let removed = self
@@ -1200,7 +1200,7 @@ impl Service {
         }
     }
 
-    /// CPG_SPEC.md §5.4: fan-out to the group's receivers, the sender included, unless
+    /// docs/cpg.md §5.4: fan-out to the group's receivers, the sender included, unless
     /// the sending node has no member in the group.
     fn on_mcast(
         &mut self,
@@ -1284,7 +1284,7 @@ impl Service {
         }
     }
 
-    /// CPG_SPEC.md §5.6 `DELIVER_INITIAL_TOTEM_CONF`: after a confchg is processed,
+    /// docs/cpg.md §5.6 `DELIVER_INITIAL_TOTEM_CONF`: after a confchg is processed,
     /// each connection that asked and has not had it gets the last completed sync.
     fn initial_totem_confs(&mut self) {
         let Some((ring_id, members)) = &self.synced else {
@@ -1337,7 +1337,7 @@ fn submit(totem: &mut impl Submit, payload: Bytes, guarantee: Guarantee) -> Resu
 
 /// The checks of every multicast: a known connection (`BadHandle`), not too big
 /// (`TooBig`), no sync running (`TryAgain`). `Ok(None)` when the connection is not a
-/// member: the message is dropped, counted (CPG_SPEC.md §13 quirk 3). Else its group and
+/// member: the message is dropped, counted (docs/cpg.md §13 quirk 3). Else its group and
 /// pid.
 fn mcast_sender<'a>(
     conns: &'a BTreeMap<ConnId, Conn>,

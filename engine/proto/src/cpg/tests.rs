@@ -1,7 +1,7 @@
 //! Unit tests: several `Service`s wired to a fake in-order Totem (every message a node
 //! sends is delivered to every member of its partition in one agreed order), which the
 //! test can reconfigure (transitional then regular configurations) and starve. Each test
-//! names the CPG_SPEC.md rule it checks.
+//! names the docs/cpg.md rule it checks.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -447,7 +447,7 @@ fn only_confchgs(events: &[ClientEvent]) -> Vec<ClientEvent> {
 
 // ---------------------------------------------------------------- names and codec
 
-/// CPG_SPEC.md §2.4 and §5.3 quirk: names are 1..=128 bytes, compared by length and
+/// docs/cpg.md §2.4 and §5.3 quirk: names are 1..=128 bytes, compared by length and
 /// then bytes; the empty name is refused.
 #[test]
 fn group_names_are_bounded_and_ordered_by_length_first() {
@@ -544,7 +544,7 @@ fn default_limits_fit_the_default_totem_message_size() {
 
 // ---------------------------------------------------------------- join, leave, procdown
 
-/// CPG_SPEC.md §5.2: the JOIN confchg goes to every member, the joiner included, with
+/// docs/cpg.md §5.2: the JOIN confchg goes to every member, the joiner included, with
 /// all members (reason 0) and the joiner (reason JOIN); every node's table agrees.
 #[test]
 fn join_confchg_reaches_every_member_and_the_joiner() {
@@ -577,7 +577,7 @@ fn join_confchg_reaches_every_member_and_the_joiner() {
     }
 }
 
-/// CPG_SPEC.md §5.3 and §13 quirk 2 (fixed): the leaver gets its own LEAVE confchg,
+/// docs/cpg.md §5.3 and §13 quirk 2 (fixed): the leaver gets its own LEAVE confchg,
 /// is then UNJOINED, stops receiving the group, and can join again.
 #[test]
 fn leave_confchg_reaches_the_leaver_which_can_then_rejoin() {
@@ -611,7 +611,7 @@ fn leave_confchg_reaches_the_leaver_which_can_then_rejoin() {
     );
 }
 
-/// CPG_SPEC.md §5.3 PROCDOWN: a joined connection that goes away is reported with
+/// docs/cpg.md §5.3 PROCDOWN: a joined connection that goes away is reported with
 /// reason 5; one still joining is seen JOIN then PROCDOWN; a leaving one only LEAVE.
 #[test]
 fn disconnect_sends_procdown_unless_leaving() {
@@ -670,7 +670,7 @@ fn disconnect_sends_procdown_unless_leaving() {
     assert_eq!(c.service(1).membership(&name("g")), vec![member(2, 200)]);
 }
 
-/// CPG_SPEC.md §3 `cpg_finalize`: events still queued for a connection that goes away
+/// docs/cpg.md §3 `cpg_finalize`: events still queued for a connection that goes away
 /// are dropped, so a reused connection id never gets them.
 #[test]
 fn disconnect_drops_the_events_still_queued() {
@@ -688,7 +688,7 @@ fn disconnect_drops_the_events_still_queued() {
     assert_eq!(left, vec![11], "only the connection still there");
 }
 
-/// CPG_SPEC.md §5.3: a PROCDOWN that Totem cannot take now is owed, retried by `poll`,
+/// docs/cpg.md §5.3: a PROCDOWN that Totem cannot take now is owed, retried by `poll`,
 /// and never lost.
 #[test]
 fn procdown_refused_by_a_full_totem_is_sent_by_poll() {
@@ -718,7 +718,7 @@ fn procdown_refused_by_a_full_totem_is_sent_by_poll() {
 
 // ---------------------------------------------------------------- delivery
 
-/// CPG_SPEC.md §5.4: self-delivery, fan-out to every joined connection, one total order
+/// docs/cpg.md §5.4: self-delivery, fan-out to every joined connection, one total order
 /// across groups and senders (the same relative order at every receiver), and the
 /// callback fields (Totem node, pid at join time).
 #[test]
@@ -785,7 +785,7 @@ fn messages_fan_out_with_self_delivery_in_one_total_order() {
     assert_eq!(across(1), across(3));
 }
 
-/// CPG_SPEC.md §5.4 "Sender-node filter": a message from a node with no member in the
+/// docs/cpg.md §5.4 "Sender-node filter": a message from a node with no member in the
 /// group is dropped; the check is per node, not per pid.
 #[test]
 fn sender_node_filter_drops_messages_from_nodes_without_members() {
@@ -807,7 +807,7 @@ fn sender_node_filter_drops_messages_from_nodes_without_members() {
     }
 }
 
-/// CPG_SPEC.md §5.2 "Message cut-off": messages ordered before the JOIN do not reach
+/// docs/cpg.md §5.2 "Message cut-off": messages ordered before the JOIN do not reach
 /// the joiner, those after do; a message sent right after join returns is ordered
 /// after the JOIN, so the sender sees its join first.
 #[test]
@@ -830,7 +830,7 @@ fn messages_before_the_join_do_not_reach_the_joiner() {
 
 // ---------------------------------------------------------------- errors by state
 
-/// CPG_SPEC.md §3 `cpg_join`, checks in the daemon's order, in every state.
+/// docs/cpg.md §3 `cpg_join`, checks in the daemon's order, in every state.
 #[test]
 fn join_results_in_every_state() {
     let mut c = Cluster::new(2, true);
@@ -871,7 +871,7 @@ fn join_results_in_every_state() {
     );
 }
 
-/// CPG_SPEC.md §3: a connection gone with its PROCDOWN not yet delivered blocks a
+/// docs/cpg.md §3: a connection gone with its PROCDOWN not yet delivered blocks a
 /// rejoin of the same (pid, group) with TRY_AGAIN, even before its JOIN is applied.
 #[test]
 fn rejoin_waits_for_the_procdown_of_a_departed_connection() {
@@ -888,7 +888,7 @@ fn rejoin_waits_for_the_procdown_of_a_departed_connection() {
     assert!(matches!(c.events(1, 11)[0], ClientEvent::Confchg { .. }));
 }
 
-/// CPG_SPEC.md §3 `cpg_leave` and §13 quirk 7 (the name is validated), in every state.
+/// docs/cpg.md §3 `cpg_leave` and §13 quirk 7 (the name is validated), in every state.
 #[test]
 fn leave_results_in_every_state() {
     let mut c = Cluster::new(2, true);
@@ -916,7 +916,7 @@ fn leave_results_in_every_state() {
     );
 }
 
-/// CPG_SPEC.md §3 `cpg_mcast_joined` and §13 quirk 3 (kept: OK and dropped when not
+/// docs/cpg.md §3 `cpg_mcast_joined` and §13 quirk 3 (kept: OK and dropped when not
 /// joined), in every state.
 #[test]
 fn mcast_results_in_every_state() {
@@ -962,7 +962,7 @@ fn mcast_results_in_every_state() {
         .unwrap();
 }
 
-/// CPG_SPEC.md §5.5 "During sync, multicasts, joins and leaves get TRY_AGAIN"; the
+/// docs/cpg.md §5.5 "During sync, multicasts, joins and leaves get TRY_AGAIN"; the
 /// queries still answer; a disconnect during sync sends its PROCDOWN after activation.
 #[test]
 fn requests_get_try_again_during_sync() {
@@ -1030,7 +1030,7 @@ fn a_new_service_is_in_sync_until_its_first_activation() {
 
 // ---------------------------------------------------------------- limits
 
-/// CPG_SPEC.md §13 quirk 6: members per group, groups and connections are enforced
+/// docs/cpg.md §13 quirk 6: members per group, groups and connections are enforced
 /// with an error, counting joins in flight and connections whose removal is in flight.
 #[test]
 fn limits_are_enforced_with_errors() {
@@ -1080,7 +1080,7 @@ fn limits_are_enforced_with_errors() {
 
 // ---------------------------------------------------------------- queries
 
-/// CPG_SPEC.md §3 `cpg_iteration_initialize` and `cpg_membership_get`: kinds, the
+/// docs/cpg.md §3 `cpg_iteration_initialize` and `cpg_membership_get`: kinds, the
 /// group/kind agreement check, sorted results, any group (joined or not).
 #[test]
 fn iteration_kinds_and_membership() {
@@ -1127,7 +1127,7 @@ fn iteration_kinds_and_membership() {
     assert_eq!(s.local_node(), 2);
 }
 
-/// CPG_SPEC.md §5.6 `DELIVER_INITIAL_TOTEM_CONF`: the joiner gets its join confchg,
+/// docs/cpg.md §5.6 `DELIVER_INITIAL_TOTEM_CONF`: the joiner gets its join confchg,
 /// then the last completed sync; without the flag, nothing; if another confchg is
 /// processed between the request and its JOIN, the totem confchg comes first.
 #[test]
@@ -1164,7 +1164,7 @@ fn initial_totem_conf_follows_the_join_confchg() {
 
 // ---------------------------------------------------------------- sync
 
-/// CPG_SPEC.md §5.5: a node that leaves the ring takes its members with it (NODEDOWN,
+/// docs/cpg.md §5.5: a node that leaves the ring takes its members with it (NODEDOWN,
 /// one confchg per group with all of them), then every connection, joined or not,
 /// gets a TOTEM_CONFCHG of the new ring; local members are never removed.
 #[test]
@@ -1209,7 +1209,7 @@ fn nodedown_after_a_node_leaves_the_ring() {
     }
 }
 
-/// CPG_SPEC.md §5.5 "Partitions": each side reports the other side's members as
+/// docs/cpg.md §5.5 "Partitions": each side reports the other side's members as
 /// NODEDOWN; after the merge the joinlists report them as NODEUP (one confchg per
 /// group, reason 4), and every node's table is the same.
 #[test]
@@ -1273,7 +1273,7 @@ fn nodeup_after_a_merge_of_two_partitions() {
     }
 }
 
-/// CPG_SPEC.md §5.5 "Zombie cleanup": a remote member that no joinlist mentions is
+/// docs/cpg.md §5.5 "Zombie cleanup": a remote member that no joinlist mentions is
 /// removed in its own confchg with reason PROCDOWN.
 #[test]
 fn zombie_members_no_joinlist_mentions_are_removed() {
@@ -1318,7 +1318,7 @@ fn zombie_members_no_joinlist_mentions_are_removed() {
     );
 }
 
-/// CPG_SPEC.md §5.5 "Aborted sync": a new configuration before activation aborts the
+/// docs/cpg.md §5.5 "Aborted sync": a new configuration before activation aborts the
 /// sync; the next downlist covers both changes, and joinlists of the older ring are
 /// ignored.
 #[test]
@@ -1388,7 +1388,7 @@ fn joinlists_count_only_once_per_member_of_the_ring() {
     assert!(!c.service(1).in_sync());
 }
 
-/// CPG_SPEC.md §5.5 "Application messages that were already queued ... are delivered
+/// docs/cpg.md §5.5 "Application messages that were already queued ... are delivered
 /// after the new confchgs on every node". Without a sync barrier in Totem they are
 /// ordered before the last JOINLIST and held; with it they are ordered after. Either
 /// way every member sees NODEDOWN, TOTEM_CONFCHG, then the messages, in order.
@@ -1515,7 +1515,7 @@ fn restarted_node_is_down_then_up_with_its_new_members() {
 
 // ---------------------------------------------------------------- hostile input
 
-/// DESIGN.md guarantee 6: malformed CPG messages are counted and dropped, never a
+/// docs/invariants.md guarantee 6: malformed CPG messages are counted and dropped, never a
 /// panic, and change nothing.
 #[test]
 fn malformed_messages_are_counted_and_ignored() {

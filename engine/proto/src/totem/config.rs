@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use super::NodeId;
 
-/// Totem settings. [`Config::new`] applies Corosync's defaults (CPG_SPEC.md §10),
+/// Totem settings. [`Config::new`] applies Corosync's defaults (docs/cpg.md §10),
 /// including the token scaling with the node count; every field may then be changed and
 /// [`Config::validate`] checks the result.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,7 +56,7 @@ pub struct Config {
     /// Hold application messages after each new regular configuration until the user
     /// calls [`Node::sync_done`](super::Node::sync_done) for that ring; meanwhile only
     /// messages given to [`Node::submit_sync`](super::Node::submit_sync) are sent
-    /// (Corosync's "waiting for sync" queue, CPG_SPEC.md §9.6 "Entering OPERATIONAL"
+    /// (Corosync's "waiting for sync" queue, docs/cpg.md §9.6 "Entering OPERATIONAL"
     /// step 4). The CPG service needs it; a user that never calls `sync_done` must
     /// leave it off.
     pub sync_barrier: bool,
@@ -236,7 +236,7 @@ pub enum ConfigError {
 mod tests {
     use super::*;
 
-    /// CPG_SPEC.md §10, "Effective defaults".
+    /// docs/cpg.md §10, "Effective defaults".
     #[test]
     fn defaults_match_corosync_effective_table() {
         for (n, token, retransmit, hold, consensus) in [
@@ -263,7 +263,7 @@ mod tests {
         }
     }
 
-    /// CPG_SPEC.md §10, "Validation".
+    /// docs/cpg.md §10, "Validation".
     #[test]
     fn validation_names_the_bad_setting() {
         let mut c = Config::new(1, 3);

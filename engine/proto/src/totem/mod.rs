@@ -1,6 +1,6 @@
 #![forbid(unsafe_code)]
 //! The Totem single-ring ordering and membership protocol (Amir et al., ACM TOCS 1995),
-//! as Corosync runs it (CPG_SPEC.md §9–10), as a pure state machine.
+//! as Corosync runs it (docs/cpg.md §9–10), as a pure state machine.
 //!
 //! No sockets, no clock, no threads: the caller feeds datagrams with
 //! [`Node::handle_packet`], fires deadlines with [`Node::handle_timeout`], queues

@@ -1,5 +1,5 @@
-//! One Totem node: the operational token protocol (Totem §3; CPG_SPEC.md §9.3–9.5) and
-//! the membership protocol (gather, commit, recovery; Totem §4; CPG_SPEC.md §9.6).
+//! One Totem node: the operational token protocol (Totem §3; docs/cpg.md §9.3–9.5) and
+//! the membership protocol (gather, commit, recovery; Totem §4; docs/cpg.md §9.6).
 //!
 //! Everything happens inside `handle_*`, `submit` and `leave`; results queue up in
 //! `transmits` and `events` until the caller drains them.
@@ -22,7 +22,7 @@ use crate::wire::{
     CommitEntry, CommitToken, Join, MAX_RTR_ENTRIES, Mcast, Packet, Recovered, Token,
 };
 
-/// The protocol state of a node (Totem §4; CPG_SPEC.md §9.6).
+/// The protocol state of a node (Totem §4; docs/cpg.md §9.6).
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 pub enum NodeState {
     Operational,
@@ -195,7 +195,7 @@ impl std::fmt::Debug for Node {
 
 impl Node {
     /// A node that starts gathering at `now`: its first ring is a singleton, which then
-    /// merges with the others (CPG_SPEC.md §9.6, "Startup"). The store supplies the
+    /// merges with the others (docs/cpg.md §9.6, "Startup"). The store supplies the
     /// highest ring sequence seen before a restart.
     pub fn new(
         config: Config,
@@ -431,7 +431,7 @@ impl Node {
                 self.tok.seq_unchanged = 0;
                 self.release_held_token(now);
             } else if self.tok.idle {
-                // CPG_SPEC.md §9.3 "Ending a hold": wake a holding representative.
+                // docs/cpg.md §9.3 "Ending a hold": wake a holding representative.
                 self.tok.idle = false;
                 let packet = Packet::HoldCancel {
                     sender: self.me,
@@ -442,7 +442,7 @@ impl Node {
         }
     }
 
-    /// Announces a clean departure (CPG_SPEC.md §9.2 "Leave message"): the others fail
+    /// Announces a clean departure (docs/cpg.md §9.2 "Leave message"): the others fail
     /// this node at once instead of waiting for the token to be lost. The node does
     /// nothing after this; the caller drains its transmits and drops it.
     pub fn leave(&mut self, _now: Instant) {
@@ -647,7 +647,7 @@ impl Node {
 
     // ---------------------------------------------------------------- operational
 
-    /// Token receipt (Totem §3.1–3.3; CPG_SPEC.md §9.3) in the operational and recovery
+    /// Token receipt (Totem §3.1–3.3; docs/cpg.md §9.3) in the operational and recovery
     /// states.
     fn on_token(&mut self, now: Instant, mut token: Token) {
         let in_ring = match self.state {
@@ -656,7 +656,7 @@ impl Node {
                 .next
                 .as_ref()
                 .is_some_and(|next| token.ring_id == next.ring.ring_id),
-            // CPG_SPEC.md §9.3 step 1: tokens are discarded while gathering.
+            // docs/cpg.md §9.3: tokens are discarded while gathering.
             NodeState::Gather | NodeState::Commit => false,
         };
         if !in_ring || token.token_seq <= self.tok.last_token_seq {
@@ -668,7 +668,7 @@ impl Node {
         self.timers.token_retransmit = None;
         self.timers.token_loss = Some(now + self.config.token);
 
-        // Idle detection (CPG_SPEC.md §9.3 step 2).
+        // Idle detection (docs/cpg.md §9.3).
         if token.seq == self.tok.last_seq {
             self.tok.seq_unchanged = self.tok.seq_unchanged.saturating_add(1);
             if self.timers.merge.is_none() && self.state == NodeState::Operational && self.is_rep()
@@ -705,7 +705,7 @@ impl Node {
             ring.safe_upto = ring.safe_upto.max(stable.min(ring.my_aru));
         }
 
-        // Sending allowance (CPG_SPEC.md §9.3 step 8).
+        // Sending allowance (docs/cpg.md §9.3).
         let backlog_now = self.backlog_packets();
         let mut allowed = self
             .config
@@ -802,7 +802,7 @@ impl Node {
         }
         self.tok.last_aru = token.aru;
         if self.tok.aru_count > self.config.fail_recv_const && token.aru_addr == self.me {
-            // CPG_SPEC.md §9.3 step 12: this node cannot get what it misses; it leaves
+            // docs/cpg.md §9.3: this node cannot get what it misses; it leaves
             // the ring for a singleton one and merges back later.
             self.stats.failed_to_receive += 1;
             self.failed_to_receive = true;
@@ -957,7 +957,7 @@ impl Node {
         }
     }
 
-    /// A multicast (Totem §3.2; CPG_SPEC.md §9.3 "Multicasts").
+    /// A multicast (Totem §3.2; docs/cpg.md §9.3 "Multicasts").
     fn on_mcast(&mut self, now: Instant, mcast: Mcast, datagram: &Bytes) {
         let stored = Stored {
             origin: mcast.origin,
@@ -1021,7 +1021,7 @@ impl Node {
         }
     }
 
-    /// A packet from another ring (CPG_SPEC.md §9.6 "Merge detection"): a node we do
+    /// A packet from another ring (docs/cpg.md §9.6 "Merge detection"): a node we do
     /// not have, or a member that moved on without us, makes us gather to merge.
     fn on_foreign_ring(&mut self, now: Instant, sender: NodeId, ring_id: RingId) {
         if sender == self.me {
@@ -1065,7 +1065,7 @@ impl Node {
     fn on_token_loss(&mut self, now: Instant) {
         match self.state {
             NodeState::Operational | NodeState::Commit | NodeState::Recovery => {
-                // "A processor failed, forming new configuration" (CPG_SPEC.md §9.5).
+                // "A processor failed, forming new configuration" (docs/cpg.md §9.5).
                 self.stats.token_losses += 1;
                 self.gather_enter(now);
             }
@@ -1075,7 +1075,7 @@ impl Node {
 
     // ---------------------------------------------------------------- membership
 
-    /// Enter (or restart) the gather state (Totem §4.1; CPG_SPEC.md §9.6 "GATHER").
+    /// Enter (or restart) the gather state (Totem §4.1; docs/cpg.md §9.6 "GATHER").
     fn gather_enter(&mut self, now: Instant) {
         self.state = NodeState::Gather;
         self.next = None;
@@ -1133,7 +1133,7 @@ impl Node {
                     }
                     return;
                 }
-                // CPG_SPEC.md §9.6: ignore joins that list us as failed, and stale
+                // docs/cpg.md §9.6: ignore joins that list us as failed, and stale
                 // joins of our own members from before this ring.
                 if join.failed_list.contains(&self.me)
                     || (member && join.ring_seq < self.regular.ring_id.seq)
@@ -1160,7 +1160,7 @@ impl Node {
         }
     }
 
-    /// Processing a join while gathering (Totem §4.1; CPG_SPEC.md §9.6).
+    /// Processing a join while gathering (Totem §4.1; docs/cpg.md §9.6).
     fn join_process(&mut self, now: Instant, join: Join) {
         self.max_ring_seq_seen = self.max_ring_seq_seen.max(join.ring_seq);
         if join.leaving {
@@ -1214,7 +1214,7 @@ impl Node {
         self.gather_enter(now);
     }
 
-    /// Nodes that have not agreed in time are failed (CPG_SPEC.md §9.6 "Consensus
+    /// Nodes that have not agreed in time are failed (docs/cpg.md §9.6 "Consensus
     /// timeout").
     fn on_consensus_timeout(&mut self, now: Instant) {
         let candidates: Vec<NodeId> = self
@@ -1272,7 +1272,7 @@ impl Node {
         self.commit_enter(now, commit);
     }
 
-    /// Fill our entry in the commit token and pass it on (CPG_SPEC.md §9.6 "COMMIT").
+    /// Fill our entry in the commit token and pass it on (docs/cpg.md §9.6 "COMMIT").
     fn commit_enter(&mut self, now: Instant, mut commit: CommitToken) {
         let index = commit.memb_index as usize;
         commit.entries[index] = CommitEntry {
@@ -1384,7 +1384,7 @@ impl Node {
         }
     }
 
-    /// Enter recovery (Totem §4.3; CPG_SPEC.md §9.6 "RECOVERY"): work out which
+    /// Enter recovery (Totem §4.3; docs/cpg.md §9.6 "RECOVERY"): work out which
     /// old-ring messages the members that come from our old ring may lack, and queue
     /// the ones we hold for retransmission on the new ring.
     fn recovery_enter(&mut self, now: Instant, entries: Vec<CommitEntry>) {
@@ -1424,7 +1424,7 @@ impl Node {
     }
 
     /// Install the new ring (Totem §4.3 and §5, extended virtual synchrony;
-    /// CPG_SPEC.md §9.6 "Entering OPERATIONAL"): finish the old ring's messages around
+    /// docs/cpg.md §9.6 "Entering OPERATIONAL"): finish the old ring's messages around
     /// the transitional configuration, then deliver the regular one.
     fn install(&mut self, _now: Instant) {
         let next = self.next.take().expect("install follows recovery");
@@ -1478,7 +1478,7 @@ impl Node {
         self.reassembler.reset();
         self.send_queue.restart_partial();
         self.sync_queue.restart_partial();
-        // CPG_SPEC.md §9.6 "Entering OPERATIONAL" step 4: application messages wait
+        // docs/cpg.md §9.6 "Entering OPERATIONAL" step 4: application messages wait
         // until the user has synchronised on the new ring.
         self.waiting_for_sync = self.config.sync_barrier;
 

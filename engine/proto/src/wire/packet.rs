@@ -44,12 +44,12 @@ pub enum Packet {
     Mcast(Mcast),
     Join(Join),
     Commit(CommitToken),
-    /// Sent by an idle representative to find other rings (CPG_SPEC.md §9.6).
+    /// Sent by an idle representative to find other rings (docs/cpg.md §9.6).
     MergeDetect {
         sender: NodeId,
         ring_id: RingId,
     },
-    /// Asks a holding representative to release the token (CPG_SPEC.md §9.3).
+    /// Asks a holding representative to release the token (docs/cpg.md §9.3).
     HoldCancel {
         sender: NodeId,
         ring_id: RingId,

@@ -4,6 +4,8 @@
 //! ```text
 //! ringcast-sim --seeds 1000 --nodes 2-8          # seeds 0..1000
 //! ringcast-sim --seed 42 --nodes 2-8 --trace     # replay one seed, every event
+//! ringcast-sim --hosts --seeds 1000              # whole hosts with clients
+//! ringcast-sim --hosts --seed 42 --trace         # replay one of those
 //! ```
 //! Exit code 1 if any run broke a guarantee.
 
@@ -12,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use clap::Parser;
+use ringcast_sim::hosts::{self, HostOptions, HostReport};
 use ringcast_sim::{self as sim, RunReport, SimOptions};
 
 #[derive(Parser, Debug)]
@@ -21,6 +24,12 @@ use ringcast_sim::{self as sim, RunReport, SimOptions};
     about = "Deterministic Totem cluster simulator with fault injection and checkers"
 )]
 pub(crate) struct Args {
+    /// Simulate whole hosts (Totem, CPG, persistence) with client connections and check
+    /// what the clients see (docs/invariants.md, "Clients"); without it, Totem nodes
+    /// with a checksummed workload. With --hosts, --nodes defaults to 2-5, --duration
+    /// to 4, and the flags below --datagram are ignored.
+    #[arg(long)]
+    hosts: bool,
     /// Run this many seeds, from --start.
     #[arg(long, default_value_t = 100)]
     seeds: u64,
@@ -31,11 +40,11 @@ pub(crate) struct Args {
     #[arg(long)]
     seed: Option<u64>,
     /// Node count, or a range like 2-8 from which each seed picks one (2..16).
-    #[arg(long, default_value = "2-8", value_parser = parse_nodes)]
-    nodes: (usize, usize),
-    /// Virtual seconds with faults.
-    #[arg(long, default_value_t = 10.0)]
-    duration: f64,
+    #[arg(long, value_parser = parse_nodes)]
+    nodes: Option<(usize, usize)>,
+    /// Virtual seconds with faults (default 10).
+    #[arg(long)]
+    duration: Option<f64>,
     /// Virtual seconds of workload after the final heal.
     #[arg(long, default_value_t = 1.0)]
     tail: f64,
@@ -227,9 +236,9 @@ fn parse_nodes(s: &str) -> Result<(usize, usize), String> {
 
 fn options(args: &Args) -> SimOptions {
     let mut o = SimOptions {
-        nodes_min: args.nodes.0,
-        nodes_max: args.nodes.1,
-        duration: Duration::from_secs_f64(args.duration),
+        nodes_min: args.nodes.map_or(2, |n| n.0),
+        nodes_max: args.nodes.map_or(8, |n| n.1),
+        duration: Duration::from_secs_f64(args.duration.unwrap_or(10.0)),
         tail: Duration::from_secs_f64(args.tail),
         settle_limit: Duration::from_secs_f64(args.settle),
         token: Duration::from_millis(args.token_ms),
@@ -300,41 +309,50 @@ fn options(args: &Args) -> SimOptions {
     o
 }
 
-fn main() {
-    let args = Args::parse();
-    let options = options(&args);
-    let started = std::time::Instant::now();
-    let seeds: Vec<u64> = match args.seed {
+fn host_options(args: &Args) -> HostOptions {
+    let d = HostOptions::default();
+    HostOptions {
+        nodes_min: args.nodes.map_or(d.nodes_min, |n| n.0),
+        nodes_max: args.nodes.map_or(d.nodes_max, |n| n.1),
+        duration: args.duration.map_or(d.duration, Duration::from_secs_f64),
+        trace: args.trace,
+    }
+}
+
+/// The seeds to run: one to replay, or a range.
+fn seeds(args: &Args) -> Vec<u64> {
+    match args.seed {
         Some(seed) => vec![seed],
         None => (args.start..args.start.saturating_add(args.seeds)).collect(),
-    };
-    let single = args.seed.is_some();
-    let jobs = args
-        .jobs
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-        .clamp(1, seeds.len().max(1));
+    }
+}
 
+fn jobs(args: &Args, seeds: usize) -> usize {
+    args.jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .clamp(1, seeds.max(1))
+}
+
+/// Runs `run` over `seeds` on `jobs` threads, with a progress line unless told not
+/// to; `violations` counts what a report found.
+fn run_parallel<R: Send>(
+    args: &Args,
+    seeds: &[u64],
+    jobs: usize,
+    run: impl Fn(u64) -> R + Sync,
+    violations: impl Fn(&R) -> usize + Sync,
+) -> Vec<R> {
     let next = AtomicU64::new(0);
-    let reports: Mutex<Vec<RunReport>> = Mutex::new(Vec::new());
-    let progress = (!single && !args.no_progress).then(|| Progress::new(seeds.len()));
+    let reports: Mutex<Vec<R>> = Mutex::new(Vec::new());
+    let progress = (args.seed.is_none() && !args.no_progress).then(|| Progress::new(seeds.len()));
     let done = AtomicU64::new(0);
     let violations_seen = AtomicU64::new(0);
     std::thread::scope(|scope| {
         for _ in 0..jobs {
             scope.spawn(|| {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
-                    let Some(&seed) = seeds.get(i) else {
-                        break;
-                    };
-                    let report = sim::run(seed, &options);
-                    if args.verbose || single {
-                        println!("{}", report.summary_line());
-                    }
-                    for v in &report.violations {
-                        print!("{v}");
-                    }
-                    let found = report.violations.len() as u64;
+                while let Some(&seed) = seeds.get(next.fetch_add(1, Ordering::Relaxed) as usize) {
+                    let report = run(seed);
+                    let found = violations(&report) as u64;
                     reports.lock().expect("no poisoning").push(report);
                     let finished = done.fetch_add(1, Ordering::Relaxed) + 1;
                     let bad = violations_seen.fetch_add(found, Ordering::Relaxed) + found;
@@ -348,7 +366,88 @@ fn main() {
     if let Some(p) = &progress {
         p.finish(violations_seen.load(Ordering::Relaxed) as usize);
     }
-    let mut reports = reports.into_inner().expect("no poisoning");
+    reports.into_inner().expect("no poisoning")
+}
+
+/// `--hosts`: whole hosts with clients.
+fn main_hosts(args: &Args) {
+    let options = host_options(args);
+    let started = std::time::Instant::now();
+    let seeds = seeds(args);
+    let jobs = jobs(args, seeds.len());
+    let single = args.seed.is_some();
+    let run = |seed| {
+        let report = hosts::run(seed, &options);
+        if args.verbose || single {
+            println!("{}", report.summary_line());
+        }
+        for v in &report.violations {
+            println!("{v}");
+        }
+        report
+    };
+    let mut reports = run_parallel(args, &seeds, jobs, run, |r: &HostReport| r.violations.len());
+    reports.sort_by_key(|r| r.seed);
+    let sum = |f: fn(&HostReport) -> u64| reports.iter().map(f).sum::<u64>();
+    let failing: Vec<u64> = reports
+        .iter()
+        .filter(|r| !r.violations.is_empty())
+        .map(|r| r.seed)
+        .collect();
+    println!("---");
+    println!(
+        "host seeds run: {} ({} threads), from {}   wall time: {:.1} s",
+        reports.len(),
+        jobs,
+        seeds.first().copied().unwrap_or(0),
+        started.elapsed().as_secs_f64()
+    );
+    println!(
+        "syncs: {}   sent: {}   delivered: {}   connections: {}   ring seqs persisted: {} \
+         (lost to crashes: {})   incarnations: {}",
+        sum(|r| r.syncs),
+        sum(|r| r.sent),
+        sum(|r| r.delivered),
+        sum(|r| r.connections as u64),
+        sum(|r| r.persisted),
+        sum(|r| r.persists_lost),
+        sum(|r| r.incarnations)
+    );
+    let shown: Vec<String> = failing.iter().take(20).map(|s| s.to_string()).collect();
+    println!(
+        "violations: {} in {} seeds{}{}",
+        sum(|r| r.violations.len() as u64),
+        failing.len(),
+        if failing.is_empty() { "" } else { ": " },
+        shown.join(" ")
+    );
+    if let Some(first) = failing.first() {
+        println!("replay the first: {}", options.replay_command(*first));
+        std::process::exit(1);
+    }
+}
+
+fn main() {
+    let args = Args::parse();
+    if args.hosts {
+        return main_hosts(&args);
+    }
+    let options = options(&args);
+    let started = std::time::Instant::now();
+    let seeds = seeds(&args);
+    let single = args.seed.is_some();
+    let jobs = jobs(&args, seeds.len());
+    let run = |seed| {
+        let report = sim::run(seed, &options);
+        if args.verbose || single {
+            println!("{}", report.summary_line());
+        }
+        for v in &report.violations {
+            print!("{v}");
+        }
+        report
+    };
+    let mut reports = run_parallel(&args, &seeds, jobs, run, |r: &RunReport| r.violations.len());
     reports.sort_by_key(|r| r.seed);
 
     if single {

@@ -178,7 +178,7 @@ impl Cluster {
     }
 }
 
-/// CPG_SPEC.md §9.6 "Startup": a node alone forms a singleton ring, and delivers its own
+/// docs/cpg.md §9.6 "Startup": a node alone forms a singleton ring, and delivers its own
 /// messages (self-delivery).
 #[test]
 fn single_node_forms_a_ring_and_delivers_to_itself() {
@@ -236,7 +236,7 @@ fn three_nodes_form_one_ring_with_agreed_order() {
     }
 }
 
-/// CPG_SPEC.md §9.5 and §9.6: a crashed node is detected by token loss and the
+/// docs/cpg.md §9.5 and §9.6: a crashed node is detected by token loss and the
 /// survivors install a new ring within token + consensus (plus a few joins), first a
 /// transitional configuration that says who left.
 #[test]
@@ -262,7 +262,7 @@ fn survivors_reform_after_a_crash_with_transitional_then_regular() {
     assert!(c.now - crash_at <= bound);
 }
 
-/// CPG_SPEC.md §9.2 "Leave message": a node that leaves is failed at once, without
+/// docs/cpg.md §9.2 "Leave message": a node that leaves is failed at once, without
 /// waiting for the token-loss timeout.
 #[test]
 fn a_clean_leave_is_faster_than_token_loss() {
@@ -279,7 +279,7 @@ fn a_clean_leave_is_faster_than_token_loss() {
     }
 }
 
-/// Totem §4.4 and CPG_SPEC.md §9.6 "Merge detection": after a partition heals, the two
+/// Totem §4.4 and docs/cpg.md §9.6 "Merge detection": after a partition heals, the two
 /// rings find each other and merge; the regular configuration lists who joined.
 #[test]
 fn partition_gives_two_rings_and_healing_merges_them() {
@@ -362,7 +362,7 @@ fn large_messages_are_fragmented_and_reassembled() {
     }
 }
 
-/// CPG_SPEC.md §9.5: a lost token is retransmitted by the node that sent it, and the
+/// docs/cpg.md §9.5: a lost token is retransmitted by the node that sent it, and the
 /// ring survives without a membership change while the loss is shorter than `token`.
 #[test]
 fn token_retransmission_covers_a_short_loss() {
@@ -436,7 +436,7 @@ fn submit_refuses_what_does_not_fit() {
     assert_eq!(node.send_queue_len(), 2);
 }
 
-/// CPG_SPEC.md §9.6 "Entering OPERATIONAL" step 4 (Corosync's "waiting for sync"
+/// docs/cpg.md §9.6 "Entering OPERATIONAL" step 4 (Corosync's "waiting for sync"
 /// queue): with `sync_barrier`, application messages queued before or after a new
 /// ring wait until `sync_done` names that ring, while `submit_sync` messages go at once;
 /// so every synchronisation message is ordered before them on every node.
@@ -544,8 +544,8 @@ fn sync_barrier_never_interleaves_fragments() {
 }
 
 /// Sequence numbers near `u64::MAX` come only from forged or corrupt packets: they are
-/// dropped and counted, never added to (issue 3, "Nothing in a datagram can make the
-/// engine panic"; found by the daemon's 100,000-datagram test).
+/// dropped and counted, never added to (nothing in a datagram may make the
+/// engine panic: docs/invariants.md guarantee 6; found by the daemon's 100,000-datagram test).
 #[test]
 fn packets_with_sequences_near_the_top_are_dropped() {
     use crate::wire::{CommitToken, Join, Packet};
