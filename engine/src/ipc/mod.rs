@@ -608,7 +608,17 @@ impl Ipc {
         let mut totem = TotemSubmit { node, now };
         Reply::Status(match change(&mut self.service, &group, &mut totem) {
             Ok(()) => Status::Ok,
-            Err(e) => status_of(e),
+            Err(e) => {
+                if e == CpgError::TooManyMembers {
+                    // Debug, not warn: a client can repeat the refused join at will.
+                    tracing::debug!(
+                        group = %String::from_utf8_lossy(name),
+                        limit = self.config.cpg.max_members_per_group,
+                        "join refused: the group is full (ipc.max_members_per_group)"
+                    );
+                }
+                status_of(e)
+            }
         })
     }
 
@@ -1047,6 +1057,7 @@ impl Ipc {
         self.hand_back_released(node, now);
         let limits = self.config.backlog;
         let mut n = 0;
+        let mut confchgs = session::ConfchgCache::default();
         for slot in 0..self.slots.len() {
             let Some(ready) = self.ready_mut(slot) else {
                 continue;
@@ -1106,7 +1117,7 @@ impl Ipc {
                         }
                     }
                 }
-                (event, _) => Outgoing::Event(event),
+                (event, _) => confchgs.outgoing(event),
             };
             if let Err(e) = ready.push_event(outgoing, limits) {
                 self.fault(slot, e, node, now);
