@@ -90,8 +90,15 @@ static void on_deliver(cpg_handle_t handle, const struct cpg_name *group, uint32
 	(void)group;
 	struct conn *c = conn_of(handle);
 	const unsigned char *p = msg;
-	uint64_t sum = 0;
-	for (size_t i = 0; i < len; i++)
+	/* Eight bytes at a time: every byte is read, at memory speed rather than at one
+	 * add per byte (which would cap large messages at the client, not the daemon). */
+	uint64_t sum = 0, word;
+	size_t i = 0;
+	for (; i + 8 <= len; i += 8) {
+		memcpy(&word, p + i, 8);
+		sum ^= word;
+	}
+	for (; i < len; i++)
 		sum += p[i];
 	checksum += sum;
 	if (c == NULL || nodeid != local_nodeid || pid != local_pid || len < HEADER)

@@ -73,6 +73,9 @@ pub(crate) struct Args {
     /// Extra `--set key=value` for every ringcastd.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     settings: Vec<String>,
+    /// Keep the work directory (configs, daemon logs) and print where it is.
+    #[arg(long)]
+    keep: bool,
     /// Tiny inputs on one node, one round: what `make test` runs (seconds).
     #[arg(long)]
     quick: bool,
@@ -308,7 +311,14 @@ fn run(args: &Args) -> Result<PathBuf, String> {
     std::fs::write(&path, text).map_err(|e| format!("{path:?}: {e}"))?;
     report::plots(&doc, &args.out, &stem)?;
     println!("{}", report::table(&doc));
-    let _ = std::fs::remove_dir_all(&work);
+    if args.keep {
+        println!(
+            "bench-compare: configs and daemon logs kept in {}",
+            work.display()
+        );
+    } else {
+        let _ = std::fs::remove_dir_all(&work);
+    }
     let failed = doc["runs"]
         .as_array()
         .map_or(0, |r| r.iter().filter(|x| x.get("error").is_some()).count());
