@@ -259,6 +259,8 @@ fn run(args: &Args) -> Result<PathBuf, String> {
         settings,
     };
     let started = chrono_now();
+    // The checkout as it was built (read before the runs, which take minutes).
+    let commit = commit();
     let load_before = loadavg();
     let mut runs = Vec::new();
     for &nodes in &args.nodes {
@@ -292,7 +294,7 @@ fn run(args: &Args) -> Result<PathBuf, String> {
         "started_utc": started,
         "finished_utc": chrono_now(),
         "machine": machine(load_before),
-        "commit": commit(),
+        "commit": commit,
         "command": std::env::args().collect::<Vec<_>>(),
         "corosync_version": corosync_version(),
         "ringcast_settings": ringcast.settings,

@@ -114,7 +114,11 @@ fn median_of(runs: &[Value], m: &Metric, system: &str, nodes: u64, param: u64) -
 /// Every (metric, topology, parameter) with both systems' medians and ringcast's
 /// advantage (> 1: ringcast better, whichever way the metric points).
 pub fn summary(runs: &Value) -> Value {
-    let runs = runs.as_array().cloned().unwrap_or_default();
+    // Failed runs (an "error", no result) are in the document but not in the medians.
+    let runs: Vec<Value> = (runs.as_array().into_iter().flatten())
+        .filter(|r| r.get("error").is_none())
+        .cloned()
+        .collect();
     let mut rows = Vec::new();
     for m in METRICS {
         let mut keys: Vec<(u64, u64)> = runs
