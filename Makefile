@@ -6,7 +6,7 @@ CARGO    ?= cargo
 #   make sim SIM_ARGS="--seed 1234"
 SIM_ARGS ?= --seeds 1000 --nodes 2-16
 
-.PHONY: all build run test fmt-check clippy unit-test chaos chaos-smoke bench bench-client bench-engine sim cluster tune-check clean help install install-bin install-c capi
+.PHONY: all build run test fmt-check clippy unit-test chaos chaos-smoke bench bench-client bench-engine bench-compare sim cluster tune-check clean help install install-bin install-c capi
 
 all: build
 
@@ -15,6 +15,7 @@ help:
 	@echo "make test        rustfmt check, clippy -D warnings, every test (includes a multi-minute simulator run)"
 	@echo "make sim         run the deterministic simulator: SIM_ARGS='$(SIM_ARGS)'"
 	@echo "make bench       Totem core cost (core_cost) and client throughput/latency (ringcast-bench)"
+	@echo "make bench-compare  Corosync and ringcast side by side through cpg.h (root; BENCH_COMPARE_ARGS)"
 	@echo "make bench-engine  ordered throughput of 1, 3, 5 ringcastd engines on loopback (load generator)"
 	@echo "make cluster     N engines on 127.0.0.1..N until Ctrl-C (CLUSTER_NODES=3)"
 	@echo "make install     programs, man pages, systemd unit, tuned profile, example config (PREFIX=$(PREFIX) DESTDIR=)"
@@ -78,6 +79,17 @@ ENGINE_BENCH_ARGS ?=
 bench-engine:
 	$(CARGO) build --release -p ringcast-engine --features test-hooks --bin ringcastd
 	$(CARGO) run --release -p ringcast-bench --bin engine_throughput -- $(ENGINE_BENCH_ARGS)
+
+# Corosync against ringcast through one C program (docs/bench-compare.md); root, Debian's
+# corosync and libcpg-dev. E.g. BENCH_COMPARE_ARGS="--nodes 1 --figures tput --rounds 5".
+BENCH_COMPARE_ARGS ?=
+BENCH_COMPARE_STAGE = $(TARGET_DIR)/bench-compare/stage
+
+bench-compare:
+	$(CARGO) build --release -p ringcast-engine --bin ringcastd -p ringcast-bench --bin bench-compare
+	$(MAKE) -s install-c PREFIX=/usr DESTDIR=$(abspath $(BENCH_COMPARE_STAGE))
+	./$(TARGET_DIR)/release/bench-compare --ringcastd $(TARGET_DIR)/release/ringcastd \
+		--ringcast-lib $(BENCH_COMPARE_STAGE)/usr/lib $(BENCH_COMPARE_ARGS)
 
 sim:
 	$(CARGO) run --release -p ringcast-sim --bin ringcast-sim -- $(SIM_ARGS)

@@ -529,6 +529,14 @@ impl Cpg {
             flags: self.flags,
             name: group.to_vec(),
         })
+        .map_err(|e| match e.status() {
+            Status::NoSpace => Error::with_detail(
+                Status::NoSpace,
+                "the group has as many members as the engine allows \
+                 (ipc.max_members_per_group)",
+            ),
+            _ => e,
+        })
     }
 
     /// Leaves `group`, which must be the joined group (`cpg_leave`).

@@ -1236,3 +1236,45 @@ fn a_dead_engine_is_reported_and_a_restarted_one_accepts_clients() {
     let (members, _, _) = next_confchg(&again);
     assert_eq!(members.len(), 1, "the old member died with its engine");
 }
+
+/// The member limit per group is a setting (`ipc.max_members_per_group`, default
+/// 1024): a join past it is refused with `CS_ERR_NO_SPACE` and a message naming the
+/// setting, and a member leaving makes room again. Members are separate processes
+/// (one member per process and group, CPG_SPEC §13).
+#[test]
+fn a_full_group_refuses_a_join_with_a_clear_error() {
+    let mut cluster = Cluster::new("cpg16", 47260, 1);
+    cluster.extra = vec!["--set".into(), "ipc.max_members_per_group=2".into()];
+    start_one(&mut cluster);
+    let first = joined(&cluster, b"full");
+    let mut second = Listener::spawn(&cluster, 1, "full");
+    second.wait_line(&format!("{}:join", second.pid()));
+    let (members, _, joined_now) = next_confchg(&first);
+    assert_eq!((members.len(), joined_now.len()), (2, 1));
+
+    let send = |group: &str| {
+        Command::new(cli_bin())
+            .args(["send", group, "hi", "--socket"])
+            .arg(cluster.socket(1))
+            .output()
+            .expect("ringcast send")
+    };
+    let refused = send("full");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "a third member joined: {stderr}");
+    assert!(
+        stderr.contains("NoSpace") && stderr.contains("ipc.max_members_per_group"),
+        "{stderr}"
+    );
+    // Another group is not affected; the full one has room once a member is gone.
+    assert!(send("roomy").status.success());
+    second.kill9();
+    let (members, left, _) = next_confchg(&first);
+    assert_eq!((members.len(), left.len()), (1, 1));
+    let admitted = send("full");
+    assert!(
+        admitted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&admitted.stderr)
+    );
+}

@@ -136,7 +136,10 @@ pub struct IpcSettings {
     pub backlog_events: usize,
     /// Payload bytes those events may pin.
     pub backlog_bytes: usize,
-    /// Most members of one group (CPG_MEMBERS_MAX, enforced).
+    /// Most members of one group, enforced: a join past it is refused with
+    /// `CS_ERR_NO_SPACE`. Default 1024, above cpg.h's `CPG_MEMBERS_MAX` (128), which
+    /// only sizes the arrays programs hand to `cpg_membership_get` (it writes at most
+    /// the count it is given; docs/c-api.md).
     pub max_members_per_group: usize,
     /// Most groups in the cluster.
     pub max_groups: usize,
@@ -170,7 +173,7 @@ impl Default for IpcSettings {
             event_ring_bytes: 8 << 20,
             backlog_events: 65_536,
             backlog_bytes: 256 << 20,
-            max_members_per_group: 128,
+            max_members_per_group: 1024,
             max_groups: 4096,
             delivery_pool_bytes: 256 << 20,
             delivery_pool_min_bytes: 8 << 10,

@@ -22,6 +22,7 @@
 pub mod delivery_placement;
 pub mod id_map;
 pub mod session;
+pub mod slot_set;
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::path::PathBuf;
@@ -149,6 +150,11 @@ pub struct Ipc {
     placement: Option<DeliveryPlacement>,
     /// Trusted senders' slabs, by connection.
     slabs: std::collections::HashMap<ConnId, SendSlab>,
+    /// Sessions given events since their last publish, or holding a backlog: the
+    /// only ones [`Ipc::flush_events`] visits.
+    dirty: slot_set::SlotSet,
+    /// Scratch for [`Ipc::flush_events`] (the dirty slots being visited).
+    visiting: Vec<usize>,
 }
 
 impl Ipc {
@@ -202,6 +208,8 @@ impl Ipc {
         let own_uid = unsafe { libc::getuid() };
         Ok(Ipc {
             generations: vec![0; config.max_clients],
+            dirty: slot_set::SlotSet::new(config.max_clients),
+            visiting: Vec::with_capacity(config.max_clients),
             config,
             listener,
             slots,
@@ -608,7 +616,17 @@ impl Ipc {
         let mut totem = TotemSubmit { node, now };
         Reply::Status(match change(&mut self.service, &group, &mut totem) {
             Ok(()) => Status::Ok,
-            Err(e) => status_of(e),
+            Err(e) => {
+                if e == CpgError::TooManyMembers {
+                    // Debug, not warn: a client can repeat the refused join at will.
+                    tracing::debug!(
+                        group = %String::from_utf8_lossy(name),
+                        limit = self.config.cpg.max_members_per_group,
+                        "join refused: the group is full (ipc.max_members_per_group)"
+                    );
+                }
+                status_of(e)
+            }
         })
     }
 
@@ -734,6 +752,7 @@ impl Ipc {
             }
             match self.slot_of.get(&conn).copied() {
                 Some(slot) => {
+                    self.dirty.insert(slot);
                     let pushed = self
                         .ready_mut(slot)
                         .map(|ready| ready.push_event(Outgoing::Released(offset), limits));
@@ -1047,7 +1066,12 @@ impl Ipc {
         self.hand_back_released(node, now);
         let limits = self.config.backlog;
         let mut n = 0;
-        for slot in 0..self.slots.len() {
+        let mut confchgs = session::ConfchgCache::default();
+        // Backlogs first (older events), of the sessions that have one: they are dirty.
+        let mut visiting = std::mem::take(&mut self.visiting);
+        visiting.clear();
+        visiting.extend_from_slice(self.dirty.slots());
+        for &slot in &visiting {
             let Some(ready) = self.ready_mut(slot) else {
                 continue;
             };
@@ -1062,6 +1086,7 @@ impl Ipc {
             let Some(&slot) = self.slot_of.get(&conn) else {
                 continue;
             };
+            self.dirty.insert(slot);
             let Some(ready) = self
                 .slots
                 .get_mut(slot)
@@ -1106,7 +1131,7 @@ impl Ipc {
                         }
                     }
                 }
-                (event, _) => Outgoing::Event(event),
+                (event, _) => confchgs.outgoing(event),
             };
             if let Err(e) = ready.push_event(outgoing, limits) {
                 self.fault(slot, e, node, now);
@@ -1115,16 +1140,23 @@ impl Ipc {
         if let Some(pool) = &mut self.placement {
             pool.end_batch();
         }
+        // Every session with something to publish or a backlog is dirty; the others
+        // have neither (nothing to publish, no backlog toward the throttle).
         let mut throttled = false;
         let mut copied = 0;
-        for slot in 0..self.slots.len() {
+        self.dirty.take_into(&mut visiting);
+        for &slot in &visiting {
             if let Some(ready) = self.ready_mut(slot) {
                 ready.publish();
                 copied += std::mem::take(&mut ready.copied_bytes);
                 throttled |= ready.backlog_bytes() > limits.max_bytes / 2
                     || ready.backlog_len() > limits.max_events / 2;
+                if ready.backlog_len() > 0 {
+                    self.dirty.insert(slot);
+                }
             }
         }
+        self.visiting = visiting;
         self.stats.payload_bytes_copied += copied;
         if throttled != self.throttled {
             tracing::debug!(throttled, "local senders held back by a slow receiver");

@@ -64,6 +64,8 @@ impl AssemblyBuf {
 #[derive(Debug)]
 pub enum Outgoing {
     Event(ClientEvent),
+    /// A confchg encoded once for every local member of its group ([`ConfchgCache`]).
+    Confchg(bytes::Bytes),
     Ref {
         sender: Member,
         guarantee: Guarantee,
@@ -237,6 +239,11 @@ impl Ready {
             Outgoing::Released(offset) => {
                 return Ok(self.push_record(event::SENT_RELEASED, &offset.to_le_bytes()));
             }
+            Outgoing::Confchg(bytes) => {
+                let done = self.push_encoded(event::CONFCHG, bytes, max)?;
+                self.unpublished |= done;
+                return Ok(done);
+            }
             Outgoing::Ref {
                 sender,
                 guarantee,
@@ -331,15 +338,11 @@ impl Ready {
                 members,
                 left,
                 joined,
-            } => {
-                let c = Confchg {
-                    group: group.as_bytes().to_vec(),
-                    members: members.iter().map(wire_address).collect(),
-                    left: left.iter().map(wire_address).collect(),
-                    joined: joined.iter().map(wire_address).collect(),
-                };
-                self.push_encoded(event::CONFCHG, &c.encode(), max)?
-            }
+            } => self.push_encoded(
+                event::CONFCHG,
+                &encode_confchg(group, members, left, joined),
+                max,
+            )?,
             ClientEvent::TotemConfchg { ring_id, members } => {
                 let t = TotemConfchg {
                     rep: ring_id.rep,
@@ -370,6 +373,7 @@ impl Ready {
 fn event_bytes(event: &Outgoing) -> usize {
     let event = match event {
         Outgoing::Event(event) => event,
+        Outgoing::Confchg(bytes) => return 64 + bytes.len(),
         Outgoing::Ref { .. } | Outgoing::Released(_) => return 64,
     };
     match event {
@@ -397,5 +401,56 @@ fn wire_address(a: &Address) -> WireAddress {
         node: a.member.node,
         pid: a.member.pid,
         reason: a.reason as u32,
+    }
+}
+
+/// The CONFCHG record of a membership change.
+fn encode_confchg(
+    group: &GroupName,
+    members: &[Address],
+    left: &[Address],
+    joined: &[Address],
+) -> Vec<u8> {
+    Confchg {
+        group: group.as_bytes().to_vec(),
+        members: members.iter().map(wire_address).collect(),
+        left: left.iter().map(wire_address).collect(),
+        joined: joined.iter().map(wire_address).collect(),
+    }
+    .encode()
+}
+
+/// The last confchg encoded. The service hands one confchg to every local member of
+/// the group back to back, all with the same lists: encoding it once instead of once
+/// per member turns a join into a group of N members from N encodings of N entries
+/// (each with its allocations) into one, plus N copies into the rings.
+#[derive(Debug, Default)]
+pub struct ConfchgCache {
+    last: Option<(ClientEvent, bytes::Bytes)>,
+}
+
+impl ConfchgCache {
+    /// `event` as it goes to a session: a confchg as shared encoded bytes.
+    pub fn outgoing(&mut self, event: ClientEvent) -> Outgoing {
+        if !matches!(event, ClientEvent::Confchg { .. }) {
+            return Outgoing::Event(event);
+        }
+        if let Some((last, bytes)) = &self.last
+            && *last == event
+        {
+            return Outgoing::Confchg(bytes.clone());
+        }
+        let ClientEvent::Confchg {
+            group,
+            members,
+            left,
+            joined,
+        } = &event
+        else {
+            unreachable!("matched above");
+        };
+        let bytes = bytes::Bytes::from(encode_confchg(group, members, left, joined));
+        self.last = Some((event, bytes.clone()));
+        Outgoing::Confchg(bytes)
     }
 }

@@ -288,8 +288,10 @@ pub enum IterationKind {
 /// joins from several nodes at once can take a group or the group count past them.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
-    /// Members of one group. Default 128, `CPG_MEMBERS_MAX`, which programs built
-    /// against cpg.h use to size their membership arrays (docs/cpg.md §2.4, §13 quirk 6).
+    /// Members of one group. Default 1024. Programs built against cpg.h size their
+    /// membership arrays with `CPG_MEMBERS_MAX` (128), which is safe above it:
+    /// `cpg_membership_get` writes at most the count it is given and confchgs are
+    /// passed as pointers (docs/cpg.md §2.4, §13 quirk 6).
     pub max_members_per_group: usize,
     /// Groups in the cluster. Default 1024.
     pub max_groups: usize,
@@ -302,7 +304,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Limits {
         Limits {
-            max_members_per_group: 128,
+            max_members_per_group: 1024,
             max_groups: 1024,
             max_connections: 1024,
             max_message_bytes: 64 << 20,
