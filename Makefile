@@ -6,7 +6,7 @@ CARGO    ?= cargo
 #   make sim SIM_ARGS="--seed 1234"
 SIM_ARGS ?= --seeds 1000 --nodes 2-16
 
-.PHONY: all build run test fmt-check clippy unit-test bench bench-client bench-engine sim cluster tune-check clean help install install-bin install-c capi
+.PHONY: all build run test fmt-check clippy unit-test loom loom-mutants memcheck bench bench-client bench-engine sim cluster tune-check clean help install install-bin install-c capi
 
 all: build
 
@@ -38,7 +38,7 @@ run:
 	@echo "  counters:         ./target/release/ringcast status     (Ctrl-C stops the engine)"
 	exec ./target/release/ringcastd
 
-test: fmt-check clippy unit-test
+test: fmt-check clippy unit-test loom memcheck
 
 fmt-check:
 	$(CARGO) fmt --all -- --check
@@ -48,6 +48,19 @@ clippy:
 
 unit-test:
 	$(CARGO) test --workspace
+
+# The shm rings and their sleep protocol under the loom model checker (`--cfg loom`, its
+# own target directory target/loom); loom-mutants weakens each ordering in turn and
+# expects a model test to fail (minutes: one rebuild per ordering).
+loom:
+	CARGO=$(CARGO) bash scripts/loom.sh
+
+loom-mutants:
+	python3 scripts/loom-mutants.py
+
+# The unsafe code's tests and a real engine with clients under valgrind memcheck.
+memcheck:
+	CARGO=$(CARGO) bash scripts/memcheck.sh
 
 # Arguments for the client benchmark, e.g. CLIENT_BENCH_ARGS="--sizes 64 --receivers 2".
 CLIENT_BENCH_ARGS ?=
