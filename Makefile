@@ -6,7 +6,7 @@ CARGO    ?= cargo
 #   make sim SIM_ARGS="--seed 1234"
 SIM_ARGS ?= --seeds 1000 --nodes 2-16
 
-.PHONY: all build run test fmt-check clippy unit-test loom loom-mutants memcheck bench bench-client bench-engine sim cluster tune-check clean help install install-bin install-c capi
+.PHONY: all build run test fmt-check clippy unit-test loom loom-mutants memcheck fuzz-smoke fuzz bench bench-client bench-engine sim cluster tune-check clean help install install-bin install-c capi
 
 all: build
 
@@ -38,7 +38,7 @@ run:
 	@echo "  counters:         ./target/release/ringcast status     (Ctrl-C stops the engine)"
 	exec ./target/release/ringcastd
 
-test: fmt-check clippy unit-test loom memcheck
+test: fmt-check clippy unit-test loom memcheck fuzz-smoke
 
 fmt-check:
 	$(CARGO) fmt --all -- --check
@@ -61,6 +61,17 @@ loom-mutants:
 # The unsafe code's tests and a real engine with clients under valgrind memcheck.
 memcheck:
 	CARGO=$(CARGO) bash scripts/memcheck.sh
+
+# cargo-fuzz targets (fuzz/, outside the workspace): fuzz-smoke runs each for
+# FUZZ_SMOKE_SECONDS; `make fuzz FUZZ_TARGET=seal FUZZ_ARGS=-max_total_time=600` one for long.
+FUZZ_SMOKE_SECONDS ?= 5
+FUZZ_TARGET ?= datagram
+FUZZ_ARGS   ?= -max_total_time=600
+fuzz-smoke:
+	CARGO=$(CARGO) bash scripts/fuzz.sh smoke $(FUZZ_SMOKE_SECONDS)
+
+fuzz:
+	CARGO=$(CARGO) bash scripts/fuzz.sh run $(FUZZ_TARGET) $(FUZZ_ARGS)
 
 # Arguments for the client benchmark, e.g. CLIENT_BENCH_ARGS="--sizes 64 --receivers 2".
 CLIENT_BENCH_ARGS ?=
