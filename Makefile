@@ -6,7 +6,7 @@ CARGO    ?= cargo
 #   make sim SIM_ARGS="--seed 1234"
 SIM_ARGS ?= --seeds 1000 --nodes 2-16
 
-.PHONY: all build run test fmt-check clippy unit-test chaos chaos-smoke bench bench-client bench-engine bench-compare sim cluster tune-check clean help install install-bin install-c capi
+.PHONY: all build run test fmt-check clippy unit-test chaos chaos-smoke loom loom-mutants memcheck fuzz-smoke fuzz bench bench-client bench-engine bench-compare sim cluster tune-check clean help install install-bin install-c capi
 
 all: build
 
@@ -39,7 +39,9 @@ run:
 	@echo "  counters:         ./target/release/ringcast status     (Ctrl-C stops the engine)"
 	exec ./target/release/ringcastd
 
-test: fmt-check clippy unit-test chaos-smoke
+# fuzz-smoke is not part of test: on a fresh machine installing cargo-fuzz and building
+# the instrumented fuzz crate takes longer than the whole suite.
+test: fmt-check clippy unit-test chaos-smoke loom memcheck
 
 fmt-check:
 	$(CARGO) fmt --all -- --check
@@ -61,6 +63,30 @@ chaos:
 chaos-smoke:
 	$(CARGO) build -p ringcast-cli --bin ringcast
 	$(CARGO) test -p ringcast-engine --test chaos -- --nocapture
+
+# The shm rings and their sleep protocol under the loom model checker (`--cfg loom`, its
+# own target directory target/loom); loom-mutants weakens each ordering in turn and
+# expects a model test to fail (minutes: one rebuild per ordering).
+loom:
+	CARGO=$(CARGO) bash scripts/loom.sh
+
+loom-mutants:
+	python3 scripts/loom-mutants.py
+
+# The unsafe code's tests and a real engine with clients under valgrind memcheck.
+memcheck:
+	CARGO=$(CARGO) bash scripts/memcheck.sh
+
+# cargo-fuzz targets (fuzz/, outside the workspace): fuzz-smoke runs each for
+# FUZZ_SMOKE_SECONDS; `make fuzz FUZZ_TARGET=seal FUZZ_ARGS=-max_total_time=600` one for long.
+FUZZ_SMOKE_SECONDS ?= 5
+FUZZ_TARGET ?= datagram
+FUZZ_ARGS   ?= -max_total_time=600
+fuzz-smoke:
+	CARGO=$(CARGO) bash scripts/fuzz.sh smoke $(FUZZ_SMOKE_SECONDS)
+
+fuzz:
+	CARGO=$(CARGO) bash scripts/fuzz.sh run $(FUZZ_TARGET) $(FUZZ_ARGS)
 
 # Arguments for the client benchmark, e.g. CLIENT_BENCH_ARGS="--sizes 64 --receivers 2".
 CLIENT_BENCH_ARGS ?=

@@ -23,7 +23,7 @@
 //! ```text
 //!   consumer                                producer
 //!   prepare_sleep:                          publish:
-//!     S_c  sleeping := 1    (SeqCst)          S_p  tail := t      (Release)
+//!     S_c  swap sleeping to 1 (Relaxed)       S_p  tail := t      (Release)
 //!     F_c  fence(SeqCst)                      F_p  fence(SeqCst)
 //!     L_c  load tail                          L_p  load sleeping; if 1, swap to 0
 //!     if tail moved: sleeping := 0, retry             and return true (caller wakes)
@@ -36,13 +36,38 @@
 //! wakes the consumer. Both may happen (a spurious wake-up, harmless: the fd keeps the count
 //! until drained); neither cannot, so no wake-up is lost. The swap makes at most one publish
 //! per announcement report `true`.
+//!
+//! # Orderings
+//!
+//! Every ordering above `Relaxed` here is checked by a loom model test that fails when it
+//! is weakened (`ring/model.rs`, run by `scripts/loom.sh`; `scripts/loom-mutants.py` weakens
+//! each in turn): the tail's Release/Acquire pair (records are seen whole), the head's
+//! Release/Acquire pair in `consume`, in `peek` past padding and in `refresh_head` (space is
+//! reused only after the consumer is done), and the two SeqCst fences (no lost wake-up).
+//! Every other access is `Relaxed` and says why that is enough.
 
 use std::any::Any;
 use std::ptr::NonNull;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering, fence};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[cfg(not(loom))]
+use std::sync::atomic::fence;
+
+#[cfg(loom)]
+use loom::sync::atomic::fence;
+
+/// The control block the ends use: the one in shared memory, or under the model checker
+/// ([`model`]) one made of loom's atomics, which loom can reorder.
+#[cfg(not(loom))]
+type Control = crate::layout::RingControl;
+#[cfg(loom)]
+type Control = model::ModelControl;
 
 use crate::layout::RingControl;
+
+#[cfg(loom)]
+pub(crate) mod model;
 
 /// Bytes of a record header.
 pub const RECORD_HEADER_BYTES: usize = 8;
@@ -96,6 +121,10 @@ struct RingMem {
     /// Power of two, at least [`MIN_CAPACITY`].
     capacity: usize,
     _owner: Arc<dyn Any + Send + Sync>,
+    /// Under the model checker: the loom control block and the access tracker of the
+    /// data area, owned by the heap ring that `_owner` is.
+    #[cfg(loom)]
+    model: Arc<heap::HeapRing>,
 }
 
 impl RingMem {
@@ -116,14 +145,46 @@ impl RingMem {
             ctrl,
             data,
             capacity,
+            #[cfg(loom)]
+            model: owner
+                .clone()
+                .downcast::<heap::HeapRing>()
+                .expect("under loom, rings live in a HeapRing"),
             _owner: owner,
         }
     }
 
-    fn ctrl(&self) -> &RingControl {
+    #[cfg(not(loom))]
+    fn ctrl(&self) -> &Control {
         // SAFETY: valid for the owner's lifetime (constructor contract), which self holds;
         // RingControl is all atomics, so a shared reference tolerates concurrent writers.
         unsafe { self.ctrl.as_ref() }
+    }
+
+    #[cfg(loom)]
+    fn ctrl(&self) -> &Control {
+        let _ = self.ctrl;
+        self.model.model_ctrl()
+    }
+
+    /// Tells the model checker that `len` bytes of the data area at `index` are read now
+    /// (nothing outside it): a read the protocol does not order after the peer's write is
+    /// a data race loom reports.
+    #[inline(always)]
+    fn note_read(&self, index: usize, len: usize) {
+        #[cfg(loom)]
+        self.model.note_access(index, len, false);
+        #[cfg(not(loom))]
+        let _ = (index, len);
+    }
+
+    /// As [`note_read`](Self::note_read), for a write.
+    #[inline(always)]
+    fn note_write(&self, index: usize, len: usize) {
+        #[cfg(loom)]
+        self.model.note_access(index, len, true);
+        #[cfg(not(loom))]
+        let _ = (index, len);
     }
 
     fn index(&self, position: u64) -> usize {
@@ -207,7 +268,9 @@ impl Producer {
     ) -> Producer {
         // SAFETY: forwarded from this function's contract.
         let mem = unsafe { RingMem::new(ctrl, data, capacity, owner) };
-        let tail = mem.ctrl().tail.load(Ordering::Acquire);
+        // Relaxed: only the producer writes the tail, and whoever handed this process the
+        // region synchronised with its creation (`Region::open` acquires the magic).
+        let tail = mem.ctrl().tail.load(Ordering::Relaxed);
         let mut producer = Producer {
             mem,
             tail,
@@ -241,7 +304,9 @@ impl Producer {
         if self.failed.is_some() {
             return 0;
         }
-        let head = self.mem.ctrl().head.load(Ordering::Acquire);
+        // Relaxed: a number for the caller; a push reads the head again with Acquire
+        // (refresh_head) before it reuses space.
+        let head = self.mem.ctrl().head.load(Ordering::Relaxed);
         match self.head_error(head) {
             Some(_) => 0,
             None => self.mem.capacity - (self.tail - head) as usize,
@@ -293,13 +358,16 @@ impl Producer {
                 len,
             )
         };
+        self.mem.note_write(start + RECORD_HEADER_BYTES, len);
         write(payload);
         // len <= capacity / 2 <= u32::MAX / 4 (layout const asserts, MIN/MAX ring sizes).
+        self.mem.note_write(start, RECORD_HEADER_BYTES);
         self.mem
             .word(start)
             .store(pack_header(len as u32, kind), Ordering::Relaxed);
         if padding > 0 {
             let pad_len = (padding - RECORD_HEADER_BYTES) as u32;
+            self.mem.note_write(index, RECORD_HEADER_BYTES);
             self.mem
                 .word(index)
                 .store(pack_header(pad_len, PADDING_KIND), Ordering::Relaxed);
@@ -446,7 +514,8 @@ impl Consumer {
     ) -> Consumer {
         // SAFETY: forwarded from this function's contract.
         let mem = unsafe { RingMem::new(ctrl, data, capacity, owner) };
-        let head = mem.ctrl().head.load(Ordering::Acquire);
+        // Relaxed: as for the producer's tail in Producer::from_raw.
+        let head = mem.ctrl().head.load(Ordering::Relaxed);
         let failed = (head % RECORD_ALIGN as u64 != 0).then_some("head is not 8-byte aligned");
         Consumer {
             mem,
@@ -499,6 +568,7 @@ impl Consumer {
             let index = self.mem.index(self.head);
             // One load: the peer may rewrite the header, so it is read once and the local
             // copy is what gets checked and used.
+            self.mem.note_read(index, RECORD_HEADER_BYTES);
             let (len, kind) = unpack_header(self.mem.word(index).load(Ordering::Relaxed));
             let size = record_bytes(u64::from(len));
             if size > available {
@@ -524,6 +594,8 @@ impl Consumer {
                 return Err(self.fail("record is longer than a producer may write"));
             }
             self.peeked = size;
+            self.mem
+                .note_read(index + RECORD_HEADER_BYTES, len as usize);
             // SAFETY: index + 8 + len <= capacity (checked above), inside the data area valid
             // for the owner's lifetime; the producer does not write these bytes until we
             // release them, and the borrow of self ends before consume() can.
@@ -555,12 +627,19 @@ impl Consumer {
     /// call [`cancel_sleep`](Self::cancel_sleep). See the module docs for the ordering.
     pub fn prepare_sleep(&mut self) -> bool {
         let ctrl = self.mem.ctrl();
-        ctrl.consumer_sleeping.store(1, Ordering::SeqCst);
+        // The consumer writes the flag with swaps, not stores: the value read is not needed,
+        // but a read-modify-write always follows the producer's last swap in the flag's
+        // modification order, which the model checker (`ring/model.rs`) only knows for
+        // writes that read. On x86-64 the swap is one `xchg`, as a `SeqCst` store is.
+        // Relaxed: F_c orders it (sleep protocol in the module docs).
+        ctrl.consumer_sleeping.swap(1, Ordering::Relaxed);
         // F_c of the sleep protocol: orders the flag store before the tail load.
         fence(Ordering::SeqCst);
-        let tail = ctrl.tail.load(Ordering::Acquire);
+        // Relaxed: the value only decides between sleeping and returning false; the caller
+        // then peeks, which loads the tail again with Acquire.
+        let tail = ctrl.tail.load(Ordering::Relaxed);
         if tail != self.head || self.failed.is_some() {
-            ctrl.consumer_sleeping.store(0, Ordering::Relaxed);
+            ctrl.consumer_sleeping.swap(0, Ordering::Relaxed);
             return false;
         }
         true
@@ -568,16 +647,16 @@ impl Consumer {
 
     /// Withdraws a sleep announcement (the producer may already have withdrawn it).
     pub fn cancel_sleep(&mut self) {
-        self.mem
-            .ctrl()
-            .consumer_sleeping
-            .store(0, Ordering::Relaxed);
+        // A swap for the model checker, as in prepare_sleep.
+        self.mem.ctrl().consumer_sleeping.swap(0, Ordering::Relaxed);
     }
 
     /// Whether no record is published past the head. A failed ring is never empty, so that
     /// callers go on to [`peek`](Self::peek) and see the error.
     pub fn is_empty(&self) -> bool {
-        self.failed.is_none() && self.mem.ctrl().tail.load(Ordering::Acquire) == self.head
+        // Relaxed: a false answer sends the caller to peek, which loads the tail with Acquire
+        // before reading any record.
+        self.failed.is_none() && self.mem.ctrl().tail.load(Ordering::Relaxed) == self.head
     }
 
     fn fail(&mut self, why: &'static str) -> RingError {
@@ -586,8 +665,10 @@ impl Consumer {
     }
 }
 
-/// A ring on the heap, for tests that must run without mmap (miri).
-#[cfg(test)]
+/// A ring on the heap, for tests that must run without mmap (miri, loom).
+#[cfg(any(test, loom))]
+// Under loom only the ends and the model tests use it.
+#[cfg_attr(loom, allow(dead_code))]
 pub(crate) mod heap {
     use super::*;
     use std::alloc::{Layout, alloc_zeroed, dealloc};
@@ -598,6 +679,8 @@ pub(crate) mod heap {
         layout: Layout,
         capacity: usize,
         ends_taken: AtomicBool,
+        #[cfg(loom)]
+        model: super::model::ModelRing,
     }
 
     // SAFETY: the allocation is only touched through atomics, the ring protocol, or the
@@ -623,7 +706,19 @@ pub(crate) mod heap {
                 layout,
                 capacity,
                 ends_taken: AtomicBool::new(false),
+                #[cfg(loom)]
+                model: super::model::ModelRing::new(capacity),
             })
+        }
+
+        #[cfg(loom)]
+        pub(crate) fn model_ctrl(&self) -> &super::Control {
+            self.model.ctrl()
+        }
+
+        #[cfg(loom)]
+        pub(crate) fn note_access(&self, index: usize, len: usize, write: bool) {
+            self.model.note_access(index, len, write);
         }
 
         /// Both ends; panics when called twice on one ring.
@@ -691,7 +786,7 @@ pub(crate) mod heap {
 // allows (the accesses are ordered by the head/tail Release/Acquire pairs). The second keeps
 // the emulation on for the sleep protocol, whose test touches the data area only atomically;
 // removing the SeqCst fence from `publish` makes it fail there.
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::heap::HeapRing;
     use super::*;
