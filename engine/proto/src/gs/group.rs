@@ -78,16 +78,33 @@ pub struct Outcome {
     pub summary: u32,
 }
 
+/// A phase as it began (later notes of the same input may already have ended it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct PhaseNote {
+    pub seq: u64,
+    pub phase: u32,
+    pub info: ProposalInfo,
+    /// The voters to notify, with their clients.
+    pub to: Vec<(ProviderId, ClientId)>,
+    pub summary: u32,
+    pub time_limit_ms: u32,
+}
+
 /// What happened in a group, for the service to tell local clients.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Note {
     /// A protocol started (`seq`).
     Started(u64),
-    /// A voting phase began: tell the voters (`Group::active` holds it).
-    Phase,
+    /// A voting phase began: tell the voters that have no vote yet.
+    Phase(Box<PhaseNote>),
     /// A protocol ended; the information is as it was before the change took effect.
-    /// The third field holds the participants' clients, in the outcome's order.
-    Ended(Box<Outcome>, Box<ProposalInfo>, Vec<ClientId>),
+    /// The third field holds the clients of the participants and of the changing
+    /// providers, in the outcome's order.
+    Ended(
+        Box<Outcome>,
+        Box<ProposalInfo>,
+        (Vec<ClientId>, Vec<ClientId>),
+    ),
     Announce(AnnouncementKind, Vec<ProviderId>),
     /// Run the deactivate script of this provider (on its node).
     Script {
@@ -146,6 +163,18 @@ impl Group {
 
     pub fn member_ids(&self) -> Vec<ProviderId> {
         self.providers.iter().map(|e| e.id).collect()
+    }
+
+    /// The client of a provider or of a joiner in the running protocol.
+    pub fn client_of(&self, id: ProviderId) -> Option<ClientId> {
+        self.entry(id).map(|e| e.client).or_else(|| {
+            self.active
+                .as_ref()?
+                .changes
+                .iter()
+                .find(|(e, _)| e.id == id)
+                .map(|(e, _)| e.client)
+        })
     }
 
     fn entry(&self, id: ProviderId) -> Option<&Entry> {
@@ -545,7 +574,22 @@ impl Group {
         if due {
             self.run_scripts(out);
         }
-        out.push(Note::Phase);
+        let p = self.active.as_ref().expect("a protocol runs");
+        let to = p
+            .voters
+            .iter()
+            .filter(|v| !p.votes.contains_key(v))
+            .filter_map(|v| self.client_of(*v).map(|c| (*v, c)))
+            .collect();
+        let note = PhaseNote {
+            seq: p.seq,
+            phase: p.phase,
+            info: self.info().expect("a protocol runs"),
+            to,
+            summary: p.summary,
+            time_limit_ms: p.time_limit_ms,
+        };
+        out.push(Note::Phase(Box::new(note)));
         self.evaluate(out);
     }
 
@@ -580,7 +624,11 @@ impl Group {
             return;
         }
         let casts: Vec<Cast> = p.votes.values().copied().collect();
-        let reject = casts.iter().any(|c| c.value() == VoteValue::Reject);
+        // A failure has happened: its protocol cannot undo it. Its phases let the
+        // survivors coordinate (CONTINUE); a REJECT ends it like an APPROVE
+        // (docs/group-services.md, "Decisions").
+        let reject = p.kind != ProtocolKind::FailureLeave
+            && casts.iter().any(|c| c.value() == VoteValue::Reject);
         if reject {
             let reason = if casts.contains(&Cast::Real(VoteValue::Reject)) {
                 RejectReason::Vote
@@ -687,7 +735,12 @@ impl Group {
             participants,
             summary: p.summary,
         };
-        out.push(Note::Ended(Box::new(outcome), Box::new(info), clients));
+        let changing_clients = p.changes.iter().map(|(e, _)| e.client).collect();
+        out.push(Note::Ended(
+            Box::new(outcome),
+            Box::new(info),
+            (clients, changing_clients),
+        ));
         self.advance(out);
     }
 

@@ -89,7 +89,8 @@ pub enum Record {
         group: GroupName,
         outcome: Box<Outcome>,
     },
-    /// A sync completed; `digest` is a hash of the merged table.
+    /// A sync completed: the tables are merged (`digest` is a hash of the result);
+    /// the failures it finds follow.
     Synced { ring: RingId, digest: u64 },
 }
 
@@ -813,6 +814,14 @@ impl Service {
             origin_of.insert(name.clone(), winner_side);
             self.table.insert(name, winner);
         }
+        // Recorded before what the failures below bring: the merged tables, whose
+        // protocols may have started elsewhere.
+        self.ring = sync.ring_id;
+        let d = self.digest();
+        self.record(Record::Synced {
+            ring: sync.ring_id,
+            digest: d,
+        });
         // Whatever lived on a node outside its table's side failed with it.
         let names: Vec<GroupName> = self.table.keys().cloned().collect();
         for name in &names {
@@ -846,11 +855,6 @@ impl Service {
         self.stats.syncs_completed += 1;
         self.ring = sync.ring_id;
         self.synced = Some((sync.ring_id, sync.members));
-        let d = self.digest();
-        self.record(Record::Synced {
-            ring: sync.ring_id,
-            digest: d,
-        });
         // The next coordinator re-arms the full limit from here (§6.4).
         self.timers.clear();
         for name in &names {
@@ -935,6 +939,7 @@ impl Service {
                         membership: flags.membership,
                         state: flags.state,
                         dissolved: false,
+                        merged: true,
                     },
                     state: flags.state.then(|| winner.state.clone()),
                     members: if flags.membership {
@@ -1180,21 +1185,6 @@ impl Service {
 
     // ------------------------------------------------------------ notes → clients
 
-    fn client_of(g: &Group, id: ProviderId) -> Option<ClientId> {
-        g.providers
-            .iter()
-            .find(|e| e.id == id)
-            .map(|e| e.client)
-            .or_else(|| {
-                g.active
-                    .as_ref()?
-                    .changes
-                    .iter()
-                    .find(|(e, _)| e.id == id)
-                    .map(|(e, _)| e.client)
-            })
-    }
-
     /// Turns what happened in `name` into events for this node's clients.
     fn tell(&mut self, name: &GroupName, notes: Vec<Note>) {
         for note in notes {
@@ -1207,9 +1197,9 @@ impl Service {
                         seq,
                     });
                 }
-                Note::Phase => self.tell_phase(name),
+                Note::Phase(note) => self.tell_phase(name, *note),
                 Note::Ended(outcome, info, clients) => {
-                    self.tell_end(name, *outcome, *info, &clients)
+                    self.tell_end(name, *outcome, *info, &clients.0, &clients.1)
                 }
                 Note::Announce(kind, providers) => {
                     let to: Vec<(ProviderId, ClientId)> = self
@@ -1292,33 +1282,21 @@ impl Service {
         }
     }
 
-    fn tell_phase(&mut self, name: &GroupName) {
-        let Some(g) = self.table.get(name) else {
-            return;
-        };
-        let (Some(p), Some(info)) = (g.active.as_ref(), g.info()) else {
-            return;
-        };
-        for v in &p.voters {
-            if v.node != self.local || p.votes.contains_key(v) {
-                continue;
-            }
-            let Some(client) = Self::client_of(g, *v) else {
-                continue;
-            };
-            if !self.is_local(name, *v, client) {
+    fn tell_phase(&mut self, name: &GroupName, note: group::PhaseNote) {
+        for (v, client) in note.to {
+            if !self.is_local(name, v, client) {
                 continue;
             }
             self.events.push_back((
                 client,
                 GsEvent::NPhase {
                     group: name.clone(),
-                    provider: *v,
-                    seq: p.seq,
-                    phase: p.phase,
-                    info: info.clone(),
-                    summary: p.summary,
-                    time_limit_ms: p.time_limit_ms,
+                    provider: v,
+                    seq: note.seq,
+                    phase: note.phase,
+                    info: note.info.clone(),
+                    summary: note.summary,
+                    time_limit_ms: note.time_limit_ms,
                 },
             ));
         }
@@ -1330,6 +1308,7 @@ impl Service {
         outcome: Outcome,
         info: ProposalInfo,
         clients: &[ClientId],
+        changing_clients: &[ClientId],
     ) {
         let approved = outcome.result.is_ok();
         if approved {
@@ -1361,8 +1340,8 @@ impl Service {
             self.events.push_back((client, event));
         }
         // Local tokens: joiners become providers or die; the departed are out.
-        for (id, change) in &outcome.changing {
-            if id.node != self.local {
+        for ((id, change), &client) in outcome.changing.iter().zip(changing_clients) {
+            if !self.is_local(name, *id, client) {
                 continue;
             }
             let key = (name.clone(), id.instance);
@@ -1407,6 +1386,7 @@ impl Service {
                 membership: flags.membership && membership_changed,
                 state: flags.state && state_changed,
                 dissolved: false,
+                merged: false,
             };
             if !kind.membership && !kind.state {
                 continue;
@@ -1443,7 +1423,6 @@ impl Service {
         let seq = g.seq;
         self.table.remove(name);
         self.timers.remove(name);
-        self.locals.retain(|(g, _), _| g != name);
         for (client, _) in self.subs.remove(name).unwrap_or_default() {
             self.events.push_back((
                 client,
@@ -1454,6 +1433,7 @@ impl Service {
                         membership: false,
                         state: false,
                         dissolved: true,
+                        merged: false,
                     },
                     state: None,
                     members: Vec::new(),

@@ -291,6 +291,10 @@ pub struct SubscriptionKind {
     pub state: bool,
     /// `HA_GS_SUBSCRIPTION_DISSOLVED`: the group is gone and the subscription ends.
     pub dissolved: bool,
+    /// ringcast's own: after a partition healed, this node's instance of the group
+    /// lost the merge; the notification shows the instance that stays (GS_SPEC.md
+    /// §6.6), with the cast-out providers as changing.
+    pub merged: bool,
 }
 
 /// The request a delayed error answers.
