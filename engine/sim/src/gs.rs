@@ -330,7 +330,26 @@ impl Harness {
                 break;
             };
             if next > deadline {
-                self.violation("no quiescence 40 s after the final heal".into());
+                let states: Vec<String> = (1..=self.n as NodeId)
+                    .map(|id| {
+                        let slot = &self.slots[id as usize];
+                        (match (&slot.node, &slot.svc) {
+                            (Some(node), Some(svc)) => format!(
+                                "n{id} {:?} ring {} members {:?} gs synced {:?} owed {} groups {:?}",
+                                node.state(),
+                                node.ring_id(),
+                                node.members(),
+                                svc.synced_ring(),
+                                svc.owed_submissions(),
+                                svc.groups().iter().map(|g| (g.name.clone(), g.active, g.pending, g.waiting_for.clone())).collect::<Vec<_>>()
+                            ),
+                            _ => format!("n{id} down"),
+                        }) + &format!(" clients {:?}", slot.clients)
+                    })
+                    .collect();
+                self.violation(format!(
+                    "no quiescence 40 s after the final heal: {states:?}"
+                ));
                 break;
             }
             self.now = self.now.max(next);

@@ -120,6 +120,8 @@ pub struct GroupView {
     pub seq: u64,
     /// The protocol in progress: kind, phase.
     pub active: Option<(ProtocolKind, u32)>,
+    /// The voters of the running phase that have no vote yet.
+    pub waiting_for: Vec<ProviderId>,
     pub pending: usize,
 }
 
@@ -272,6 +274,12 @@ impl Service {
                 state: g.state.clone(),
                 seq: g.seq,
                 active: g.active.as_ref().map(|p| (p.kind, p.phase)),
+                waiting_for: g
+                    .active
+                    .iter()
+                    .flat_map(|p| p.voters.iter().filter(|v| !p.votes.contains_key(v)))
+                    .copied()
+                    .collect(),
                 pending: g.pending.len(),
             })
             .collect()
