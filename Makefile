@@ -6,7 +6,7 @@ CARGO    ?= cargo
 #   make sim SIM_ARGS="--seed 1234"
 SIM_ARGS ?= --seeds 1000 --nodes 2-16
 
-.PHONY: all build run test fmt-check clippy unit-test chaos chaos-smoke loom loom-mutants memcheck fuzz-smoke fuzz bench bench-client bench-engine bench-compare sim cluster tune-check clean help install install-bin install-c capi
+.PHONY: all build run test fmt-check clippy unit-test chaos chaos-smoke loom loom-mutants memcheck fuzz-smoke fuzz bench bench-client bench-engine bench-compare sim gs-sim cluster tune-check clean help install install-bin install-c capi
 
 all: build
 
@@ -14,6 +14,7 @@ help:
 	@echo "make run         build and start ringcastd with built-in defaults (single node, 127.0.0.1; any user)"
 	@echo "make test        rustfmt check, clippy -D warnings, every test (includes a multi-minute simulator run)"
 	@echo "make sim         run the deterministic simulator: SIM_ARGS='$(SIM_ARGS)'"
+	@echo "make gs-sim      Group Services in the simulator over many seeds (GS_SIM_SEEDS=$(GS_SIM_SEEDS) GS_SIM_NODES=$(GS_SIM_NODES))"
 	@echo "make bench       Totem core cost (core_cost) and client throughput/latency (ringcast-bench)"
 	@echo "make bench-compare  Corosync and ringcast side by side through cpg.h (root; BENCH_COMPARE_ARGS)"
 	@echo "make bench-engine  ordered throughput of 1, 3, 5 ringcastd engines on loopback (load generator)"
@@ -119,6 +120,14 @@ bench-compare:
 
 sim:
 	$(CARGO) run --release -p ringcast-sim --bin ringcast-sim -- $(SIM_ARGS)
+
+# Group Services seeds (engine/sim/src/gs.rs), e.g. `make gs-sim GS_SIM_SEEDS=1000`.
+GS_SIM_SEEDS ?= 100000
+GS_SIM_START ?= 0
+GS_SIM_NODES ?= 2-16
+gs-sim:
+	GS_SIM_SEEDS=$(GS_SIM_SEEDS) GS_SIM_START=$(GS_SIM_START) GS_SIM_NODES=$(GS_SIM_NODES) \
+		$(CARGO) test --release -p ringcast-sim --lib gs::tests::gs_many_seeds -- --ignored --nocapture
 
 # A local multi-engine ring until Ctrl-C, e.g. `make cluster CLUSTER_NODES=5`.
 CLUSTER_NODES ?= 3

@@ -1,6 +1,6 @@
 //! ringcast's protocol, as pure state machines and codecs: the Totem single-ring
 //! ordering and membership protocol (`totem`), the CPG group service on top of it
-//! (`cpg`), and what travels on the wire (`wire`: packet layouts, packing and
+//! (`cpg`), Group Services beside it (`gs`), and what travels on the wire (`wire`: packet layouts, packing and
 //! fragmentation, authenticated encryption as functions over bytes), and the host
 //! that runs them together for one node (`host`: Totem, CPG and the routing between
 //! them behind one input/output interface).
@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cpg;
+pub mod gs;
 pub mod host;
 pub mod service;
 pub mod splitmix;

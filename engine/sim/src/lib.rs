@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod checker;
+pub mod gs;
 pub mod hosts;
 pub mod network;
 pub mod rng;
