@@ -127,8 +127,9 @@ pub struct Needs {
 impl Needs {
     pub fn from_config(config: &DaemonConfig, origin: String, clients: usize) -> Needs {
         let s = &config.settings;
-        // The engine's own sizing of its provided receive buffers.
-        let (entries, buf_bytes) = ringcast_engine::io::engine::recv_buffers(config);
+        // The engine's own sizing of its provided receive buffers (the larger one, with
+        // coalescing, when udp_offload may turn it on).
+        let (entries, buf_bytes) = ringcast_engine::io::engine::recv_buffers(config, s.udp_offload);
         let entries = usize::from(entries);
         let spec = ringcast_shm::RegionSpec {
             submit_ring_bytes: s.ipc.submit_ring_bytes,

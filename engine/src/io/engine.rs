@@ -286,12 +286,13 @@ fn open_error_counter(e: OpenError) -> Counter {
 
 /// The provided receive buffers an engine with `config` registers: how many, and the
 /// bytes of each (a recvmsg header, the source address, room for a `UDP_GRO` control
-/// message, and the longest payload: one datagram, or with `udp_offload` a coalesced
-/// run up to the largest UDP payload; 64-byte aligned, about 8 or 16 MiB in all).
-pub fn recv_buffers(config: &DaemonConfig) -> (u16, usize) {
+/// message, and the longest payload: one datagram, or when `coalescing` a run up to
+/// the largest UDP payload; 64-byte aligned, about 8 MiB, or 16 MiB of 256 when
+/// coalescing: every datagram that is not coalesced takes a whole buffer too).
+pub fn recv_buffers(config: &DaemonConfig, coalescing: bool) -> (u16, usize) {
     let s = &config.settings;
-    let (largest, control, budget) = if s.udp_offload {
-        (MAX_UDP_PAYLOAD, RECV_CONTROL_BYTES, 16usize << 20)
+    let (largest, control, budget) = if coalescing {
+        (MAX_UDP_PAYLOAD, RECV_CONTROL_BYTES, 24usize << 20)
     } else {
         (config.recv_datagram_bytes, 0, 8 << 20)
     };
@@ -453,7 +454,10 @@ impl Engine {
 
         // Room for the recvmsg header, the source address and the longest datagram a
         // configured node may send (control packets of large rings included).
-        let (entries, buf_bytes) = recv_buffers(&config);
+        // Offload only where datagrams cross the links whole: a fragmented datagram is
+        // neither sent segmented nor coalesced on receipt (nodes share datagram_bytes).
+        let offload = s.udp_offload && segmenting_fits(&config);
+        let (entries, buf_bytes) = recv_buffers(&config, offload);
         let bufring = BufRing::new(entries, buf_bytes, BUF_GROUP, s.huge_pages)
             .map_err(io_error("receive buffers"))?;
         if s.huge_pages && !bufring.is_huge() {
@@ -466,7 +470,7 @@ impl Engine {
         })?;
 
         let sockets = Sockets::open(&config).map_err(io_error("sockets"))?;
-        let gro = s.udp_offload
+        let gro = offload
             && [Some(&sockets.unicast), sockets.multicast.as_ref()]
                 .into_iter()
                 .flatten()
@@ -532,7 +536,7 @@ impl Engine {
             .iter()
             .map(|(id, a)| (*id, RawAddr::new(*a)))
             .collect();
-        let gso = s.udp_offload && segmenting_fits(&config);
+        let gso = offload;
         let socket_count = 1 + usize::from(sockets.multicast.is_some());
         let recv_msghdrs: Box<[libc::msghdr]> = (0..socket_count)
             .map(|_| {
