@@ -133,7 +133,8 @@ counters! {
     SendErrors = "send_errors",
     /// Dropped: the source address is not in the nodelist.
     DropUnlisted = "drop_unlisted_sender",
-    /// Dropped: larger than a receive buffer.
+    /// Dropped: longer than any node sends (larger than a receive buffer held, or the
+    /// longest datagram of the configuration).
     DropTruncated = "drop_truncated",
     /// Dropped: failed authentication (wrong key, other cluster, tampered).
     DropAuth = "drop_auth",
@@ -226,6 +227,19 @@ counters! {
     /// kernel had to copy after all (loopback, or a device without scatter-gather).
     SendsZerocopy = "sends_zerocopy",
     SendsZerocopyCopied = "sends_zerocopy_copied",
+    /// Tokens forwarded in the engine iteration that received them, and the time summed
+    /// over them from the engine seeing the token's datagram to handing the token it
+    /// forwards to the kernel (the engine's share of a token hop; its mean is
+    /// `token_hop_ns / token_hops`).
+    TokenHops = "token_hops",
+    TokenHopNs = "token_hop_ns",
+    /// Sends of a run of datagrams as one (`UDP_SEGMENT`), and the datagrams they carried
+    /// (each counted in `packets_out` too).
+    SendsSegmented = "sends_segmented",
+    SegmentsSent = "segments_sent",
+    /// Receives that carried a run of datagrams coalesced by the kernel (`UDP_GRO`);
+    /// each datagram counts in `packets_in`.
+    ReceivesCoalesced = "receives_coalesced",
 }
 
 impl Counter {

@@ -127,16 +127,10 @@ pub struct Needs {
 impl Needs {
     pub fn from_config(config: &DaemonConfig, origin: String, clients: usize) -> Needs {
         let s = &config.settings;
-        // As the engine sizes its provided buffers (io::engine): a recvmsg header, the
-        // source address and the longest datagram, 64-byte aligned; about 8 MiB of them.
-        let buf_bytes = (16 + ringcast_engine::io::net::NAME_BYTES + config.recv_datagram_bytes)
-            .next_multiple_of(64);
-        let entries = if s.recv_buffers != 0 {
-            s.recv_buffers as usize
-        } else {
-            let wanted = ((8usize << 20) / buf_bytes).clamp(64, 4096);
-            1usize << (usize::BITS - 1 - wanted.leading_zeros())
-        };
+        // The engine's own sizing of its provided receive buffers (the larger one, with
+        // coalescing, when udp_offload may turn it on).
+        let (entries, buf_bytes) = ringcast_engine::io::engine::recv_buffers(config, s.udp_offload);
+        let entries = usize::from(entries);
         let spec = ringcast_shm::RegionSpec {
             submit_ring_bytes: s.ipc.submit_ring_bytes,
             event_ring_bytes: s.ipc.event_ring_bytes,

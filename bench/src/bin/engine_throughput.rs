@@ -19,9 +19,20 @@
 //! (`load_gaps`). `--quick` runs one node, 64 B, one second; a
 //! test runs it so the benchmark cannot rot.
 //!
+//! - token hop: the mean time from a token's datagram completing in an engine to the
+//!   token it forwards being handed to the kernel (`token_hop_ns` / `token_hops` of
+//!   every engine; engines without those counters show `-`);
+//! - `--netns`: the engines run in network namespaces joined by veth at MTU 1,500
+//!   (root; created and removed by the benchmark, see `bench/src/netns.rs`) instead
+//!   of on 127.0.0.x loopback, whose 64 KiB MTU hides the per-datagram cost;
+//! - `--daemon-b B --repeat R`: every configuration runs R times with `--daemon` (A) and
+//!   R times with B, alternated A, B, A, B… in one sitting, and the medians are printed
+//!   per binary: a before/after comparison on a machine whose load drifts.
+//!
 //! ```text
 //! cargo build --release -p ringcast-engine --features test-hooks --bin ringcastd
 //! cargo run --release -p ringcast-bench --bin engine_throughput
+//! cargo run --release -p ringcast-bench --bin engine_throughput -- --netns --nodes 3
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -29,7 +40,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use netns::Netns;
 use ringcast_engine::io::stats::{Snapshot, StatsReader, state_name};
+
+// A file of its own, compiled into this program (and into xtask, which reads its flags).
+#[path = "../netns.rs"]
+mod netns;
 
 #[derive(Parser, Debug, Clone)]
 #[command(about = "ordered throughput of ringcastd engines on loopback (internal load generator)")]
@@ -61,11 +77,26 @@ pub(crate) struct Args {
     /// One node, 64 B messages, a one-second window.
     #[arg(long)]
     quick: bool,
+    /// Run the engines in network namespaces joined by veth at MTU 1,500 (root).
+    #[arg(long)]
+    netns: bool,
+    /// A second ringcastd, alternated with the first (A/B) on every configuration.
+    #[arg(long)]
+    daemon_b: Option<PathBuf>,
+    /// Flags for B only (repeatable), after `--extra`: with the same binary as B as A,
+    /// an A/B of a setting, e.g. `--extra-b=--set=udp_offload=false`.
+    #[arg(long, allow_hyphen_values = true)]
+    extra_b: Vec<String>,
+    /// Runs of each configuration (per binary with --daemon-b); medians are printed.
+    #[arg(long, default_value_t = 1)]
+    repeat: u32,
 }
 
 /// One measured configuration.
 #[derive(Debug, Clone)]
 struct Row {
+    /// Which binary: "A" (--daemon) or "B" (--daemon-b).
+    label: &'static str,
     nodes: u32,
     size: usize,
     window: Duration,
@@ -75,6 +106,9 @@ struct Row {
     bytes_per_s: Vec<f64>,
     /// Node 1's token rotations per second.
     rotations_per_s: f64,
+    /// Mean token hop over every engine (datagram in → token out), in µs, when the
+    /// engines count it.
+    hop_us: Option<f64>,
     /// Per engine: CPU used, in % of one core.
     cpu_percent: Vec<f64>,
     /// Order violations any engine saw since it started (never legitimate).
@@ -104,10 +138,18 @@ fn human_size(bytes: usize) -> String {
 }
 
 impl Row {
+    /// CPU time of all engines per MB each delivered: what the ring pays per byte,
+    /// less sensitive than the rate to other load on the machine.
+    fn cpu_ms_per_mb(&self) -> f64 {
+        let cpu_s_per_s: f64 = self.cpu_percent.iter().sum::<f64>() / 100.0;
+        cpu_s_per_s * 1e3 / (mean(&self.bytes_per_s) / 1e6)
+    }
+
     fn markdown(&self) -> String {
         let cpu: Vec<String> = self.cpu_percent.iter().map(|c| format!("{c:.0}")).collect();
         format!(
-            "| {} | {} | {:.0} (min {:.0}) | {:.1} (min {:.1}) | {:.0} | {} | {} |",
+            "| {} | {} | {} | {:.0} (min {:.0}) | {:.1} (min {:.1}) | {:.0} | {} | {} | {} |",
+            self.label,
             self.nodes,
             human_size(self.size),
             mean(&self.msgs_per_s),
@@ -115,6 +157,7 @@ impl Row {
             mean(&self.bytes_per_s) / 1e6,
             min(&self.bytes_per_s) / 1e6,
             self.rotations_per_s,
+            self.hop_us.map_or("-".to_string(), |h| format!("{h:.1}")),
             cpu.join(" / "),
             if self.out_of_order == 0 && self.gaps == 0 {
                 "ok".to_string()
@@ -125,13 +168,16 @@ impl Row {
     }
 }
 
-const HEADER: &str = "| nodes | message | delivered msgs/s per engine | delivered MB/s per engine | \
-token rotations/s | CPU % of a core, per engine | order |\n|---|---|---|---|---|---|---|";
+const HEADER: &str = "| binary | nodes | message | delivered msgs/s per engine | delivered MB/s per \
+engine | token rotations/s | token hop µs | CPU % of a core, per engine | order |\n\
+|---|---|---|---|---|---|---|---|---|";
 
 /// Running engines; killed when dropped (also when the harness panics).
 struct Engines {
     dir: PathBuf,
     children: Vec<Child>,
+    /// Declared last: the namespaces go once the engines in them are gone.
+    _netns: Option<Netns>,
 }
 
 impl Drop for Engines {
@@ -145,17 +191,33 @@ impl Drop for Engines {
 }
 
 impl Engines {
-    fn start(args: &Args, daemon: &Path, n: u32, size: usize) -> Engines {
+    fn start(args: &Args, daemon: &Path, label: &str, n: u32, size: usize) -> Engines {
         let dir =
             std::env::temp_dir().join(format!("ringcast-bench-{}-{n}-{size}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("bench directory");
+        let netns = args
+            .netns
+            .then(|| Netns::create(n).unwrap_or_else(|e| panic!("--netns: {e}")));
+        let addr = |id: u32| match netns {
+            Some(_) => Netns::addr(id),
+            None => format!("127.0.0.{id}"),
+        };
         let mut engines = Engines {
             dir,
             children: Vec::new(),
+            _netns: None,
         };
         for id in 1..=n {
-            let mut command = Command::new(daemon);
+            let mut command = match &netns {
+                None => Command::new(daemon),
+                // `ip netns exec` execs the daemon: the child's pid is the daemon's.
+                Some(netns) => {
+                    let mut command = Command::new("ip");
+                    command.args(["netns", "exec", &netns.node(id)]).arg(daemon);
+                    command
+                }
+            };
             command
                 .args(["--node-id", &id.to_string()])
                 .args(["--port", &args.port.to_string()])
@@ -178,9 +240,12 @@ impl Engines {
                 .args(["--load-size", &size.to_string()])
                 .args(["--load-rate", "0"]);
             for node in 1..=n {
-                command.args(["--node", &format!("{node}=127.0.0.{node}")]);
+                command.args(["--node", &format!("{node}={}", addr(node))]);
             }
             command.args(&args.extra);
+            if label == "B" {
+                command.args(&args.extra_b);
+            }
             let log = std::fs::File::create(engines.dir.join(format!("log{id}"))).expect("log");
             let child = command
                 .stdout(Stdio::null())
@@ -189,6 +254,7 @@ impl Engines {
                 .unwrap_or_else(|e| panic!("cannot start {}: {e}", daemon.display()));
             engines.children.push(child);
         }
+        engines._netns = netns;
         engines
     }
 
@@ -264,14 +330,23 @@ fn cpu_ticks(pid: u32) -> u64 {
 struct Sample {
     at: Instant,
     counters: Vec<(u64, u64, u64, u64, u64)>,
+    /// Per engine: `token_hops` and `token_hop_ns`, when it has them.
+    hops: Vec<Option<(u64, u64)>>,
     cpu: Vec<u64>,
 }
 
 fn sample(engines: &Engines) -> Sample {
     let at = Instant::now();
-    let counters = (0..engines.children.len())
-        .map(|i| {
-            let s = engines.snapshot(i).expect("engine running");
+    let snapshots: Vec<Snapshot> = (0..engines.children.len())
+        .map(|i| engines.snapshot(i).expect("engine running"))
+        .collect();
+    let hops = snapshots
+        .iter()
+        .map(|s| Some((s.counter("token_hops")?, s.counter("token_hop_ns")?)))
+        .collect();
+    let counters = snapshots
+        .iter()
+        .map(|s| {
             let c = |name: &str| s.counter(name).unwrap_or(0);
             (
                 c("load_delivered"),
@@ -283,11 +358,28 @@ fn sample(engines: &Engines) -> Sample {
         })
         .collect();
     let cpu = engines.children.iter().map(|c| cpu_ticks(c.id())).collect();
-    Sample { at, counters, cpu }
+    Sample {
+        at,
+        counters,
+        hops,
+        cpu,
+    }
 }
 
-fn measure(args: &Args, daemon: &Path, n: u32, size: usize) -> Row {
-    let mut engines = Engines::start(args, daemon, n, size);
+/// Mean hop in µs over the window, summed over engines; `None` without the counters.
+fn hop_us(a: &Sample, b: &Sample) -> Option<f64> {
+    let mut hops = 0u64;
+    let mut nanos = 0u64;
+    for (x, y) in a.hops.iter().zip(&b.hops) {
+        let ((h0, n0), (h1, n1)) = ((*x)?, (*y)?);
+        hops += h1 - h0;
+        nanos += n1 - n0;
+    }
+    (hops > 0).then(|| nanos as f64 / hops as f64 / 1e3)
+}
+
+fn measure(args: &Args, daemon: &Path, label: &'static str, n: u32, size: usize) -> Row {
+    let mut engines = Engines::start(args, daemon, label, n, size);
     engines.wait_ring(Duration::from_secs(60));
     std::thread::sleep(Duration::from_secs_f64(args.warmup));
     let a = sample(&engines);
@@ -304,12 +396,14 @@ fn measure(args: &Args, daemon: &Path, n: u32, size: usize) -> Row {
             .collect()
     };
     Row {
+        label,
         nodes: n,
         size,
         window,
         msgs_per_s: per_engine(|c| c.0),
         bytes_per_s: per_engine(|c| c.1),
         rotations_per_s: (b.counters[0].2 - a.counters[0].2) as f64 / secs,
+        hop_us: hop_us(&a, &b),
         cpu_percent: a
             .cpu
             .iter()
@@ -359,27 +453,84 @@ fn run(args: &Args) -> Result<Vec<Row>, String> {
         "ringcastd not found: build it (cargo build --release -p ringcast-engine --features \
          test-hooks) or pass --daemon",
     )?;
+    // A, B, A, B...: both binaries see the same drift in the machine's load.
+    let mut binaries = vec![("A", daemon)];
+    if let Some(b) = &args.daemon_b {
+        binaries.push(("B", b.clone()));
+    } else if !args.extra_b.is_empty() {
+        binaries.push(("B", binaries[0].1.clone()));
+    }
     let mut rows = Vec::new();
-    let runs = args.nodes.len() * args.sizes.len();
+    let repeat = args.repeat.max(1) as usize;
+    let runs = args.nodes.len() * args.sizes.len() * repeat * binaries.len();
     for &n in &args.nodes {
         for &size in &args.sizes {
-            // Progress on stderr: each run takes warm-up + window seconds.
-            eprintln!(
-                "[{}/{runs}] {n} engines, {size}-byte messages ({:.1} s warm-up, {:.1} s window)",
-                rows.len() + 1,
-                args.warmup,
-                args.seconds
-            );
-            let row = measure(args, &daemon, n, size);
-            eprintln!(
-                "{} measured over {:.2} s",
-                row.markdown(),
-                row.window.as_secs_f64()
-            );
-            rows.push(row);
+            for _ in 0..repeat {
+                for (label, daemon) in &binaries {
+                    // Progress on stderr: each run takes warm-up + window seconds.
+                    eprintln!(
+                        "[{}/{runs}] {label}: {n} engines, {size}-byte messages ({:.1} s \
+                         warm-up, {:.1} s window)",
+                        rows.len() + 1,
+                        args.warmup,
+                        args.seconds
+                    );
+                    let row = measure(args, daemon, label, n, size);
+                    eprintln!(
+                        "{} measured over {:.2} s",
+                        row.markdown(),
+                        row.window.as_secs_f64()
+                    );
+                    rows.push(row);
+                }
+            }
         }
     }
     Ok(rows)
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+/// Per binary and configuration: the median of the runs' means over engines.
+fn medians(rows: &[Row]) -> Vec<String> {
+    let mut keys: Vec<(&'static str, u32, usize)> = Vec::new();
+    for row in rows {
+        let key = (row.label, row.nodes, row.size);
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    keys.iter()
+        .map(|&(label, nodes, size)| {
+            let runs: Vec<&Row> = rows
+                .iter()
+                .filter(|r| (r.label, r.nodes, r.size) == (label, nodes, size))
+                .collect();
+            let of = |f: &dyn Fn(&Row) -> f64| median(runs.iter().map(|r| f(r)).collect());
+            let hops: Vec<f64> = runs.iter().filter_map(|r| r.hop_us).collect();
+            format!(
+                "| {label} | {nodes} | {} | {} | {:.0} | {:.1} | {:.0} | {} | {:.1} |",
+                human_size(size),
+                runs.len(),
+                of(&|r| mean(&r.msgs_per_s)),
+                of(&|r| mean(&r.bytes_per_s)) / 1e6,
+                of(&|r| r.rotations_per_s),
+                if hops.is_empty() {
+                    "-".to_string()
+                } else {
+                    format!("{:.1}", median(hops))
+                },
+                of(&|r| r.cpu_ms_per_mb()),
+            )
+        })
+        .collect()
 }
 
 fn loadavg() -> String {
@@ -399,8 +550,13 @@ fn main() {
         }
     };
     println!(
-        "engine_throughput: loopback, datagram_bytes {}, idle backoff unless --extra says \
+        "engine_throughput: {}, datagram_bytes {}, idle backoff unless --extra says \
          otherwise, window {:.1} s after {:.1} s of warm-up; {} cpus; build {}",
+        if args.netns {
+            "network namespaces, veth at MTU 1500"
+        } else {
+            "loopback"
+        },
         args.datagram_bytes,
         args.seconds,
         args.warmup,
@@ -415,6 +571,17 @@ fn main() {
     println!("{HEADER}");
     for row in &rows {
         println!("{}", row.markdown());
+    }
+    if rows.len() > 1 {
+        println!();
+        println!(
+            "| binary | nodes | message | runs | median msgs/s | median MB/s | median token \
+             rotations/s | median token hop µs | median CPU-ms per MB, all engines |\n\
+             |---|---|---|---|---|---|---|---|---|"
+        );
+        for line in medians(&rows) {
+            println!("{line}");
+        }
     }
 }
 
@@ -446,6 +613,8 @@ mod tests {
         assert!(row.cpu_percent[0] > 0.0, "{row:?}");
         assert!(row.window >= Duration::from_secs(1));
         assert_eq!((row.out_of_order, row.gaps), (0, 0));
-        assert!(row.markdown().starts_with("| 1 | 64 B |"));
+        assert!(row.markdown().starts_with("| A | 1 | 64 B |"));
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
     }
 }

@@ -206,6 +206,10 @@ pub struct Settings {
     /// Let a kernel thread poll the submission queue.
     pub sqpoll: bool,
     pub sqpoll_idle_ms: u32,
+    /// `idle = "backoff"`: after each token, keep polling (yielding the CPU between
+    /// polls, never sleeping) for this long, so that the next token finds the engine
+    /// awake on a busy ring; 0 = sleep as soon as the short spin is over.
+    pub busy_poll_us: u64,
     /// Provided receive buffers (a power of two); 0 = sized from `datagram_bytes`.
     pub recv_buffers: u32,
     /// Datagrams of at least this many bytes are sent with `IORING_OP_SENDMSG_ZC`: the
@@ -213,6 +217,12 @@ pub struct Settings {
     /// NICs above ~10 KB (jumbo frames, fragmenting large datagrams); on loopback the
     /// kernel copies anyway, later. 0 = never (the default).
     pub send_zerocopy_bytes: usize,
+    /// UDP segmentation offload both ways: a run of equal-size datagrams to one
+    /// destination goes to the kernel as one send (`UDP_SEGMENT`, when every route's MTU
+    /// carries a whole `datagram_bytes` datagram unfragmented), and the kernel may hand
+    /// a run of datagrams from one sender over as one receive (`UDP_GRO`). The datagrams
+    /// on the wire are the same either way (docs/performance.md).
+    pub udp_offload: bool,
     /// 32-byte pre-shared key; without one the cluster runs in the clear.
     pub key_file: Option<PathBuf>,
     pub ipc_socket: PathBuf,
@@ -246,8 +256,10 @@ impl Default for Settings {
             huge_pages: false,
             sqpoll: false,
             sqpoll_idle_ms: 100,
+            busy_poll_us: 0,
             recv_buffers: 0,
             send_zerocopy_bytes: 0,
+            udp_offload: true,
             key_file: None,
             // /run/ringcast and /var/lib/ringcast for root, per-user directories
             // otherwise: the rule clients follow to find the engine (`ringcast_shm::paths`).

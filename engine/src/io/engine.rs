@@ -25,7 +25,10 @@ use io_uring::types::{Fd, RecvMsgOut, SubmitArgs, Timespec};
 use io_uring::{IoUring, Probe, cqueue, opcode};
 
 use super::bufring::BufRing;
-use super::net::{NAME_BYTES, RawAddr, Sockets, parse_name};
+use super::net::{
+    GsoControl, NAME_BYTES, RECV_CONTROL_BYTES, RawAddr, Sockets, enable_gro, gro_segment,
+    header_bytes, parse_name, route_mtu,
+};
 use super::signal::{SIGINFO_BYTES, Waker, termination_fd};
 use super::stats::{Counter, StatsWriter};
 use crate::daemon::hooks::{HookError, TestHooks};
@@ -199,10 +202,83 @@ impl KernelFeatures {
 /// Memory the kernel reads while a `sendmsg` is in flight.
 struct SendSlot {
     msghdr: libc::msghdr,
-    /// One entry per piece of `payload`; not pushed to while the send is in flight.
+    /// One entry per piece of every payload; not pushed to while the send is in flight.
     iov: Vec<libc::iovec>,
     addr: RawAddr,
-    payload: Gather,
+    /// One datagram, or a run of them sent as one (`control` then says their size).
+    payloads: Vec<Gather>,
+    control: GsoControl,
+}
+
+impl SendSlot {
+    /// Points the slot's `msghdr` at `addr` and `payloads` (kept here): one datagram,
+    /// or a run of them that the kernel cuts into datagrams of the first one's size
+    /// (`UDP_SEGMENT`, udp(7)). Returns the bytes of the send.
+    fn load(&mut self, addr: RawAddr, payloads: &[Gather]) -> usize {
+        self.payloads.clear();
+        self.payloads.extend_from_slice(payloads);
+        self.addr = addr;
+        // A datagram in pieces goes out in one vectored send: the messages packed by
+        // reference are read by the kernel where they are.
+        self.iov.clear();
+        self.iov.extend(
+            self.payloads
+                .iter()
+                .flat_map(Gather::pieces)
+                .map(|piece| libc::iovec {
+                    iov_base: piece.as_ptr() as *mut libc::c_void,
+                    iov_len: piece.len(),
+                }),
+        );
+        self.msghdr = zeroed_msghdr();
+        self.msghdr.msg_name = self.addr.as_ptr() as *mut libc::c_void;
+        self.msghdr.msg_namelen = self.addr.socklen();
+        self.msghdr.msg_iov = self.iov.as_mut_ptr();
+        self.msghdr.msg_iovlen = self.iov.len();
+        if self.payloads.len() > 1 {
+            // At most 65,507 bytes in the run: the segment size fits a u16.
+            let segment = self.payloads[0].len() as u16;
+            self.control = GsoControl::new(segment);
+            self.msghdr.msg_control = self.control.as_ptr() as *mut libc::c_void;
+            self.msghdr.msg_controllen = self.control.bytes();
+        }
+        self.payloads.iter().map(Gather::len).sum()
+    }
+}
+
+/// Datagrams of one segmented send at most (the kernel's `UDP_MAX_SEGMENTS`).
+const GSO_MAX_SEGMENTS: usize = 64;
+/// Bytes of one segmented send at most: what one UDP datagram over IPv4 can carry.
+const GSO_MAX_BYTES: usize = 65_507;
+
+/// A run of datagrams to every destination, sent as one segmented send each: all of
+/// `segment` bytes but the last, which may be shorter and then ends the run.
+#[derive(Default)]
+struct SendRun {
+    payloads: Vec<Gather>,
+    segment: usize,
+    bytes: usize,
+    closed: bool,
+}
+
+impl SendRun {
+    /// Whether `len` more bytes may join the run.
+    fn admits(&self, len: usize) -> bool {
+        !self.closed
+            && len <= self.segment
+            && len > 0
+            && self.payloads.len() < GSO_MAX_SEGMENTS
+            && self.bytes + len <= GSO_MAX_BYTES
+    }
+
+    fn push(&mut self, payload: Gather) {
+        if self.payloads.is_empty() {
+            self.segment = payload.len();
+        }
+        self.closed = payload.len() < self.segment;
+        self.bytes += payload.len();
+        self.payloads.push(payload);
+    }
 }
 
 fn zeroed_msghdr() -> libc::msghdr {
@@ -224,6 +300,117 @@ const KEEP_IN_POOL_MIN: usize = 4096;
 /// Most packets to ourselves waiting for the next iteration (Totem sends itself a
 /// token or two per rotation; past this they go through the kernel like any other).
 const TO_SELF_MAX: usize = 64;
+
+/// A received buffer's datagrams: see [`Engine::locate_datagram`].
+struct Located {
+    from: NodeId,
+    /// The payload within the buffer: one datagram, or a run of them.
+    range: std::ops::Range<usize>,
+    /// The size of every datagram of a coalesced run but the last.
+    segment: Option<usize>,
+}
+
+impl Located {
+    /// The range of each datagram within the buffer (one, unless coalesced; an empty
+    /// payload is one empty datagram, which Totem then counts as malformed).
+    fn datagrams(&self) -> impl Iterator<Item = std::ops::Range<usize>> + use<> {
+        let (start, end) = (self.range.start, self.range.end);
+        let step = self.segment.unwrap_or(end - start).max(1);
+        let count = (end - start).div_ceil(step).max(1);
+        (0..count).map(move |i| start + i * step..(start + (i + 1) * step).min(end))
+    }
+}
+
+fn open_error_counter(e: OpenError) -> Counter {
+    match e {
+        OpenError::Auth => Counter::DropAuth,
+        OpenError::Replay => Counter::DropReplay,
+        OpenError::SenderMismatch => Counter::DropSenderMismatch,
+        OpenError::Truncated | OpenError::NotSealed | OpenError::TooManySenders => {
+            Counter::DropNotSealed
+        }
+    }
+}
+
+/// The provided receive buffers an engine with `config` registers: how many, and the
+/// bytes of each (a recvmsg header, the source address, room for a `UDP_GRO` control
+/// message, and the longest payload: one datagram, or when `coalescing` a run up to
+/// the largest UDP payload; 64-byte aligned, about 8 MiB, or 16 MiB of 256 when
+/// coalescing: every datagram that is not coalesced takes a whole buffer too).
+pub fn recv_buffers(config: &DaemonConfig, coalescing: bool) -> (u16, usize) {
+    let s = &config.settings;
+    let (largest, control, budget) = if coalescing {
+        (MAX_UDP_PAYLOAD, RECV_CONTROL_BYTES, 24usize << 20)
+    } else {
+        (config.recv_datagram_bytes, 0, 8 << 20)
+    };
+    let buf_bytes = (16 + NAME_BYTES + control + largest).next_multiple_of(64);
+    let entries = if s.recv_buffers != 0 {
+        s.recv_buffers as u16
+    } else {
+        let wanted = (budget / buf_bytes).clamp(64, 4096);
+        // Round down to a power of two.
+        (1usize << (usize::BITS - 1 - wanted.leading_zeros())) as u16
+    };
+    (entries, buf_bytes)
+}
+
+/// The largest UDP payload (a coalesced receive is at most one).
+const MAX_UDP_PAYLOAD: usize = 65_535;
+
+/// Whether every route to the destinations of `Destination::All` carries a whole
+/// datagram of `datagram_bytes` in one IP packet: the kernel refuses a segmented send
+/// whose segments it would have to fragment (udp(7), `UDP_SEGMENT`), and a datagram
+/// that is fragmented costs two packets anyway. Offload (either way) is only on where
+/// this holds: a fragmented datagram is neither sent segmented nor coalesced on receipt
+/// (nodes share datagram_bytes).
+fn segmenting_fits(config: &DaemonConfig) -> bool {
+    let peers: Vec<std::net::SocketAddr> = match config.multicast_group {
+        Some(group) => vec![group],
+        None => config
+            .nodes
+            .iter()
+            .filter(|(id, _)| *id != config.node_id)
+            .map(|(_, addr)| *addr)
+            .collect(),
+    };
+    let datagram = config.settings.datagram_bytes;
+    for peer in peers {
+        match route_mtu(config.own_addr.ip(), peer) {
+            Ok(mtu) if datagram + header_bytes(&peer) <= mtu => {}
+            Ok(mtu) => {
+                tracing::warn!(
+                    %peer,
+                    mtu,
+                    datagram_bytes = datagram,
+                    "datagrams are fragmented on the route to this node (datagram_bytes + \
+                     IP/UDP headers > MTU): UDP_SEGMENT off; see docs/performance.md"
+                );
+                return false;
+            }
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "route MTU unknown: UDP_SEGMENT off");
+                return false;
+            }
+        }
+    }
+    true
+}
+
+/// Turns `UDP_GRO` on for every socket; whether all took it (else receives carry one
+/// datagram each, as without offload).
+fn enable_gro_everywhere(sockets: &Sockets) -> bool {
+    [Some(&sockets.unicast), sockets.multicast.as_ref()]
+        .into_iter()
+        .flatten()
+        .all(|socket| match enable_gro(socket) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "UDP_GRO refused: one datagram per receive");
+                false
+            }
+        })
+}
 
 /// One engine: the protocol node, its sockets, its io_uring.
 pub struct Engine {
@@ -280,6 +467,17 @@ pub struct Engine {
     ipc: Ipc,
     /// A failed ring sequence write: the engine stops before anything leaves.
     ring_seq_failure: RingSeqFailure,
+    /// A packet to one other node (a token) was queued for sending since last cleared.
+    token_pushed: bool,
+    /// Tokens received as of the last busy-poll window opened.
+    tokens_seen: u64,
+    /// The end of the busy-poll window (`busy_poll_us` after the last token).
+    busy_until: Instant,
+    /// Runs of datagrams to all go out as segmented sends (`udp_offload`, and every
+    /// route carries a whole datagram); cleared if the kernel refuses one.
+    gso: bool,
+    /// Receives may carry a run of coalesced datagrams (`UDP_GRO` is on).
+    gro: bool,
 }
 
 impl std::fmt::Debug for Engine {
@@ -297,8 +495,10 @@ impl Engine {
     /// ([`super::signal::block_termination_signals`]).
     pub fn new(config: DaemonConfig) -> Result<Engine, EngineError> {
         let (ring, features) = open_io_uring(&config)?;
-        let (mut bufring, recv_buffers) = receive_buffers(&config, &ring)?;
+        let offload = config.settings.udp_offload && segmenting_fits(&config);
+        let (mut bufring, recv_buffers) = receive_buffers(&config, &ring, offload)?;
         let sockets = Sockets::open(&config).map_err(io_error("sockets"))?;
+        let gro = offload && enable_gro_everywhere(&sockets);
         let signal_fd = termination_fd().map_err(io_error("signalfd"))?;
         let waker = Waker::new().map_err(io_error("eventfd"))?;
         let (sealer, opener) = sealing(&config)?;
@@ -308,12 +508,12 @@ impl Engine {
         let (mut node, ring_seq_failure) = start_node(&config, store)?;
         let (all_dests, node_dests) = destinations(&config);
         let socket_count = 1 + usize::from(sockets.multicast.is_some());
-        let recv_msghdrs = recv_msghdrs(socket_count);
+        let recv_msghdrs = recv_msghdrs(socket_count, gro);
         let slots = send_slots(&config);
         // Start time in ns: a fresh epoch per start.
         let epoch = keyfile::counter_from_clock();
         let hooks = TestHooks::new(&config, epoch)?;
-        log_ready(&config, recv_buffers, bufring.is_huge());
+        log_ready(&config, recv_buffers, bufring.is_huge(), offload, gro);
         let ipc = Ipc::new(ipc_config(&config), config.node_id, waker.as_fd())?;
         tracing::info!(
             socket = %config.settings.ipc_socket.display(),
@@ -354,6 +554,11 @@ impl Engine {
             features,
             send_errors_logged: 0,
             drop_from: Vec::new(),
+            token_pushed: false,
+            tokens_seen: 0,
+            busy_until: Instant::ZERO,
+            gso: offload,
+            gro,
             config,
         })
     }
@@ -512,6 +717,7 @@ impl Engine {
             }
             if work > 0 {
                 idle_rounds = 0;
+                self.open_busy_poll(now);
                 self.flush(None)?;
                 continue;
             }
@@ -519,41 +725,18 @@ impl Engine {
         }
     }
 
-    /// One round of the loop: completions, packets to ourselves, timers, the load
-    /// generator, client rings, then what Totem and the clients have to send. Returns
-    /// how much work it found and the time it ended at.
+    /// One round of the loop: completions, packets to ourselves, the token forwarded
+    /// if one came in, timers, the load generator, client rings, then what Totem and
+    /// the clients have to send. Returns how much work it found and the time it ended
+    /// at.
     fn round(
         &mut self,
         completions: &mut Vec<(u64, i32, u32)>,
     ) -> Result<(usize, Instant), EngineError> {
-        let mut work = 0usize;
-        completions.clear();
-        completions.extend(
-            self.ring
-                .completion()
-                .map(|c| (c.user_data(), c.result(), c.flags())),
-        );
-        let now = self.now();
-        for &(data, result, flags) in completions.iter() {
-            self.on_completion(now, data, result, flags)?;
-        }
-        work += completions.len();
-        // Packets to ourselves arrive like datagrams would, after what came in.
-        for _ in 0..self.to_self.len() {
-            let Some(packet) = self.to_self.pop_front() else {
-                break;
-            };
-            // Counted in like a datagram: packets_in stays the sum of the drop
-            // counters and packets_accepted.
-            self.stats.add(Counter::PacketsIn, 1);
-            self.stats.add(Counter::BytesIn, packet.len() as u64);
-            self.node.handle_packet(now, &packet);
-            work += 1;
-        }
-        for index in 0..self.recv_armed.len() {
-            if !self.recv_armed[index] {
-                self.arm_recv(index);
-            }
+        let tokens_before = self.node.stats().tokens_received;
+        let (mut work, seen) = self.take_in(completions)?;
+        if self.node.stats().tokens_received != tokens_before {
+            self.forward_token_now(seen)?;
         }
 
         let now = self.now();
@@ -575,6 +758,76 @@ impl Engine {
         self.publish_stats(now);
         self.hooks.tick(now);
         Ok((work, now))
+    }
+
+    /// What came in: completions (datagrams to Totem among them), then packets to
+    /// ourselves; re-arms the receives that stopped. Returns how much work that was and
+    /// the time the completions were seen at.
+    fn take_in(
+        &mut self,
+        completions: &mut Vec<(u64, i32, u32)>,
+    ) -> Result<(usize, Instant), EngineError> {
+        completions.clear();
+        completions.extend(
+            self.ring
+                .completion()
+                .map(|c| (c.user_data(), c.result(), c.flags())),
+        );
+        let now = self.now();
+        for &(data, result, flags) in completions.iter() {
+            self.on_completion(now, data, result, flags)?;
+        }
+        let mut work = completions.len();
+        // Packets to ourselves arrive like datagrams would, after what came in.
+        for _ in 0..self.to_self.len() {
+            let Some(packet) = self.to_self.pop_front() else {
+                break;
+            };
+            // Counted in like a datagram: packets_in stays the sum of the drop
+            // counters and packets_accepted.
+            self.stats.add(Counter::PacketsIn, 1);
+            self.stats.add(Counter::BytesIn, packet.len() as u64);
+            self.node.handle_packet(now, &packet);
+            work += 1;
+        }
+        for index in 0..self.recv_armed.len() {
+            if !self.recv_armed[index] {
+                self.arm_recv(index);
+            }
+        }
+        Ok((work, now))
+    }
+
+    /// A token arrived (its datagram was seen at `seen`): the token Totem forwards, and
+    /// the multicasts it allowed before it, go to the kernel now, before this round
+    /// delivers what the token made deliverable or takes new client messages. Every
+    /// agreed delivery on the ring waits for the token, so it must not wait behind
+    /// local work (docs/performance.md, "Token hop").
+    fn forward_token_now(&mut self, seen: Instant) -> Result<(), EngineError> {
+        // Nothing leaves Totem that names a ring whose sequence was not written.
+        self.check_ring_seq()?;
+        self.token_pushed = false;
+        self.drain_transmits();
+        self.flush(None)?;
+        if self.token_pushed {
+            let hop = self.now().saturating_since(seen);
+            self.stats.add(Counter::TokenHops, 1);
+            self.stats.add(
+                Counter::TokenHopNs,
+                u64::try_from(hop.as_nanos()).unwrap_or(u64::MAX),
+            );
+        }
+        Ok(())
+    }
+
+    /// After a round with work: a token received since the last window opens a new
+    /// busy-poll window of `busy_poll_us` (see [`Engine::idle`]).
+    fn open_busy_poll(&mut self, now: Instant) {
+        let tokens = self.node.stats().tokens_received;
+        if self.tokens_seen != tokens {
+            self.tokens_seen = tokens;
+            self.busy_until = now + Duration::from_micros(self.config.settings.busy_poll_us);
+        }
     }
 
     /// After a termination signal: whether the node is done leaving (its last
@@ -601,7 +854,8 @@ impl Engine {
     }
 
     /// A round without work: spin, then yield, then (backoff) sleep in
-    /// `io_uring_enter` until the next deadline or a wake-up.
+    /// `io_uring_enter` until the next deadline or a wake-up; within a busy-poll
+    /// window, yield rather than sleep.
     fn idle(&mut self, idle_rounds: &mut u32) -> Result<(), EngineError> {
         match self.config.settings.idle {
             IdleStrategy::Spin => self.flush(None),
@@ -611,7 +865,11 @@ impl Engine {
                     self.flush(None)?;
                     std::hint::spin_loop();
                     Ok(())
-                } else if *idle_rounds <= SPIN_ROUNDS + YIELD_ROUNDS {
+                } else if *idle_rounds <= SPIN_ROUNDS + YIELD_ROUNDS || self.now() < self.busy_until
+                {
+                    // While the ring is busy the token is due back soon: yielding
+                    // (which lets other runnable threads go first) rather than
+                    // sleeping saves the wake-up on every token hop.
                     self.flush(None)?;
                     std::thread::yield_now();
                     Ok(())
@@ -763,9 +1021,13 @@ impl Engine {
             self.release_slot(index);
             return;
         }
+        let segmented = self.slots[index].payloads.len() > 1;
         if !cqueue::more(flags) {
             // Done (a plain send, or a zero-copy one that took no reference).
             self.release_slot(index);
+        }
+        if result < 0 && segmented {
+            self.stop_segmenting(result);
         }
         if result < 0 {
             self.stats.add(Counter::SendErrors, 1);
@@ -777,6 +1039,19 @@ impl Engine {
                     "send failed"
                 );
             }
+        }
+    }
+
+    /// A segmented send failed with `result`: the route or device cannot segment after
+    /// all (udp(7): EIO without checksum offload, EINVAL past the MTU). Totem
+    /// retransmits what was lost; later runs go out one datagram per send.
+    fn stop_segmenting(&mut self, result: i32) {
+        if self.gso {
+            self.gso = false;
+            tracing::warn!(
+                error = %std::io::Error::from_raw_os_error(-result),
+                "segmented send refused: UDP_SEGMENT off"
+            );
         }
     }
 
@@ -803,19 +1078,18 @@ impl Engine {
         self.arm_signal();
     }
 
-    /// One datagram in buffer `bid`: check its source, open its seal, hand it to Totem.
-    /// Where in buffer `buf` (as the kernel filled it) the datagram lies and which node
-    /// sent it; the counter to bump when it is dropped.
-    fn locate_datagram(
-        &self,
-        socket: usize,
-        buf: &[u8],
-    ) -> Result<(NodeId, std::ops::Range<usize>), Counter> {
+    /// Where in buffer `bid` (as the kernel filled it) the datagrams lie, the size of
+    /// all but the last when the kernel coalesced a run of them (`UDP_GRO`), and which
+    /// node sent them; the counter to bump when they are dropped.
+    fn locate_datagram(&self, socket: usize, buf: &[u8]) -> Result<Located, Counter> {
         let out = RecvMsgOut::parse(buf, &self.recv_msghdrs[socket])
             .map_err(|()| Counter::DropTruncated)?;
         self.stats
             .add(Counter::BytesIn, out.payload_data().len() as u64);
-        if out.is_payload_truncated() || out.is_name_data_truncated() {
+        if out.is_payload_truncated()
+            || out.is_name_data_truncated()
+            || out.is_control_data_truncated()
+        {
             return Err(Counter::DropTruncated);
         }
         let start = out.payload_data().as_ptr() as usize - buf.as_ptr() as usize;
@@ -826,13 +1100,26 @@ impl Engine {
         if self.drop_from.contains(&from) {
             return Err(Counter::DropRule);
         }
-        Ok((from, range))
+        let segment = if self.gro {
+            gro_segment(out.control_data())
+        } else {
+            None
+        };
+        // The receive buffers hold a coalesced run; one datagram may still be no longer
+        // than any node sends (what a buffer held before coalescing existed).
+        if segment.unwrap_or(range.len()) > self.config.recv_datagram_bytes {
+            return Err(Counter::DropTruncated);
+        }
+        Ok(Located {
+            from,
+            range,
+            segment,
+        })
     }
 
+    /// Buffer `bid` holds one datagram, or a run of them (`UDP_GRO`): check the source,
+    /// open each seal, hand each datagram to Totem.
     fn on_datagram(&mut self, now: Instant, socket: usize, bid: u16, len: usize) {
-        // Counted first: every datagram in packets_in lands in exactly one drop counter
-        // or in packets_accepted.
-        self.stats.add(Counter::PacketsIn, 1);
         if let Some(buffer) = self.bufring.take_attached(bid) {
             self.on_datagram_in_pool(now, socket, bid, len, buffer);
             return;
@@ -840,46 +1127,47 @@ impl Engine {
         let Some(buf) = self.bufring.buf(bid, len) else {
             return;
         };
-        let (from, payload_range) = match self.locate_datagram(socket, buf) {
+        let located = match self.locate_datagram(socket, buf) {
             Ok(found) => found,
             Err(counter) => {
+                // Counted in first: every datagram in packets_in lands in exactly one
+                // drop counter or in packets_accepted.
+                self.stats.add(Counter::PacketsIn, 1);
                 self.stats.add(counter, 1);
                 return;
             }
         };
+        if located.segment.is_some() {
+            self.stats.add(Counter::ReceivesCoalesced, 1);
+        }
         let Some(buf) = self.bufring.buf_mut(bid, len) else {
             return;
         };
-        let payload = &mut buf[payload_range];
-        // Out of the provided buffer, which goes straight back to the kernel.
-        if looks_like_mcast(payload) {
-            self.datagram_bytes_copied += payload.len() as u64;
+        for range in located.datagrams() {
+            self.stats.add(Counter::PacketsIn, 1);
+            let payload = &mut buf[range];
+            // Out of the provided buffer, which goes straight back to the kernel.
+            if looks_like_mcast(payload) {
+                self.datagram_bytes_copied += payload.len() as u64;
+            }
+            let packet = match &mut self.opener {
+                None => Bytes::copy_from_slice(payload),
+                Some(opener) => match opener.open_from(payload, located.from) {
+                    Ok(plain) => Bytes::copy_from_slice(plain),
+                    Err(e) => {
+                        self.stats.add(open_error_counter(e), 1);
+                        continue;
+                    }
+                },
+            };
+            self.node.handle_packet(now, &packet);
         }
-        let packet = match &mut self.opener {
-            None => Bytes::copy_from_slice(payload),
-            Some(opener) => match opener.open_from(payload, from) {
-                Ok(plain) => Bytes::copy_from_slice(plain),
-                Err(e) => {
-                    let counter = match e {
-                        OpenError::Auth => Counter::DropAuth,
-                        OpenError::Replay => Counter::DropReplay,
-                        OpenError::SenderMismatch => Counter::DropSenderMismatch,
-                        OpenError::Truncated | OpenError::NotSealed | OpenError::TooManySenders => {
-                            Counter::DropNotSealed
-                        }
-                    };
-                    self.stats.add(counter, 1);
-                    return;
-                }
-            },
-        };
-        self.node.handle_packet(now, &packet);
     }
 
-    /// A datagram the kernel received into a delivery pool buffer: a large one stays
-    /// there (its `Bytes` holds the buffer; Totem's deliveries are slices of it and
-    /// local clients get descriptors into it), a small one is copied out and the buffer
-    /// goes back to the id.
+    /// Datagrams the kernel received into a delivery pool buffer: a large one, or a
+    /// coalesced run, stays there (its `Bytes` hold the buffer; Totem's deliveries are
+    /// slices of it and local clients get descriptors into it); a small one is copied
+    /// out and the buffer goes back to the id.
     fn on_datagram_in_pool(
         &mut self,
         now: Instant,
@@ -889,19 +1177,13 @@ impl Engine {
         buffer: PoolBuffer,
     ) {
         let whole = buffer.bytes(0..len.min(buffer.len()));
-        let packet = match self.locate_datagram(socket, &whole) {
+        let packets = match self.locate_datagram(socket, &whole) {
             Err(counter) => {
+                self.stats.add(Counter::PacketsIn, 1);
                 self.stats.add(counter, 1);
-                None
+                Vec::new()
             }
-            Ok((_, range)) if range.len() >= KEEP_IN_POOL_MIN => Some(whole.slice(range)),
-            Ok((_, range)) => {
-                let payload = &whole[range];
-                if looks_like_mcast(payload) {
-                    self.datagram_bytes_copied += payload.len() as u64;
-                }
-                Some(Bytes::copy_from_slice(payload))
-            }
+            Ok(located) => self.pool_packets(&whole, &located),
         };
         drop(whole);
         if buffer.is_unique() {
@@ -911,9 +1193,32 @@ impl Engine {
             self.stats.add(Counter::DatagramsInPool, 1);
             drop(buffer);
         }
-        if let Some(packet) = packet {
+        for packet in packets {
             self.node.handle_packet(now, &packet);
         }
+    }
+
+    /// The datagrams `located` in a pool buffer (`whole`), counted in: slices of it
+    /// when large or coalesced, else copies.
+    fn pool_packets(&mut self, whole: &Bytes, located: &Located) -> Vec<Bytes> {
+        let keep = located.segment.is_some() || located.range.len() >= KEEP_IN_POOL_MIN;
+        if located.segment.is_some() {
+            self.stats.add(Counter::ReceivesCoalesced, 1);
+        }
+        let mut packets = Vec::new();
+        for range in located.datagrams() {
+            self.stats.add(Counter::PacketsIn, 1);
+            packets.push(if keep {
+                whole.slice(range)
+            } else {
+                let payload = &whole[range];
+                if looks_like_mcast(payload) {
+                    self.datagram_bytes_copied += payload.len() as u64;
+                }
+                Bytes::copy_from_slice(payload)
+            });
+        }
+        packets
     }
 
     /// Before id `bid` goes back to the kernel: unless it has a pool buffer, give it a
@@ -993,8 +1298,11 @@ impl Engine {
         n
     }
 
+    /// Hands Totem's datagrams to the kernel, in Totem's order: a run of datagrams to
+    /// all goes out as one segmented send per destination when `gso` is on.
     fn drain_transmits(&mut self) -> usize {
         let mut n = 0;
+        let mut run = SendRun::default();
         loop {
             let Some(transmit) = self
                 .pending
@@ -1003,79 +1311,133 @@ impl Engine {
             else {
                 break;
             };
-            let (first, count) = match transmit.destination {
-                Destination::All => (0, self.all_dests.len()),
-                Destination::Node(id)
-                    if id == self.config.node_id && self.to_self.len() < TO_SELF_MAX =>
-                {
-                    self.stats.add(Counter::PacketsToSelf, 1);
-                    // Tokens and joins: one piece, so no copy.
-                    self.to_self.push_back(transmit.payload.into_bytes());
-                    n += 1;
-                    continue;
-                }
-                Destination::Node(id) => {
-                    match self.node_dests.binary_search_by_key(&id, |(node, _)| *node) {
-                        Ok(index) => (index, 1),
-                        Err(_) => {
-                            self.stats.add(Counter::DropUnknownDestination, 1);
-                            continue;
-                        }
-                    }
-                }
-            };
-            if self.free_slots.len() < count || !self.reserve_sq(count) {
-                self.pending.push_front(transmit);
-                break;
+            if transmit.destination == Destination::Node(self.config.node_id)
+                && self.to_self.len() < TO_SELF_MAX
+            {
+                self.stats.add(Counter::PacketsToSelf, 1);
+                // Tokens and joins: one piece, so no copy.
+                self.to_self.push_back(transmit.payload.into_bytes());
+                n += 1;
+                continue;
             }
-            let payload = match &mut self.sealer {
-                Some(sealer) => Gather::from(Bytes::from(sealer.seal_pieces(
-                    transmit.payload.len(),
-                    transmit.payload.pieces().map(|p| &p[..]),
-                ))),
-                None => transmit.payload,
+            let Some((first, count)) = self.route(transmit.destination) else {
+                self.stats.add(Counter::DropUnknownDestination, 1);
+                continue;
             };
-            for i in 0..count {
-                let addr = match transmit.destination {
-                    Destination::All => self.all_dests[i],
-                    Destination::Node(_) => self.node_dests[first].1,
-                };
-                self.push_send(addr, payload.clone());
+            let to_all = transmit.destination == Destination::All;
+            let joins_run =
+                to_all && self.gso && run.admits(transmit.payload.len() + self.seal_overhead());
+            if !joins_run {
+                // Datagrams go out in Totem's order: the run before this one.
+                self.send_run(&mut run);
+                if self.free_slots.len() < count || !self.reserve_sq(count) {
+                    self.pending.push_front(transmit);
+                    break;
+                }
             }
-            self.stats.add(Counter::PacketsOut, count as u64);
-            self.stats
-                .add(Counter::BytesOut, (count * payload.len()) as u64);
+            let payload = self.sealed(transmit.payload);
             n += 1;
+            if to_all && self.gso {
+                run.push(payload);
+            } else {
+                self.send_each(transmit.destination, first, count, &payload);
+            }
         }
+        self.send_run(&mut run);
         n
     }
 
+    /// Where a datagram to `destination` goes: the first of its addresses (in
+    /// `all_dests`, or `node_dests`) and how many; `None` for a node not configured.
+    fn route(&self, destination: Destination) -> Option<(usize, usize)> {
+        match destination {
+            Destination::All => Some((0, self.all_dests.len())),
+            Destination::Node(id) => self
+                .node_dests
+                .binary_search_by_key(&id, |(node, _)| *node)
+                .ok()
+                .map(|index| (index, 1)),
+        }
+    }
+
+    /// One send of `payload` per address of its route (slots reserved by the caller).
+    fn send_each(
+        &mut self,
+        destination: Destination,
+        first: usize,
+        count: usize,
+        payload: &Gather,
+    ) {
+        if destination != Destination::All {
+            // Only tokens and commit tokens go to one other node.
+            self.token_pushed = true;
+        }
+        for i in 0..count {
+            let addr = match destination {
+                Destination::All => self.all_dests[i],
+                Destination::Node(_) => self.node_dests[first].1,
+            };
+            self.push_send(addr, std::slice::from_ref(payload));
+        }
+        self.stats.add(Counter::PacketsOut, count as u64);
+        self.stats
+            .add(Counter::BytesOut, (count * payload.len()) as u64);
+    }
+
+    /// Bytes the sealer adds to a datagram.
+    fn seal_overhead(&self) -> usize {
+        if self.sealer.is_some() {
+            crate::wire::seal::OVERHEAD
+        } else {
+            0
+        }
+    }
+
+    fn sealed(&mut self, payload: Gather) -> Gather {
+        match &mut self.sealer {
+            Some(sealer) => Gather::from(Bytes::from(
+                sealer.seal_pieces(payload.len(), payload.pieces().map(|p| &p[..])),
+            )),
+            None => payload,
+        }
+    }
+
+    /// Sends `run` (its slots were reserved when it started) to every destination and
+    /// empties it.
+    fn send_run(&mut self, run: &mut SendRun) {
+        if run.payloads.is_empty() {
+            return;
+        }
+        let count = self.all_dests.len();
+        for i in 0..count {
+            self.push_send(self.all_dests[i], &run.payloads);
+        }
+        let segments = run.payloads.len() as u64;
+        self.stats.add(Counter::PacketsOut, count as u64 * segments);
+        self.stats
+            .add(Counter::BytesOut, (count * run.bytes) as u64);
+        if segments > 1 {
+            self.stats.add(Counter::SendsSegmented, count as u64);
+            self.stats
+                .add(Counter::SegmentsSent, count as u64 * segments);
+        }
+        *run = SendRun::default();
+    }
+
     fn release_slot(&mut self, index: usize) {
-        self.slots[index].payload = Gather::default();
+        self.slots[index].payloads.clear();
         self.free_slots.push(index);
         self.sends_in_flight -= 1;
     }
 
-    fn push_send(&mut self, addr: RawAddr, payload: Gather) {
+    /// One send of `payloads` to `addr`: one datagram, or a run of them that the kernel
+    /// cuts into datagrams of the first one's size (`UDP_SEGMENT`, udp(7)).
+    fn push_send(&mut self, addr: RawAddr, payloads: &[Gather]) {
         let index = self.free_slots.pop().expect("slots checked by the caller");
         let slot = &mut self.slots[index];
-        slot.payload = payload;
-        slot.addr = addr;
-        // A datagram in pieces goes out in one vectored send: the messages packed by
-        // reference are read by the kernel where they are.
-        slot.iov.clear();
-        slot.iov
-            .extend(slot.payload.pieces().map(|piece| libc::iovec {
-                iov_base: piece.as_ptr() as *mut libc::c_void,
-                iov_len: piece.len(),
-            }));
-        slot.msghdr = zeroed_msghdr();
-        slot.msghdr.msg_name = slot.addr.as_ptr() as *mut libc::c_void;
-        slot.msghdr.msg_namelen = slot.addr.socklen();
-        slot.msghdr.msg_iov = slot.iov.as_mut_ptr();
-        slot.msghdr.msg_iovlen = slot.iov.len();
+        let bytes = slot.load(addr, payloads);
         let fd = Fd(self.sockets.unicast.as_raw_fd());
-        let zerocopy = self.zerocopy_min != 0 && slot.payload.len() >= self.zerocopy_min;
+        let zerocopy = self.zerocopy_min != 0 && bytes >= self.zerocopy_min;
         let entry = if zerocopy {
             self.stats.add(Counter::SendsZerocopy, 1);
             // The slot (and the payload) stays until the notification, not the result.
@@ -1087,9 +1449,9 @@ impl Engine {
         }
         .user_data(user_data(KIND_SEND, index));
         // The slot lives in a never-reallocated boxed slice (its address is stable), holds
-        // the payload (whose pieces the iovecs point into), the address and the iovec
-        // array the msghdr points to (not touched again until this send completes), and
-        // stays off the free list until this send completes.
+        // the payloads (whose pieces the iovecs point into), the address, the control
+        // message and the iovec array the msghdr points to (not touched again until this
+        // send completes), and stays off the free list until this send completes.
         self.push(&entry);
         self.sends_in_flight += 1;
     }
@@ -1174,20 +1536,17 @@ fn open_io_uring(config: &DaemonConfig) -> Result<(IoUring, KernelFeatures), Eng
     Ok((ring, features))
 }
 
-/// The provided buffers datagrams are received into, registered with `ring`, and how
-/// many there are.
-fn receive_buffers(config: &DaemonConfig, ring: &IoUring) -> Result<(BufRing, u16), EngineError> {
+/// The provided buffers datagrams (or, `coalescing`, runs of them) are received into,
+/// registered with `ring`, and how many there are.
+fn receive_buffers(
+    config: &DaemonConfig,
+    ring: &IoUring,
+    coalescing: bool,
+) -> Result<(BufRing, u16), EngineError> {
     let s = &config.settings;
     // Room for the recvmsg header, the source address and the longest datagram a
-    // configured node may send (control packets of large rings included).
-    let buf_bytes = (16 + NAME_BYTES + config.recv_datagram_bytes).next_multiple_of(64);
-    let entries = if s.recv_buffers != 0 {
-        s.recv_buffers as u16
-    } else {
-        let wanted = ((8usize << 20) / buf_bytes).clamp(64, 4096);
-        // Round down to a power of two.
-        (1usize << (usize::BITS - 1 - wanted.leading_zeros())) as u16
-    };
+    // configured node may send (control packets of large rings included), or run.
+    let (entries, buf_bytes) = recv_buffers(config, coalescing);
     let bufring = BufRing::new(entries, buf_bytes, BUF_GROUP, s.huge_pages)
         .map_err(io_error("receive buffers"))?;
     if s.huge_pages && !bufring.is_huge() {
@@ -1247,12 +1606,14 @@ fn start_node(
     Ok((node, failure))
 }
 
-/// One receive header per socket, each with room for the source address.
-fn recv_msghdrs(sockets: usize) -> Box<[libc::msghdr]> {
+/// One receive header per socket, each with room for the source address (and with
+/// `gro` for the control message giving the size of coalesced datagrams).
+fn recv_msghdrs(sockets: usize, gro: bool) -> Box<[libc::msghdr]> {
     (0..sockets)
         .map(|_| {
             let mut msghdr = zeroed_msghdr();
             msghdr.msg_namelen = NAME_BYTES as libc::socklen_t;
+            msghdr.msg_controllen = if gro { RECV_CONTROL_BYTES } else { 0 };
             msghdr
         })
         .collect()
@@ -1264,7 +1625,8 @@ fn send_slots(config: &DaemonConfig) -> Box<[SendSlot]> {
             msghdr: zeroed_msghdr(),
             iov: Vec::with_capacity(4),
             addr: RawAddr::new(config.own_addr),
-            payload: Gather::default(),
+            payloads: Vec::new(),
+            control: GsoControl::default(),
         })
         .collect()
 }
@@ -1321,7 +1683,7 @@ fn destinations(config: &DaemonConfig) -> (Vec<RawAddr>, Vec<(NodeId, RawAddr)>)
     (all, by_id)
 }
 
-fn log_ready(config: &DaemonConfig, recv_buffers: u16, huge_pages: bool) {
+fn log_ready(config: &DaemonConfig, recv_buffers: u16, huge_pages: bool, gso: bool, gro: bool) {
     let s = &config.settings;
     tracing::info!(
         node_id = config.node_id,
@@ -1332,6 +1694,8 @@ fn log_ready(config: &DaemonConfig, recv_buffers: u16, huge_pages: bool) {
         nodes = config.nodes.len(),
         token_ms = config.totem.token.as_millis() as u64,
         recv_buffers,
+        udp_gso = gso,
+        udp_gro = gro,
         huge_pages,
         stats = %config.stats_path.display(),
         "engine ready"
@@ -1387,4 +1751,71 @@ fn ipc_config(config: &DaemonConfig) -> IpcConfig {
 /// Builds an engine from `config` and runs it on the calling thread.
 pub fn run(config: DaemonConfig) -> Result<(), EngineError> {
     Engine::new(config)?.run()
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ranges(start: usize, end: usize, segment: Option<usize>) -> Vec<std::ops::Range<usize>> {
+        Located {
+            from: 1,
+            range: start..end,
+            segment,
+        }
+        .datagrams()
+        .collect()
+    }
+
+    /// A coalesced receive splits into its datagrams, the last one shorter; a segment
+    /// size from the (untrusted) control message that is 0 or past the payload cannot
+    /// lose or invent bytes.
+    #[test]
+    fn coalesced_receives_split_into_datagrams() {
+        assert_eq!(ranges(40, 40 + 1000, None), vec![40..1040]);
+        assert_eq!(
+            ranges(40, 40 + 2 * 400 + 100, Some(400)),
+            vec![40..440, 440..840, 840..940]
+        );
+        assert_eq!(ranges(0, 800, Some(400)), vec![0..400, 400..800]);
+        assert_eq!(ranges(8, 8, None), vec![8..8], "an empty datagram is one");
+        assert_eq!(ranges(8, 8, Some(400)), vec![8..8]);
+        assert_eq!(
+            ranges(0, 10, Some(0)),
+            (0..10).map(|i| i..i + 1).collect::<Vec<_>>()
+        );
+        assert_eq!(ranges(0, 10, Some(4000)), vec![0..10]);
+    }
+
+    fn gather(len: usize) -> Gather {
+        Gather::from(Bytes::from(vec![0u8; len]))
+    }
+
+    /// A run takes datagrams of its first one's size, ends with a shorter one, and
+    /// stays within the kernel's limits on a segmented send.
+    #[test]
+    fn send_runs_follow_the_kernel_rules() {
+        let mut run = SendRun::default();
+        assert!(!run.admits(1000), "a run starts outside admits");
+        run.push(gather(1000));
+        assert!(run.admits(1000) && run.admits(10));
+        assert!(!run.admits(1001), "longer than the segment");
+        assert!(!run.admits(0));
+        run.push(gather(500));
+        assert!(!run.admits(500), "a shorter datagram ends the run");
+
+        let mut run = SendRun::default();
+        run.push(gather(1472));
+        while run.admits(1472) {
+            run.push(gather(1472));
+        }
+        assert_eq!(run.payloads.len(), GSO_MAX_BYTES / 1472);
+        assert!(run.bytes <= GSO_MAX_BYTES);
+
+        let mut run = SendRun::default();
+        run.push(gather(600));
+        while run.admits(600) {
+            run.push(gather(600));
+        }
+        assert_eq!(run.payloads.len(), GSO_MAX_SEGMENTS);
+    }
 }

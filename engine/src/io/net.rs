@@ -163,6 +163,127 @@ impl RawAddr {
     }
 }
 
+/// Bytes of the IP and UDP headers in front of a datagram to `addr` (no IP options).
+pub fn header_bytes(addr: &SocketAddr) -> usize {
+    match addr {
+        SocketAddr::V4(_) => 20 + 8,
+        SocketAddr::V6(_) => 40 + 8,
+    }
+}
+
+/// The MTU of the route from `local` to `peer`: what a socket bound to `local` and
+/// connected to `peer` reports (`IP_MTU`, ip(7); `IPV6_MTU`, ipv6(7)). Connecting a
+/// UDP socket sends nothing.
+pub fn route_mtu(local: IpAddr, peer: SocketAddr) -> std::io::Result<usize> {
+    let socket = Socket::new(Domain::for_address(peer), Type::DGRAM, Some(Protocol::UDP))?;
+    socket.bind(&SocketAddr::new(local, 0).into())?;
+    socket.connect(&peer.into())?;
+    let (level, name) = match peer {
+        SocketAddr::V4(_) => (libc::IPPROTO_IP, libc::IP_MTU),
+        SocketAddr::V6(_) => (libc::IPPROTO_IPV6, libc::IPV6_MTU),
+    };
+    let mut mtu: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: the fd is open for the duration of the call; `mtu` and `len` are valid
+    // for writes and `len` says how many bytes `mtu` has.
+    let rc = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&socket),
+            level,
+            name,
+            (&raw mut mtu).cast(),
+            &raw mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(usize::try_from(mtu).unwrap_or(0))
+}
+
+/// Lets the kernel hand over a run of datagrams from one sender as one receive, with
+/// their segment size in a `UDP_GRO` control message (udp(7)).
+pub fn enable_gro(socket: &UdpSocket) -> std::io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: the fd is open; `on` is a valid c_int for the duration of the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(socket),
+            libc::SOL_UDP,
+            libc::UDP_GRO,
+            (&raw const on).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// `cmsghdr` as the kernel lays it out: its size, and the alignment of what follows.
+const CMSG_HEADER: usize = size_of::<libc::cmsghdr>();
+const CMSG_ALIGN: usize = size_of::<usize>();
+
+/// The control message of a segmented send (`UDP_SEGMENT`, a u16 segment size): one
+/// `cmsghdr` and its data, aligned like the kernel's `CMSG_SPACE`.
+#[derive(Copy, Clone, Debug, Default)]
+#[repr(C, align(8))]
+pub struct GsoControl([u8; GSO_CONTROL_BYTES]);
+
+const GSO_CONTROL_BYTES: usize = CMSG_HEADER + size_of::<u16>().next_multiple_of(CMSG_ALIGN);
+
+impl GsoControl {
+    pub fn new(segment: u16) -> GsoControl {
+        let mut bytes = [0u8; GSO_CONTROL_BYTES];
+        let len = CMSG_HEADER + size_of::<u16>();
+        bytes[..size_of::<usize>()].copy_from_slice(&len.to_ne_bytes());
+        bytes[8..12].copy_from_slice(&libc::SOL_UDP.to_ne_bytes());
+        bytes[12..16].copy_from_slice(&libc::UDP_SEGMENT.to_ne_bytes());
+        bytes[CMSG_HEADER..CMSG_HEADER + 2].copy_from_slice(&segment.to_ne_bytes());
+        GsoControl(bytes)
+    }
+
+    /// For `msg_control`; valid as long as `self` does not move.
+    pub fn as_ptr(&self) -> *const libc::c_void {
+        self.0.as_ptr().cast()
+    }
+
+    /// For `msg_controllen`.
+    pub fn bytes(&self) -> usize {
+        GSO_CONTROL_BYTES
+    }
+}
+
+/// Room for received control messages: one `UDP_GRO` (a c_int), with slack.
+pub const RECV_CONTROL_BYTES: usize = 64;
+
+/// The segment size of a coalesced receive (its `UDP_GRO` control message), from the
+/// control data the kernel wrote; `None` when there is none (one datagram) or it is
+/// malformed. Parsed from bytes, without trusting alignment.
+pub fn gro_segment(control: &[u8]) -> Option<usize> {
+    let mut at = 0usize;
+    while let Some(header) = at
+        .checked_add(CMSG_HEADER)
+        .and_then(|end| control.get(at..end))
+    {
+        let len = usize::from_ne_bytes(header[..8].try_into().ok()?);
+        let level = i32::from_ne_bytes(header[8..12].try_into().ok()?);
+        let kind = i32::from_ne_bytes(header[12..16].try_into().ok()?);
+        if len < CMSG_HEADER {
+            return None;
+        }
+        if level == libc::SOL_UDP && kind == libc::UDP_GRO {
+            let data = control.get(at + CMSG_HEADER..at.checked_add(len)?)?;
+            let size = i32::from_ne_bytes(data.get(..4)?.try_into().ok()?);
+            return usize::try_from(size).ok().filter(|s| *s > 0);
+        }
+        at = at.checked_add(len.checked_next_multiple_of(CMSG_ALIGN)?)?;
+    }
+    None
+}
+
 /// Room for the source address in a received buffer (`sockaddr_in6` is the largest).
 pub const NAME_BYTES: usize = size_of::<libc::sockaddr_in6>();
 
@@ -210,5 +331,37 @@ mod tests {
         assert_eq!(parse_name(&[0xff; 28]), None);
         let v4 = RawAddr::new("10.1.2.3:9".parse().unwrap());
         assert_eq!(parse_name(&raw_bytes(&v4)[..6]), None, "truncated");
+    }
+
+    /// A `UDP_GRO` message as the kernel writes it (after another message), and
+    /// malformed control data, which yields no segment size rather than a panic.
+    #[test]
+    fn gro_segment_parses_untrusted_control_data() {
+        let mut control = Vec::new();
+        let mut cmsg = |level: i32, kind: i32, data: &[u8]| {
+            let len = CMSG_HEADER + data.len();
+            control.extend_from_slice(&len.to_ne_bytes());
+            control.extend_from_slice(&level.to_ne_bytes());
+            control.extend_from_slice(&kind.to_ne_bytes());
+            control.extend_from_slice(data);
+            control.resize(control.len().next_multiple_of(CMSG_ALIGN), 0);
+        };
+        cmsg(libc::SOL_SOCKET, libc::SO_TIMESTAMP, &[7; 16]);
+        cmsg(libc::SOL_UDP, libc::UDP_GRO, &1472i32.to_ne_bytes());
+        assert_eq!(gro_segment(&control), Some(1472));
+        assert_eq!(gro_segment(&control[..CMSG_HEADER + 16]), None);
+        assert_eq!(gro_segment(&[]), None);
+        assert_eq!(gro_segment(&[0xff; 40]), None);
+        assert_eq!(gro_segment(&[0; 40]), None);
+        let gso = GsoControl::new(1472);
+        assert_eq!(gso.bytes(), 24);
+        // The send side's message reads back with the receive side's parser once its
+        // type is the receive one.
+        let mut bytes = gso.0;
+        bytes[12..16].copy_from_slice(&libc::UDP_GRO.to_ne_bytes());
+        bytes[CMSG_HEADER..CMSG_HEADER + 4].copy_from_slice(&1472i32.to_ne_bytes());
+        let len = CMSG_HEADER + 4;
+        bytes[..8].copy_from_slice(&len.to_ne_bytes());
+        assert_eq!(gro_segment(&bytes), Some(1472));
     }
 }
