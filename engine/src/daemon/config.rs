@@ -16,7 +16,7 @@
 //! node_id = 2
 //! transport = "udpu"            # or "multicast" (with multicast_group)
 //! port = 5405
-//! datagram_bytes = 1500
+//! datagram_bytes = 1472
 //! idle = "backoff"              # or "spin"
 //! cpu = 3                       # pin the engine thread (optional)
 //! key_file = "/etc/ringcast/authkey"
@@ -196,7 +196,7 @@ pub struct Settings {
     /// Group address for `transport = "multicast"`.
     pub multicast_group: String,
     pub multicast_ttl: u32,
-    /// Largest datagram on the wire, seal overhead included.
+    /// Largest datagram on the wire (the UDP payload), seal overhead included.
     pub datagram_bytes: usize,
     pub idle: IdleStrategy,
     /// CPU to pin the engine thread to.
@@ -241,6 +241,11 @@ pub struct Settings {
     pub delivery_log: Option<PathBuf>,
 }
 
+/// The default `datagram_bytes`: a whole datagram in one IPv4 packet on a link of MTU
+/// 1,500 (1,500 − 20 bytes of IP − 8 of UDP), so that nothing is fragmented and UDP
+/// segmentation offload applies (docs/performance.md); over IPv6 use 1,452.
+pub const DEFAULT_DATAGRAM_BYTES: usize = 1472;
+
 impl Default for Settings {
     fn default() -> Settings {
         Settings {
@@ -250,7 +255,7 @@ impl Default for Settings {
             port: 5405,
             multicast_group: "239.192.76.1".into(),
             multicast_ttl: 1,
-            datagram_bytes: 1500,
+            datagram_bytes: DEFAULT_DATAGRAM_BYTES,
             idle: IdleStrategy::Backoff,
             cpu: None,
             huge_pages: false,
@@ -975,7 +980,7 @@ mod tests {
         assert_eq!(c.settings.transport, Transport::Udpu);
         assert_eq!(c.totem.token, Duration::from_millis(3000));
         assert_eq!(c.totem.cluster_id, cluster_id("ringcast"));
-        assert_eq!(c.totem.max_datagram_bytes, 1500);
+        assert_eq!(c.totem.max_datagram_bytes, DEFAULT_DATAGRAM_BYTES);
         assert_eq!(c.settings.ipc_socket, ringcast_shm::paths::socket());
         assert_eq!(c.settings.state_dir, ringcast_shm::paths::state_dir());
     }
@@ -1112,7 +1117,7 @@ join_ms = 40
         );
         assert_eq!(recv_datagram_bytes(65_507, 3, false), 65_507);
         let c = resolve(&["--key-file", "/nonexistent"]).unwrap();
-        assert_eq!(c.recv_datagram_bytes, 1500);
+        assert_eq!(c.recv_datagram_bytes, DEFAULT_DATAGRAM_BYTES);
         let mut args = vec!["--node-id".to_string(), "1".into()];
         for id in 1..=40 {
             args.push("--node".into());
@@ -1136,6 +1141,9 @@ join_ms = 40
     #[test]
     fn a_key_leaves_room_for_the_seal() {
         let c = resolve(&["--key-file", "/nonexistent"]).unwrap();
-        assert_eq!(c.totem.max_datagram_bytes, 1500 - seal::OVERHEAD);
+        assert_eq!(
+            c.totem.max_datagram_bytes,
+            DEFAULT_DATAGRAM_BYTES - seal::OVERHEAD
+        );
     }
 }
