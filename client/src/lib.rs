@@ -890,7 +890,11 @@ impl Cpg {
         let _ = self.wake.drain();
         receiver.self_signaled = false;
         r.map_err(|e| Error::from_io(&e, "poll"))?;
-        if receiver.events.is_empty() && self.engine_gone() {
+        // The socket first, then the ring: an engine publishes its last events before it
+        // closes, so events seen empty after the close was seen are really all there is
+        // (the other order could report a gone engine with its last events unread).
+        let gone = self.engine_gone();
+        if gone && receiver.events.is_empty() {
             return Err(Error::with_detail(Status::Library, "engine gone"));
         }
         Ok(())
