@@ -406,6 +406,20 @@ fn prometheus_once(page: &PageArgs) -> ExitCode {
     }
 }
 
+/// Joins `group`, retrying TRY_AGAIN (the engine answers it while the ring forms or a
+/// sync runs, as Corosync does) for up to 10 seconds.
+fn join(cpg: &Cpg, group: &str) -> ringcast::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match cpg.join(group.as_bytes()) {
+            Err(e) if e.is_try_again() && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            result => return result,
+        }
+    }
+}
+
 fn connect(conn: &ConnArgs) -> Result<Cpg, ExitCode> {
     if !(conn.wait.is_finite() && conn.wait >= 0.0) {
         return Err(fail("--wait must be a number of seconds, 0 or more"));
@@ -512,7 +526,7 @@ fn listen(conn: &ConnArgs, group: String, count: u64) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    if let Err(e) = cpg.join(group.as_bytes()) {
+    if let Err(e) = join(&cpg, &group) {
         return fail(&format!("join {group}: {e}"));
     }
     let mut printer = Printer { delivered: 0 };
@@ -532,7 +546,7 @@ fn send(conn: &ConnArgs, group: String, message: String, safe: bool) -> ExitCode
         Err(code) => return code,
     };
     let failed = |what: &str, e: ringcast::Error| fail(&format!("{what}: {e}"));
-    if let Err(e) = cpg.join(group.as_bytes()) {
+    if let Err(e) = join(&cpg, &group) {
         return failed("join", e);
     }
     let guarantee = if safe {
