@@ -156,10 +156,10 @@ impl Fate {
 
 /// The fuzzer sends from the address of node 4: configured, never started.
 const FUZZER: u32 = 4;
-/// Largest datagram the fuzzer sends that must arrive whole (the engines' receive
-/// buffers hold `datagram_bytes` = 1500); oversized ones are at least `OVERSIZED`, so
-/// that the exact buffer size (rounded up to 64 bytes) does not matter.
-const WHOLE: usize = 1500;
+/// Largest datagram the fuzzer sends that must arrive whole (the engines take
+/// datagrams of up to `datagram_bytes`, the default here); oversized ones are at least
+/// `OVERSIZED`, so that the exact buffer size (rounded up to 64 bytes) does not matter.
+const WHOLE: usize = ringcast_engine::daemon::config::DEFAULT_DATAGRAM_BYTES;
 const OVERSIZED: usize = 2000;
 
 /// One engine's receive path for datagrams from node 4's (listed) address, replayed
