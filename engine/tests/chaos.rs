@@ -1,7 +1,7 @@
 //! `make chaos`: a real-process soak. `CHAOS_NODES` (3–5, default 3) `ringcastd` engines
 //! in network namespaces the test creates and removes, with clients sending on several
 //! groups, run under random faults for `CHAOS_SECONDS` (default 60): `kill -9` and
-//! restart of engines, `kill -9` and restart of client processes, partitions and heals
+//! restart of engines (all but node 1's, which holds the client that never reads), `kill -9` and restart of client processes, partitions and heals
 //! (a node's bridge port down and up), loss and duplication on a node's link (nftables:
 //! the kernels this runs on have no `tc netem`, so no delay or reordering beyond what
 //! the other faults cause), and a client that never reads its events. `CHAOS_SEED`
@@ -444,7 +444,9 @@ fn inject(
     }
     let id = rng.pick(&free);
     match rng.below(4) {
-        0 => {
+        // Node 1's engine, which holds the client that never reads, is not killed: its
+        // stats (and the check that it cut that client off) must last the whole run.
+        0 if id != 1 => {
             cluster.kill9(id);
             tally.engine_kills += 1;
             Some((id, Undo::Restart(id), rng.millis(500, 3000)))
