@@ -1,8 +1,9 @@
 //! `make chaos`: a real-process soak. `CHAOS_NODES` (3–5, default 3) `ringcastd` engines
 //! in network namespaces the test creates and removes, with clients sending on several
 //! groups, run under random faults for `CHAOS_SECONDS` (default 60): `kill -9` and
-//! restart of engines (all but node 1's, which holds the client that never reads), `kill -9` and restart of client processes, partitions and heals
-//! (a node's bridge port down and up), loss and duplication on a node's link (nftables:
+//! restart of engines (all but node 1's, which holds the client that never reads),
+//! `kill -9` and restart of client processes, partitions and heals (a node's bridge
+//! port down and up), loss and duplication on a node's link (nftables:
 //! the kernels this runs on have no `tc netem`, so no delay or reordering beyond what
 //! the other faults cause), and a client that never reads its events. `CHAOS_SEED`
 //! makes the fault schedule reproducible (the processes' timing still varies); without
