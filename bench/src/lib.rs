@@ -1,1 +1,3 @@
-//! ringcast-bench (see docs/architecture.md).
+//! ringcast-bench (see docs/architecture.md): what the benchmark programs share.
+
+pub mod netns;

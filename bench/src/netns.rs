@@ -12,7 +12,8 @@ pub const SUBNET: &str = "10.231.14";
 /// The link MTU of every veth (a typical Ethernet LAN).
 pub const MTU: u32 = 1500;
 
-fn ip(args: &[&str]) -> Result<(), String> {
+/// Runs `ip` with `args`; its stderr on failure.
+pub fn ip(args: &[&str]) -> Result<(), String> {
     let output = Command::new("ip")
         .args(args)
         .output()

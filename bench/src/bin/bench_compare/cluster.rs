@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use ringcast_bench::netns::ip;
+
 /// Which daemon and client library.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum System {
@@ -37,22 +39,6 @@ pub struct RingcastPaths {
 const SUBNET: &str = "10.231.77";
 /// Bound on a daemon's exit after SIGTERM before SIGKILL.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
-
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("ip: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
 
 /// One namespace per node (and a switch namespace with a bridge for three).
 struct Netns {
