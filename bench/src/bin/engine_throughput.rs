@@ -23,7 +23,7 @@
 //!   token it forwards being handed to the kernel (`token_hop_ns` / `token_hops` of
 //!   every engine; engines without those counters show `-`);
 //! - `--netns`: the engines run in network namespaces joined by veth at MTU 1,500
-//!   (root; created and removed by the benchmark, see `bench/src/netns.rs`) instead
+//!   (root; created and removed by the benchmark, see the `ringcast-netns` crate) instead
 //!   of on 127.0.0.x loopback, whose 64 KiB MTU hides the per-datagram cost;
 //! - `--daemon-b B --repeat R`: every configuration runs R times with `--daemon` (A) and
 //!   R times with B, alternated A, B, A, B… in one sitting, and the medians are printed
@@ -40,12 +40,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use netns::Netns;
 use ringcast_engine::io::stats::{Snapshot, StatsReader, state_name};
-
-// A file of its own, compiled into this program (and into xtask, which reads its flags).
-#[path = "../netns.rs"]
-mod netns;
+use ringcast_netns::{Netns, Topology};
 
 #[derive(Parser, Debug, Clone)]
 #[command(about = "ordered throughput of ringcastd engines on loopback (internal load generator)")]
@@ -68,8 +64,9 @@ pub(crate) struct Args {
     /// UDP port of every engine.
     #[arg(long, default_value_t = 23_000)]
     port: u16,
-    /// `datagram_bytes` of every engine.
-    #[arg(long, default_value_t = 1500)]
+    /// `datagram_bytes` of every engine (default: the engine's, which fits one IPv4
+    /// packet at MTU 1,500).
+    #[arg(long, default_value_t = ringcast_engine::daemon::config::DEFAULT_DATAGRAM_BYTES)]
     datagram_bytes: usize,
     /// Another ringcastd flag for every engine (repeatable), e.g. `--extra=--idle=spin`.
     #[arg(long, allow_hyphen_values = true)]
@@ -190,6 +187,18 @@ impl Drop for Engines {
     }
 }
 
+/// The `--netns` topology: `n` namespaces on a bridge, veths at a typical Ethernet
+/// LAN's MTU, addresses in a subnet no test uses.
+fn netns_topology(n: u32) -> Topology {
+    Topology {
+        prefix: format!("rcbench{}x", std::process::id()),
+        subnet: "10.231.14".to_owned(),
+        nodes: n,
+        mtu: Some(1500),
+        link_single_node: true,
+    }
+}
+
 impl Engines {
     fn start(args: &Args, daemon: &Path, label: &str, n: u32, size: usize) -> Engines {
         let dir =
@@ -198,9 +207,9 @@ impl Engines {
         std::fs::create_dir_all(&dir).expect("bench directory");
         let netns = args
             .netns
-            .then(|| Netns::create(n).unwrap_or_else(|e| panic!("--netns: {e}")));
-        let addr = |id: u32| match netns {
-            Some(_) => Netns::addr(id),
+            .then(|| Netns::create(&netns_topology(n)).unwrap_or_else(|e| panic!("--netns: {e}")));
+        let addr = |id: u32| match &netns {
+            Some(netns) => netns.addr(id),
             None => format!("127.0.0.{id}"),
         };
         let mut engines = Engines {
