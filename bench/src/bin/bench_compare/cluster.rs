@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ringcast_netns::{Netns, Topology};
+use ringcast_shm::stats::{StatsReader, page_path};
 
 /// Which daemon and client library.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -171,6 +172,57 @@ impl Cluster {
     /// The daemons' CPU time so far (user + system), summed over the nodes.
     pub fn daemon_cpu_seconds(&self) -> f64 {
         self.daemons.iter().map(|c| cpu_seconds(c.id())).sum()
+    }
+
+    /// Token rotations so far, summed over the nodes (each counts the rotations it
+    /// saw as the ring's representative in ringcast, the tokens it received in
+    /// Corosync: one per rotation per node, so Corosync's sum is divided by the node
+    /// count). `None` when a counter cannot be read within a second (a daemon that
+    /// has just started may not answer yet).
+    pub fn token_rotations(&self) -> Option<u64> {
+        for _ in 0..5 {
+            if let Some(rotations) = self.read_token_rotations() {
+                return Some(rotations);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        None
+    }
+
+    fn read_token_rotations(&self) -> Option<u64> {
+        match self.system {
+            System::Ringcast => (1..=self.nodes)
+                .map(|id| {
+                    let path = page_path(&self.dir.join(format!("n{id}")), id);
+                    StatsReader::open(&path)
+                        .ok()?
+                        .snapshot()
+                        .counter("token_rotations")
+                })
+                .sum(),
+            System::Corosync => {
+                let received: Option<u64> = (1..=self.nodes).map(|id| self.orf_tokens(id)).sum();
+                received.map(|r| r / u64::from(self.nodes))
+            }
+        }
+    }
+
+    /// Corosync's count of tokens node `id` received (`stats.srp.orf_token_rx`).
+    fn orf_tokens(&self, id: u32) -> Option<u64> {
+        let output = Command::new("ip")
+            .args(["netns", "exec", &self.netns.node(id)])
+            .args(["corosync-cmapctl", "-m", "stats", "stats.srp.orf_token_rx"])
+            .output()
+            .ok()?;
+        // "stats.srp.orf_token_rx (u64) = 12345"
+        let text = String::from_utf8_lossy(&output.stdout);
+        text.lines()
+            .find(|l| l.starts_with("stats.srp.orf_token_rx"))?
+            .rsplit_once('=')?
+            .1
+            .trim()
+            .parse()
+            .ok()
     }
 
     /// A command running `program` on node 1 against this system's library.
