@@ -1,4 +1,5 @@
-//! The event loop: one thread drives one `totem::Node` over UDP through io_uring.
+//! The event loop: one thread drives one `Host` (Totem, CPG) over UDP and the
+//! clients' shared memory through io_uring.
 //!
 //! Every iteration: reap completions (datagrams in → `handle_packet`, sends done,
 //! signals), fire due deadlines (`handle_timeout`), let the load generator submit,
@@ -33,13 +34,12 @@ use super::signal::{SIGINFO_BYTES, Waker, termination_fd};
 use super::stats::{Counter, StatsWriter};
 use crate::daemon::hooks::{HookError, TestHooks};
 use crate::daemon::keyfile::{self, KeyError};
-use crate::daemon::{
-    DaemonConfig, FileRingSeqStore, IdleStrategy, RingSeqFailure, RingSeqWriteError,
-};
+use crate::daemon::{DaemonConfig, FileRingSeqStore, IdleStrategy, RingSeqWriteError};
+use crate::host::{Host, HostConfig, Notice};
 use crate::ipc::{Ipc, IpcConfig, session::BacklogLimits};
 use crate::service::ServiceId;
 use crate::totem::{
-    ConfigurationKind, Destination, Event, Gather, Instant, Node, NodeId, Transmit,
+    ConfigurationChange, ConfigurationKind, Destination, Gather, Instant, NodeId, Transmit,
 };
 use crate::wire::packet::looks_like_mcast;
 use crate::wire::seal::{OpenError, Opener, Sealer};
@@ -432,7 +432,8 @@ pub struct Engine {
     waker: Waker,
     sockets: Sockets,
 
-    node: Node,
+    /// Totem, the CPG service and every protocol decision (docs/architecture.md).
+    host: Host,
     config: DaemonConfig,
     sealer: Option<Sealer>,
     opener: Option<Opener>,
@@ -465,8 +466,8 @@ pub struct Engine {
     drop_from: Vec<NodeId>,
     /// Client sessions and the CPG service.
     ipc: Ipc,
-    /// A failed ring sequence write: the engine stops before anything leaves.
-    ring_seq_failure: RingSeqFailure,
+    /// Where the ring sequences the host asks for are written.
+    ring_seq_file: FileRingSeqStore,
     /// A packet to one other node (a token) was queued for sending since last cleared.
     token_pushed: bool,
     /// Tokens received as of the last busy-poll window opened.
@@ -483,7 +484,7 @@ pub struct Engine {
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
-            .field("node", &self.node)
+            .field("host", &self.host)
             .field("features", &self.features)
             .finish_non_exhaustive()
     }
@@ -502,10 +503,10 @@ impl Engine {
         let signal_fd = termination_fd().map_err(io_error("signalfd"))?;
         let waker = Waker::new().map_err(io_error("eventfd"))?;
         let (sealer, opener) = sealing(&config)?;
-        let store = open_ring_seq_store(&config)?;
+        let (ring_seq_file, last_ring_seq) = open_ring_seq_store(&config)?;
         let stats = StatsWriter::create(&config.stats_path, config.node_id, config.cluster_id)?;
         let origin = std::time::Instant::now();
-        let (mut node, ring_seq_failure) = start_node(&config, store)?;
+        let mut host = Host::new(host_config(&config), last_ring_seq, Instant::ZERO)?;
         let (all_dests, node_dests) = destinations(&config);
         let socket_count = 1 + usize::from(sockets.multicast.is_some());
         let recv_msghdrs = recv_msghdrs(socket_count, gro);
@@ -519,8 +520,8 @@ impl Engine {
             socket = %config.settings.ipc_socket.display(),
             "clients connect here (RINGCAST_SOCKET for a non-default path); try `ringcast listen demo` and `ringcast send demo hello`"
         );
-        let recv_pool = use_delivery_pool(&config, &ipc, opener.is_none(), &mut node, &mut bufring);
-        Ok(Engine {
+        let recv_pool = use_delivery_pool(&config, &ipc, opener.is_none(), &mut host, &mut bufring);
+        let mut engine = Engine {
             ipc,
             ring,
             bufring,
@@ -535,7 +536,7 @@ impl Engine {
             signal_fd,
             waker,
             sockets,
-            node,
+            host,
             sealer,
             opener,
             stats,
@@ -550,7 +551,7 @@ impl Engine {
             origin,
             last_heartbeat: Instant::ZERO,
             leaving_until: None,
-            ring_seq_failure,
+            ring_seq_file,
             features,
             send_errors_logged: 0,
             drop_from: Vec::new(),
@@ -560,7 +561,11 @@ impl Engine {
             gso: offload,
             gro,
             config,
-        })
+        };
+        // The first ring's sequence, written before anything leaves: a bad state dir
+        // stops the start.
+        engine.persist()?;
+        Ok(engine)
     }
 
     pub fn features(&self) -> &KernelFeatures {
@@ -682,11 +687,11 @@ impl Engine {
         }
         if result < 0 {
             if -result != libc::ECANCELED {
-                self.ipc.drop_session(slot, &mut self.node, now);
+                self.ipc.drop_session(slot, &mut self.host, now);
             }
             return;
         }
-        if !self.ipc.on_readable(slot, &mut self.node, now) {
+        if !self.ipc.on_readable(slot, &mut self.host, now) {
             return;
         }
         if !cqueue::more(flags) {
@@ -733,27 +738,27 @@ impl Engine {
         &mut self,
         completions: &mut Vec<(u64, i32, u32)>,
     ) -> Result<(usize, Instant), EngineError> {
-        let tokens_before = self.node.stats().tokens_received;
+        let tokens_before = self.host.totem_stats().tokens_received;
         let (mut work, seen) = self.take_in(completions)?;
-        if self.node.stats().tokens_received != tokens_before {
+        if self.host.totem_stats().tokens_received != tokens_before {
             self.forward_token_now(seen)?;
         }
 
         let now = self.now();
-        if self.node.poll_timeout().is_some_and(|t| t <= now) {
-            self.node.handle_timeout(now);
+        if self.host.poll_timeout().is_some_and(|t| t <= now) {
+            self.host.handle_timeout(now);
             work += 1;
         }
         if self.leaving_until.is_none() {
-            work += self.hooks.generate_load(&mut self.node, now, &self.stats);
+            work += self.hooks.generate_load(&mut self.host, now, &self.stats);
         }
-        work += self.ipc.poll_rings(&mut self.node, now);
-        self.check_ring_seq()?;
-        work += self.drain_events(now);
+        work += self.ipc.poll_rings(&mut self.host, now);
+        self.persist()?;
         let now = self.now();
-        work += self.ipc.flush_events(&mut self.node, now);
+        work += self.ipc.flush_events(&mut self.host, now);
         self.cancel_closed_polls();
-        self.check_ring_seq()?;
+        self.persist()?;
+        work += self.drain_notices(now);
         work += self.drain_transmits();
         self.publish_stats(now);
         self.hooks.tick(now);
@@ -787,7 +792,7 @@ impl Engine {
             // counters and packets_accepted.
             self.stats.add(Counter::PacketsIn, 1);
             self.stats.add(Counter::BytesIn, packet.len() as u64);
-            self.node.handle_packet(now, &packet);
+            self.host.handle_datagram(now, &packet);
             work += 1;
         }
         for index in 0..self.recv_armed.len() {
@@ -804,8 +809,8 @@ impl Engine {
     /// agreed delivery on the ring waits for the token, so it must not wait behind
     /// local work (docs/performance.md, "Token hop").
     fn forward_token_now(&mut self, seen: Instant) -> Result<(), EngineError> {
-        // Nothing leaves Totem that names a ring whose sequence was not written.
-        self.check_ring_seq()?;
+        // The host holds what names a ring whose sequence is not written yet.
+        self.persist()?;
         self.token_pushed = false;
         self.drain_transmits();
         self.flush(None)?;
@@ -823,7 +828,7 @@ impl Engine {
     /// After a round with work: a token received since the last window opens a new
     /// busy-poll window of `busy_poll_us` (see [`Engine::idle`]).
     fn open_busy_poll(&mut self, now: Instant) {
-        let tokens = self.node.stats().tokens_received;
+        let tokens = self.host.totem_stats().tokens_received;
         if self.tokens_seen != tokens {
             self.tokens_seen = tokens;
             self.busy_until = now + Duration::from_micros(self.config.settings.busy_poll_us);
@@ -846,7 +851,7 @@ impl Engine {
                 "left before every datagram was sent"
             );
         }
-        self.ipc.shutdown(&mut self.node, now);
+        self.ipc.shutdown(&mut self.host, now);
         let _ = self.ring.submit();
         self.hooks.flush(now);
         tracing::info!("left the ring, exiting");
@@ -885,7 +890,7 @@ impl Engine {
     fn sleep(&mut self) -> Result<(), EngineError> {
         let now = self.now();
         let deadline = [
-            self.node.poll_timeout(),
+            self.host.poll_timeout(),
             self.hooks.next_deadline(now),
             self.leaving_until,
         ]
@@ -907,14 +912,19 @@ impl Engine {
         Ok(())
     }
 
-    /// Stops the engine if Totem asked for a ring sequence that could not be written:
-    /// called after the calls into Totem and before anything (events for clients,
-    /// datagrams) leaves it, so nothing that names the unwritten ring gets out.
-    fn check_ring_seq(&self) -> Result<(), EngineError> {
-        match self.ring_seq_failure.take() {
-            Some(e) => Err(EngineError::RingSeq(e)),
-            None => Ok(()),
+    /// Writes the ring sequence the host asks for and confirms it; a failed write
+    /// stops the engine. The host holds every datagram, client event and notice that
+    /// may name the new ring until it is confirmed, so calling this before draining
+    /// them is all the ordering the driver owes (docs/invariants.md, "Ring
+    /// identifiers").
+    fn persist(&mut self) -> Result<(), EngineError> {
+        while let Some(seq) = self.host.poll_persist() {
+            self.ring_seq_file
+                .persist(seq)
+                .map_err(EngineError::RingSeq)?;
+            self.host.handle_persisted(seq);
         }
+        Ok(())
     }
 
     /// Submits what is queued; with `wait`, also sleeps until a completion or `wait`.
@@ -1072,7 +1082,7 @@ impl Engine {
             self.hooks.stop_load();
         } else if complete && self.leaving_until.is_none() {
             tracing::info!(signal = signo, "termination signal: leaving the ring");
-            self.node.leave(now);
+            self.host.leave(now);
             self.leaving_until = Some(now + LEAVE_FLUSH);
         }
         self.arm_signal();
@@ -1160,7 +1170,7 @@ impl Engine {
                     }
                 },
             };
-            self.node.handle_packet(now, &packet);
+            self.host.handle_datagram(now, &packet);
         }
     }
 
@@ -1194,7 +1204,7 @@ impl Engine {
             drop(buffer);
         }
         for packet in packets {
-            self.node.handle_packet(now, &packet);
+            self.host.handle_datagram(now, &packet);
         }
     }
 
@@ -1254,46 +1264,25 @@ impl Engine {
         self.drop_from = ids;
     }
 
-    /// Counts and logs Totem's events, then hands each delivery to its service (by
-    /// the service id its payload starts with: docs/wire-format.md) and each
-    /// configuration change to the CPG service.
-    fn drain_events(&mut self, now: Instant) -> usize {
+    /// What the host tells the driver: configuration changes are logged (and handed
+    /// to the delivery log), deliveries of the load generator's service go to its
+    /// checker. Nothing here feeds back into the protocol.
+    fn drain_notices(&mut self, now: Instant) -> usize {
         let mut n = 0;
-        while let Some(event) = self.node.poll_event() {
+        while let Some(notice) = self.host.poll_notice() {
             n += 1;
-            self.hooks.on_event(now, &event);
-            match &event {
-                Event::Deliver(delivery) => {
-                    self.stats.add(Counter::MessagesDelivered, 1);
-                    self.stats
-                        .add(Counter::BytesDelivered, delivery.payload.len() as u64);
-                    if ServiceId::of(&delivery.payload) == Some(ServiceId::LoadGenerator) {
-                        self.hooks.on_generated(now, delivery, &self.stats);
-                        continue;
-                    }
+            match notice {
+                Notice::Configuration(change) => {
+                    log_membership(&change);
+                    self.hooks.on_configuration(now, &change);
                 }
-                Event::Configuration(change) => {
-                    let kind = match change.kind {
-                        ConfigurationKind::Regular => {
-                            self.stats.add(Counter::MembershipChanges, 1);
-                            "regular"
-                        }
-                        ConfigurationKind::Transitional => {
-                            self.stats.add(Counter::TransitionalChanges, 1);
-                            "transitional"
-                        }
-                    };
-                    tracing::info!(
-                        kind,
-                        ring_id = %change.ring_id,
-                        members = ?change.members,
-                        joined = ?change.joined,
-                        left = ?change.left,
-                        "membership"
-                    );
+                Notice::Foreign(ServiceId::LoadGenerator, delivery) => {
+                    self.hooks.on_generated(now, &delivery, &self.stats);
+                }
+                Notice::Foreign(service, _) => {
+                    tracing::debug!(?service, "delivery of a service this node does not run");
                 }
             }
-            self.ipc.handle_totem_event(event, &mut self.node, now);
         }
         n
     }
@@ -1307,7 +1296,7 @@ impl Engine {
             let Some(transmit) = self
                 .pending
                 .pop_front()
-                .or_else(|| self.node.poll_transmit())
+                .or_else(|| self.host.poll_transmit())
             else {
                 break;
             };
@@ -1457,8 +1446,13 @@ impl Engine {
     }
 
     fn publish_stats(&mut self, now: Instant) {
-        let s = self.node.stats();
+        let s = self.host.totem_stats();
+        let h = self.host.stats();
         let st = &self.stats;
+        st.set(Counter::MessagesDelivered, h.messages_delivered);
+        st.set(Counter::BytesDelivered, h.bytes_delivered);
+        st.set(Counter::MembershipChanges, h.regular_changes);
+        st.set(Counter::TransitionalChanges, h.transitional_changes);
         st.set(Counter::DropDecode, s.packets_dropped);
         st.set(
             Counter::PacketsAccepted,
@@ -1472,7 +1466,7 @@ impl Engine {
         st.set(Counter::TokenLosses, s.token_losses);
         st.set(Counter::FailedToReceive, s.failed_to_receive);
         st.set(Counter::RingsInstalled, s.rings_installed);
-        st.set_send_queue_len(self.node.send_queue_len());
+        st.set_send_queue_len(self.host.send_queue_len());
         let c = self.ipc.stats();
         st.set(Counter::ClientsConnected, self.ipc.sessions() as u64);
         st.set(Counter::ClientsOpened, c.sessions_opened);
@@ -1496,9 +1490,9 @@ impl Engine {
         );
         st.set(Counter::BytesPackedByReference, s.bytes_packed_by_reference);
         st.set(Counter::SendBufferMessages, c.send_buffer_messages);
-        let state = self.leaving_until.is_none().then(|| self.node.state());
+        let state = self.leaving_until.is_none().then(|| self.host.state());
         self.stats
-            .set_ring(self.node.ring_id(), state, self.node.members());
+            .set_ring(self.host.ring_id(), state, self.host.members());
         if now.saturating_since(self.last_heartbeat) >= Duration::from_millis(100) {
             self.last_heartbeat = now;
             self.stats.heartbeat();
@@ -1585,25 +1579,45 @@ fn sealing(config: &DaemonConfig) -> Result<(Option<Sealer>, Option<Opener>), En
     ))
 }
 
-fn open_ring_seq_store(config: &DaemonConfig) -> Result<FileRingSeqStore, EngineError> {
+/// The ring sequence file and the value stored in it (rewritten at once: a bad state
+/// dir stops the start).
+fn open_ring_seq_store(config: &DaemonConfig) -> Result<(FileRingSeqStore, u64), EngineError> {
     FileRingSeqStore::open(config.ring_seq_path.clone()).map_err(io_error(format!(
         "state_dir: ring sequence file {}",
         config.ring_seq_path.display()
     )))
 }
 
-/// Totem, starting above the stored ring sequence (which it writes at once: a failure
-/// there stops the start), and where later failed writes are reported.
-fn start_node(
-    config: &DaemonConfig,
-    store: FileRingSeqStore,
-) -> Result<(Node, RingSeqFailure), EngineError> {
-    let failure = store.failure();
-    let node = Node::new(config.totem.clone(), Box::new(store), Instant::ZERO)?;
-    if let Some(e) = failure.take() {
-        return Err(EngineError::RingSeq(e));
+/// The host's configuration, one per layer, from the daemon's.
+fn host_config(config: &DaemonConfig) -> HostConfig {
+    let ipc = &config.settings.ipc;
+    HostConfig {
+        totem: config.totem.clone(),
+        cpg: crate::cpg::Limits {
+            max_members_per_group: ipc.max_members_per_group,
+            max_groups: ipc.max_groups,
+            max_connections: ipc.max_clients,
+            max_message_bytes: config
+                .totem
+                .max_message_bytes
+                .saturating_sub(crate::cpg::MCAST_HEADER_MAX),
+        },
     }
-    Ok((node, failure))
+}
+
+fn log_membership(change: &ConfigurationChange) {
+    let kind = match change.kind {
+        ConfigurationKind::Regular => "regular",
+        ConfigurationKind::Transitional => "transitional",
+    };
+    tracing::info!(
+        kind,
+        ring_id = %change.ring_id,
+        members = ?change.members,
+        joined = ?change.joined,
+        left = ?change.left,
+        "membership"
+    );
 }
 
 /// One receive header per socket, each with room for the source address (and with
@@ -1638,7 +1652,7 @@ fn use_delivery_pool(
     config: &DaemonConfig,
     ipc: &Ipc,
     clear: bool,
-    node: &mut Node,
+    host: &mut Host,
     bufring: &mut BufRing,
 ) -> Option<SharedDeliveryPool> {
     let recv_pool = if clear && config.recv_datagram_bytes >= KEEP_IN_POOL_MIN {
@@ -1647,7 +1661,7 @@ fn use_delivery_pool(
         None
     };
     if let Some(pool) = ipc.delivery_pool() {
-        node.set_reassembly_buffers(
+        host.node_mut().set_reassembly_buffers(
             config.settings.ipc.delivery_pool_min_bytes,
             crate::ipc::delivery_placement::reassembly_buffers(pool),
         );
@@ -1734,20 +1748,9 @@ fn ipc_config(config: &DaemonConfig) -> IpcConfig {
             max_events: ipc.backlog_events,
             max_bytes: ipc.backlog_bytes,
         },
-        cpg: crate::cpg::Limits {
-            max_members_per_group: ipc.max_members_per_group,
-            max_groups: ipc.max_groups,
-            max_connections: ipc.max_clients,
-            max_message_bytes: config
-                .totem
-                .max_message_bytes
-                .saturating_sub(crate::cpg::MCAST_HEADER_MAX),
-        },
     }
 }
 
-/// The delivery log could not be written: say so and stop writing it (its readers then
-/// find records missing rather than a log that looks complete).
 /// Builds an engine from `config` and runs it on the calling thread.
 pub fn run(config: DaemonConfig) -> Result<(), EngineError> {
     Engine::new(config)?.run()

@@ -36,8 +36,9 @@ use ringcast_shm::proto::{
 use ringcast_shm::socket::SeqPacket;
 use ringcast_shm::{DeliveryPool, EventFd, HugePages, Region, RegionSpec, RingError};
 
-use crate::cpg::{self, ConnId, CpgError, GroupName, IterationKind, Service, TotemSubmit};
-use crate::totem::{Event, Guarantee, Instant, Node, NodeId};
+use crate::cpg::{self, ConnId, CpgError, GroupName, IterationKind};
+use crate::host::Host;
+use crate::totem::{Guarantee, Instant, NodeId};
 use delivery_placement::DeliveryPlacement;
 use ringcast_shm::delivery_pool::PoolBuffer;
 use session::AssemblyBuf;
@@ -57,7 +58,6 @@ pub struct IpcConfig {
     pub huge_pages: bool,
     pub max_clients: usize,
     pub backlog: BacklogLimits,
-    pub cpg: cpg::Limits,
     /// Size of the delivery pool shared (read-only) with every client; 0: none.
     pub delivery_pool_bytes: usize,
     /// Deliveries at least this long go through the pool.
@@ -129,7 +129,8 @@ pub struct Ipc {
     slots: Vec<Option<Session>>,
     generations: Vec<u32>,
     next_conn: u64,
-    pub service: Service,
+    /// The node's id (clients learn it in `Welcome`).
+    local: NodeId,
     engine_wake: std::os::fd::OwnedFd,
     own_uid: u32,
     stats: IpcStats,
@@ -180,7 +181,6 @@ impl Ipc {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
             .map_err(listen_err)?;
         let engine_wake = engine_wake.try_clone_to_owned().map_err(listen_err)?;
-        let service = Service::new(local, config.cpg);
         let slots = (0..config.max_clients).map(|_| None).collect();
         let pool = match config.delivery_pool_bytes {
             0 => None,
@@ -214,7 +214,7 @@ impl Ipc {
             listener,
             slots,
             next_conn: 1,
-            service,
+            local,
             engine_wake,
             own_uid,
             stats: IpcStats::default(),
@@ -321,11 +321,11 @@ impl Ipc {
 
     /// The socket of `slot` is readable: every queued request (or EOF). Returns false
     /// when the session was closed (its poll must be cancelled).
-    pub fn on_readable(&mut self, slot: usize, node: &mut Node, now: Instant) -> bool {
+    pub fn on_readable(&mut self, slot: usize, host: &mut Host, now: Instant) -> bool {
         // A client has at most one request outstanding; the bound only guards against
         // one that ignores that.
         for _ in 0..64 {
-            match self.one_request(slot, node, now) {
+            match self.one_request(slot, host, now) {
                 Some(true) => continue,
                 Some(false) => return false,
                 None => return true,
@@ -336,20 +336,20 @@ impl Ipc {
 
     /// Handles one request. `None` when nothing is queued, `Some(false)` when the
     /// session was closed.
-    fn one_request(&mut self, slot: usize, node: &mut Node, now: Instant) -> Option<bool> {
+    fn one_request(&mut self, slot: usize, host: &mut Host, now: Instant) -> Option<bool> {
         let Some(session) = self.slots.get(slot).and_then(|s| s.as_ref()) else {
             return Some(false);
         };
         let request = match session.socket.recv(&mut self.recv_buf) {
             Ok(Some((n, _fds))) => Request::decode(&self.recv_buf[..n]),
             Ok(None) => {
-                self.close(slot, node, now, "client closed");
+                self.close(slot, host, now, "client closed");
                 return Some(false);
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return None,
             Err(e) => {
                 tracing::debug!(error = %e, "client socket error");
-                self.close(slot, node, now, "socket error");
+                self.close(slot, host, now, "socket error");
                 return Some(false);
             }
         };
@@ -358,26 +358,26 @@ impl Ipc {
             Err(e) => {
                 tracing::warn!(error = %e, "malformed request; closing the session");
                 self.stats.sessions_faulted += 1;
-                self.close(slot, node, now, "malformed request");
+                self.close(slot, host, now, "malformed request");
                 return Some(false);
             }
         };
         let ready = self.slots[slot].as_ref().is_some_and(|s| s.ready.is_some());
         Some(match (ready, request) {
-            (false, Request::Hello { version, pid }) => self.hello(slot, version, pid, node, now),
+            (false, Request::Hello { version, pid }) => self.hello(slot, version, pid, host, now),
             (false, _) | (true, Request::Hello { .. }) => {
                 self.reply(slot, Reply::Status(Status::BadHandle));
-                self.close(slot, node, now, "request out of sequence");
+                self.close(slot, host, now, "request out of sequence");
                 false
             }
             (true, Request::Finalize) => {
-                let _ = self.drain_submit(slot, node, now, true);
+                let _ = self.drain_submit(slot, host, now, true);
                 self.reply(slot, Reply::Status(Status::Ok));
-                self.close(slot, node, now, "finalized");
+                self.close(slot, host, now, "finalized");
                 false
             }
             (true, request) => {
-                let reply = self.request(slot, request, node, now);
+                let reply = self.request(slot, request, host, now);
                 self.reply(slot, reply);
                 self.slots[slot].is_some()
             }
@@ -389,7 +389,7 @@ impl Ipc {
         slot: usize,
         version: u32,
         pid: u32,
-        node: &mut Node,
+        host: &mut Host,
         now: Instant,
     ) -> bool {
         let Some(session) = self.slots[slot].as_ref() else {
@@ -402,12 +402,12 @@ impl Ipc {
                 slot,
                 Status::Version,
                 "protocol version mismatch",
-                node,
+                host,
                 now,
             );
         }
         if !self.allowed(cred.uid, cred.gid) {
-            return self.refuse(slot, Status::Access, "user not allowed", node, now);
+            return self.refuse(slot, Status::Access, "user not allowed", host, now);
         }
         // The pid the client reports is only a label in membership lists; the kernel's
         // is what we trust when they differ (a client inside another pid namespace).
@@ -421,22 +421,22 @@ impl Ipc {
             Ok(r) => Arc::new(r),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot create a client region");
-                return self.refuse(slot, Status::NoMemory, "region creation failed", node, now);
+                return self.refuse(slot, Status::NoMemory, "region creation failed", host, now);
             }
         };
         let wake = match EventFd::new() {
             Ok(w) => w,
             Err(e) => {
                 tracing::warn!(error = %e, "eventfd");
-                return self.refuse(slot, Status::NoResources, "eventfd failed", node, now);
+                return self.refuse(slot, Status::NoResources, "eventfd failed", host, now);
             }
         };
-        if let Err(e) = self.service.connect(conn, pid) {
+        if let Err(e) = host.connect(conn, pid) {
             return self.refuse(
                 slot,
                 status_of(e),
                 "service refused the connection",
-                node,
+                host,
                 now,
             );
         }
@@ -470,8 +470,8 @@ impl Ipc {
         let welcome = Welcome {
             status: Status::Ok,
             version: proto::PROTOCOL_VERSION,
-            node_id: self.service.local_node(),
-            max_message_bytes: self.config.cpg.max_message_bytes as u64,
+            node_id: self.local,
+            max_message_bytes: host.cpg_limits().max_message_bytes as u64,
             delivery_pool_bytes: self.placement.as_ref().map_or(0, |p| p.pool().len() as u64),
             send_slab_offset: slab.map_or(0, |s| s.0),
             send_slab_bytes: slab.map_or(0, |s| s.1 as u64),
@@ -485,14 +485,8 @@ impl Ipc {
         };
         ready.slab = slab;
         if !matches!(sent, Some(Ok(()))) {
-            self.service.disconnect(
-                conn,
-                &mut TotemSubmit {
-                    node: &mut *node,
-                    now,
-                },
-            );
-            self.close(slot, node, now, "welcome not delivered");
+            host.disconnect(now, conn);
+            self.close(slot, host, now, "welcome not delivered");
             return false;
         }
         region.set_client_pid(pid);
@@ -515,7 +509,7 @@ impl Ipc {
         slot: usize,
         status: Status,
         why: &str,
-        node: &mut Node,
+        host: &mut Host,
         now: Instant,
     ) -> bool {
         if let Some(s) = self.slots[slot].as_ref() {
@@ -523,11 +517,11 @@ impl Ipc {
         }
         self.stats.sessions_refused += 1;
         self.reply_welcome(slot, status, &[]);
-        self.close(slot, node, now, why);
+        self.close(slot, host, now, why);
         false
     }
 
-    fn request(&mut self, slot: usize, request: Request, node: &mut Node, now: Instant) -> Reply {
+    fn request(&mut self, slot: usize, request: Request, host: &mut Host, now: Instant) -> Reply {
         let conn = match self.slots[slot].as_ref() {
             Some(s) => s.conn,
             None => return Reply::Status(Status::BadHandle),
@@ -537,20 +531,17 @@ impl Ipc {
                 if flags & !1 != 0 {
                     return Reply::Status(Status::InvalidParam);
                 }
-                self.group_change(slot, &name, node, now, |service, group, totem| {
-                    service.join(conn, group, flags & 1 != 0, totem)
+                self.group_change(slot, &name, host, now, |host, group| {
+                    host.join(now, conn, group, flags & 1 != 0)
                 })
             }
-            Request::Leave { name } => {
-                self.group_change(slot, &name, node, now, |service, group, totem| {
-                    service.leave(conn, group, totem)
-                })
-            }
+            Request::Leave { name } => self.group_change(slot, &name, host, now, |host, group| {
+                host.leave_group(now, conn, group)
+            }),
             Request::Membership { name } => match GroupName::new(&name) {
                 Ok(group) => Reply::Membership {
                     status: Status::Ok,
-                    members: self
-                        .service
+                    members: host
                         .membership(&group)
                         .into_iter()
                         .map(|m| WireMember {
@@ -566,9 +557,9 @@ impl Ipc {
             },
             Request::LocalGet => Reply::LocalGet {
                 status: Status::Ok,
-                node: self.service.local_node(),
+                node: self.local,
             },
-            Request::IterInit { kind, name } => self.iter_init(slot, kind, name),
+            Request::IterInit { kind, name } => self.iter_init(slot, kind, name, host),
             Request::IterNext { iter, index } => self.iter_next(slot, iter, index),
             Request::IterFinalize { iter } => {
                 let Some(ready) = self.ready_mut(slot) else {
@@ -584,7 +575,7 @@ impl Ipc {
             }
             Request::Nodes => Reply::Nodes {
                 status: Status::Ok,
-                ring: node.members().to_vec(),
+                ring: host.members().to_vec(),
                 nodes: (self.config.nodes.iter())
                     .map(|(id, addr)| proto::WireNode {
                         node: *id,
@@ -602,26 +593,25 @@ impl Ipc {
         &mut self,
         slot: usize,
         name: &[u8],
-        node: &mut Node,
+        host: &mut Host,
         now: Instant,
-        change: impl FnOnce(&mut Service, &GroupName, &mut TotemSubmit<'_>) -> Result<(), CpgError>,
+        change: impl FnOnce(&mut Host, &GroupName) -> Result<(), CpgError>,
     ) -> Reply {
-        if !self.drain_submit(slot, node, now, true) {
+        if !self.drain_submit(slot, host, now, true) {
             return Reply::Status(Status::TryAgain);
         }
         let group = match GroupName::new(name) {
             Ok(g) => g,
             Err(e) => return Reply::Status(status_of(e)),
         };
-        let mut totem = TotemSubmit { node, now };
-        Reply::Status(match change(&mut self.service, &group, &mut totem) {
+        Reply::Status(match change(host, &group) {
             Ok(()) => Status::Ok,
             Err(e) => {
                 if e == CpgError::TooManyMembers {
                     // Debug, not warn: a client can repeat the refused join at will.
                     tracing::debug!(
                         group = %String::from_utf8_lossy(name),
-                        limit = self.config.cpg.max_members_per_group,
+                        limit = host.cpg_limits().max_members_per_group,
                         "join refused: the group is full (ipc.max_members_per_group)"
                     );
                 }
@@ -630,7 +620,7 @@ impl Ipc {
         })
     }
 
-    fn iter_init(&mut self, slot: usize, kind: u32, name: Option<Vec<u8>>) -> Reply {
+    fn iter_init(&mut self, slot: usize, kind: u32, name: Option<Vec<u8>>, host: &Host) -> Reply {
         let refused = |status| Reply::IterInit {
             status,
             iter: 0,
@@ -646,7 +636,7 @@ impl Ipc {
             Ok(g) => g,
             Err(e) => return refused(status_of(e)),
         };
-        let snapshot = match self.service.iterate(kind, group.as_ref()) {
+        let snapshot = match host.iterate(kind, group.as_ref()) {
             Ok(s) => s,
             Err(e) => return refused(status_of(e)),
         };
@@ -711,7 +701,7 @@ impl Ipc {
         let welcome = Welcome {
             status,
             version: proto::PROTOCOL_VERSION,
-            node_id: self.service.local_node(),
+            node_id: self.local,
             max_message_bytes: 0,
             delivery_pool_bytes: 0,
             send_slab_offset: 0,
@@ -739,7 +729,7 @@ impl Ipc {
     /// Trusted senders' messages that nothing holds any more: each goes back to its
     /// client (a `SENT_RELEASED` event), or counts toward freeing a departed client's
     /// slab.
-    fn hand_back_released(&mut self, node: &mut Node, now: Instant) {
+    fn hand_back_released(&mut self, host: &mut Host, now: Instant) {
         let Some(pool) = &self.placement else {
             return;
         };
@@ -757,7 +747,7 @@ impl Ipc {
                         .ready_mut(slot)
                         .map(|ready| ready.push_event(Outgoing::Released(offset), limits));
                     if let Some(Err(e)) = pushed {
-                        self.fault(slot, e, node, now);
+                        self.fault(slot, e, host, now);
                     }
                 }
                 None => self.free_idle_slab(conn),
@@ -766,7 +756,7 @@ impl Ipc {
     }
 
     /// Ends a session: PROCDOWN for its member (if any), socket closed.
-    fn close(&mut self, slot: usize, node: &mut Node, now: Instant, why: &str) {
+    fn close(&mut self, slot: usize, host: &mut Host, now: Instant, why: &str) {
         let Some(session) = self.slots[slot].take() else {
             return;
         };
@@ -786,13 +776,7 @@ impl Ipc {
         }
         self.free_idle_slab(session.conn);
         if session.ready.is_some() {
-            self.service.disconnect(
-                session.conn,
-                &mut TotemSubmit {
-                    node: &mut *node,
-                    now,
-                },
-            );
+            host.disconnect(now, session.conn);
             self.stats.sessions_closed += 1;
             tracing::info!(
                 conn = session.conn,
@@ -804,14 +788,14 @@ impl Ipc {
     }
 
     /// Closes the session in `slot` from outside (the engine saw an error on its poll).
-    pub fn drop_session(&mut self, slot: usize, node: &mut Node, now: Instant) {
-        self.close(slot, node, now, "socket poll error");
+    pub fn drop_session(&mut self, slot: usize, host: &mut Host, now: Instant) {
+        self.close(slot, host, now, "socket poll error");
     }
 
     /// Takes multicasts from every session's submit ring into the service, as far as
     /// Totem accepts them. Returns the number of records taken; sessions that broke
     /// their ring are closed (see [`Ipc::take_closed`]).
-    pub fn poll_rings(&mut self, node: &mut Node, now: Instant) -> usize {
+    pub fn poll_rings(&mut self, host: &mut Host, now: Instant) -> usize {
         let mut n = 0;
         self.blocked = false;
         let slots = self.slots.len();
@@ -829,7 +813,7 @@ impl Ipc {
                 continue;
             }
             let before = self.stats.client_messages;
-            let drained = self.drain_submit_inner(slot, node, now, false);
+            let drained = self.drain_submit_inner(slot, host, now, false);
             n += (self.stats.client_messages - before) as usize;
             if !drained {
                 // Totem or the service pushed back: later sessions would be refused too.
@@ -847,15 +831,15 @@ impl Ipc {
     }
 
     /// Drains `slot`'s submit ring; false when records remain (Totem pushed back).
-    fn drain_submit(&mut self, slot: usize, node: &mut Node, now: Instant, all: bool) -> bool {
-        let ok = self.drain_submit_inner(slot, node, now, all);
+    fn drain_submit(&mut self, slot: usize, host: &mut Host, now: Instant, all: bool) -> bool {
+        let ok = self.drain_submit_inner(slot, host, now, all);
         ok && self.slots[slot].is_some()
     }
 
     fn drain_submit_inner(
         &mut self,
         slot: usize,
-        node: &mut Node,
+        host: &mut Host,
         now: Instant,
         all: bool,
     ) -> bool {
@@ -864,7 +848,7 @@ impl Ipc {
         // stays small next to the backlog limits.
         const BUDGET: usize = 256;
         const BUDGET_BYTES: usize = 4 << 20;
-        let max_message = self.config.cpg.max_message_bytes;
+        let max_message = host.cpg_limits().max_message_bytes;
         let mut taken = 0;
         let mut taken_bytes = 0usize;
         loop {
@@ -884,7 +868,7 @@ impl Ipc {
                 Err(RingError::Corrupt(why)) => {
                     tracing::warn!(conn, why, "corrupt submit ring; closing the session");
                     self.stats.sessions_faulted += 1;
-                    self.close(slot, node, now, "corrupt submit ring");
+                    self.close(slot, host, now, "corrupt submit ring");
                     return true;
                 }
             };
@@ -905,7 +889,7 @@ impl Ipc {
                         let why = "release of a pool buffer it does not hold";
                         tracing::warn!(conn, why, "closing the session");
                         self.stats.sessions_faulted += 1;
-                        self.close(slot, node, now, why);
+                        self.close(slot, host, now, why);
                         return true;
                     }
                 }
@@ -914,17 +898,11 @@ impl Ipc {
             // it costs nothing and back-pressures the client, and what Totem holds
             // will reach local receivers' backlogs whatever happens (so the throttle
             // below their limit must leave room for it).
-            if node.send_queue_len() >= TOTEM_QUEUE_MAX_MESSAGES
-                || node.send_queue_bytes() >= TOTEM_QUEUE_MAX_BYTES
-            {
+            if !host.accepts_multicasts() {
                 self.stats.try_again += 1;
                 return false;
             }
             taken_bytes += record.payload.len();
-            let mut totem = TotemSubmit {
-                node: &mut *node,
-                now,
-            };
             let outcome = match record.kind {
                 proto::submit::MCAST_AGREED | proto::submit::MCAST_SAFE => {
                     let g = if record.kind == proto::submit::MCAST_SAFE {
@@ -932,14 +910,7 @@ impl Ipc {
                     } else {
                         Guarantee::Agreed
                     };
-                    take_message(
-                        self.placement.as_mut(),
-                        &mut self.service,
-                        conn,
-                        g,
-                        record.payload,
-                        &mut totem,
-                    )
+                    take_message(self.placement.as_mut(), host, conn, g, record.payload, now)
                 }
                 proto::submit::MCAST_REF => {
                     // A message the client wrote into its region's buffer pool: copied
@@ -952,14 +923,8 @@ impl Ipc {
                     match message {
                         Err(why) => Step::Fault(why),
                         Ok((g, payload)) => {
-                            let step = take_message(
-                                self.placement.as_mut(),
-                                &mut self.service,
-                                conn,
-                                g,
-                                payload,
-                                &mut totem,
-                            );
+                            let step =
+                                take_message(self.placement.as_mut(), host, conn, g, payload, now);
                             if matches!(step, Step::Taken(_)) {
                                 self.stats.send_buffer_messages += 1;
                             }
@@ -985,7 +950,7 @@ impl Ipc {
                     match (message, &self.placement) {
                         (Ok((g, m)), Some(pool)) => {
                             let slab = self.slabs.get_mut(&conn);
-                            in_place_message(pool, slab, &mut self.service, conn, g, m, &mut totem)
+                            in_place_message(pool, slab, host, now, conn, g, m)
                         }
                         (Err(why), _) => Step::Fault(why),
                         (Ok(_), None) => Step::Fault("bad in-place message reference"),
@@ -999,13 +964,13 @@ impl Ipc {
                         part(
                             &mut ready.assembly,
                             self.placement.as_mut(),
-                            &mut self.service,
+                            host,
                             conn,
                             g,
                             h,
                             piece,
                             max_message,
-                            &mut totem,
+                            now,
                         )
                     }
                 },
@@ -1037,33 +1002,19 @@ impl Ipc {
                 Step::Fault(why) => {
                     tracing::warn!(conn, why, "closing the session");
                     self.stats.sessions_faulted += 1;
-                    self.close(slot, node, now, why);
+                    self.close(slot, host, now, why);
                     return true;
                 }
             }
         }
     }
 
-    /// Feeds one Totem event to the service.
-    pub fn handle_totem_event(&mut self, event: Event, node: &mut Node, now: Instant) {
-        self.service.handle_totem_event(
-            event,
-            &mut TotemSubmit {
-                node: &mut *node,
-                now,
-            },
-        );
-    }
-
     /// Retries what the service owes Totem, moves the service's events into the
     /// sessions' rings and publishes them. Returns the number of events moved; faulted
     /// sessions are closed (see [`Ipc::take_closed`]).
-    pub fn flush_events(&mut self, node: &mut Node, now: Instant) -> usize {
-        self.service.poll(&mut TotemSubmit {
-            node: &mut *node,
-            now,
-        });
-        self.hand_back_released(node, now);
+    pub fn flush_events(&mut self, host: &mut Host, now: Instant) -> usize {
+        host.poll(now);
+        self.hand_back_released(host, now);
         let limits = self.config.backlog;
         let mut n = 0;
         let mut confchgs = session::ConfchgCache::default();
@@ -1077,10 +1028,10 @@ impl Ipc {
             };
             match ready.drain_backlog() {
                 Ok(moved) => n += moved,
-                Err(e) => self.fault(slot, e, node, now),
+                Err(e) => self.fault(slot, e, host, now),
             }
         }
-        while let Some((conn, event)) = self.service.poll_event() {
+        while let Some((conn, event)) = host.poll_event() {
             n += 1;
             self.stats.events_to_clients += 1;
             let Some(&slot) = self.slot_of.get(&conn) else {
@@ -1134,7 +1085,7 @@ impl Ipc {
                 (event, _) => confchgs.outgoing(event),
             };
             if let Err(e) = ready.push_event(outgoing, limits) {
-                self.fault(slot, e, node, now);
+                self.fault(slot, e, host, now);
             }
         }
         if let Some(pool) = &mut self.placement {
@@ -1165,10 +1116,10 @@ impl Ipc {
         n
     }
 
-    fn fault(&mut self, slot: usize, fault: SessionFault, node: &mut Node, now: Instant) {
+    fn fault(&mut self, slot: usize, fault: SessionFault, host: &mut Host, now: Instant) {
         tracing::warn!(slot, error = %fault, "closing the session");
         self.stats.sessions_faulted += 1;
-        self.close(slot, node, now, "fault");
+        self.close(slot, host, now, "fault");
     }
 
     /// Before the engine sleeps: announce it on every submit ring. False if a ring
@@ -1200,18 +1151,13 @@ impl Ipc {
     }
 
     /// Closes every session (engine shutdown) and removes the socket file.
-    pub fn shutdown(&mut self, node: &mut Node, now: Instant) {
+    pub fn shutdown(&mut self, host: &mut Host, now: Instant) {
         for slot in 0..self.slots.len() {
-            self.close(slot, node, now, "engine shutting down");
+            self.close(slot, host, now, "engine shutting down");
         }
         let _ = std::fs::remove_file(&self.config.socket_path);
     }
 }
-
-/// Most application messages (and bytes) the IPC layer lets wait in Totem's send queue;
-/// beyond that, multicasts wait in their submit rings.
-const TOTEM_QUEUE_MAX_MESSAGES: usize = 4096;
-const TOTEM_QUEUE_MAX_BYTES: usize = 8 << 20;
 
 /// What became of one submit record.
 enum Step {
@@ -1231,13 +1177,13 @@ enum Step {
 fn part(
     assembly: &mut Option<Assembly>,
     pool: Option<&mut DeliveryPlacement>,
-    service: &mut Service,
+    host: &mut Host,
     conn: cpg::ConnId,
     guarantee: Guarantee,
     h: PartHeader,
     piece: &[u8],
     max_message: usize,
-    totem: &mut TotemSubmit<'_>,
+    now: Instant,
 ) -> Step {
     // The buffer keeps room for the CPG header in front, so the assembled message is
     // not copied again: in the delivery pool when there is one and room in it (Totem
@@ -1289,16 +1235,14 @@ fn part(
     }
     let len = a.total_len;
     let result = match &mut a.buf {
-        AssemblyBuf::Pool { buffer, .. } => service.mcast_framed(
-            conn,
-            a.guarantee,
-            len,
-            |header| frame(buffer, header, len),
-            totem,
-        ),
+        AssemblyBuf::Pool { buffer, .. } => {
+            host.mcast_framed(now, conn, a.guarantee, len, |header| {
+                frame(buffer, header, len)
+            })
+        }
         AssemblyBuf::Heap(buf) => {
             let buf = std::mem::take(buf);
-            match service.mcast_in_place(conn, a.guarantee, buf, totem) {
+            match host.mcast_in_place(now, conn, a.guarantee, buf) {
                 Ok(()) => Ok(()),
                 Err((e, back)) => {
                     if let Some(back) = back {
@@ -1351,11 +1295,11 @@ fn message_ref(payload: &[u8]) -> Result<(Guarantee, proto::MessageRef), &'stati
 fn in_place_message(
     pool: &DeliveryPlacement,
     slab: Option<&mut SendSlab>,
-    service: &mut Service,
+    host: &mut Host,
+    now: Instant,
     conn: cpg::ConnId,
     guarantee: Guarantee,
     m: proto::MessageRef,
-    totem: &mut TotemSubmit<'_>,
 ) -> Step {
     let Some(slab) = slab else {
         return Step::Fault("no send slab");
@@ -1368,13 +1312,9 @@ fn in_place_message(
     let Some(mut buffer) = pool.pool().adopt(m.offset, (room + len) as u64, conn) else {
         return Step::Fault("in-place message buffer still in use");
     };
-    let sent = service.mcast_framed(
-        conn,
-        guarantee,
-        len,
-        |header| frame(&mut buffer, header, len),
-        totem,
-    );
+    let sent = host.mcast_framed(now, conn, guarantee, len, |header| {
+        frame(&mut buffer, header, len)
+    });
     match sent {
         Ok(()) => {
             slab.outstanding += 1;
@@ -1401,11 +1341,11 @@ fn in_place_message(
 /// there and local receivers read it there), else onto the heap.
 fn take_message(
     pool: Option<&mut DeliveryPlacement>,
-    service: &mut Service,
+    host: &mut Host,
     conn: cpg::ConnId,
     guarantee: Guarantee,
     payload: &[u8],
-    totem: &mut TotemSubmit<'_>,
+    now: Instant,
 ) -> Step {
     let len = payload.len();
     let from_pool = match pool {
@@ -1416,15 +1356,11 @@ fn take_message(
         Some(mut buffer) => {
             let copied = buffer.write(cpg::MCAST_HEADER_MAX, payload);
             debug_assert!(copied, "a fresh buffer is ours alone");
-            service.mcast_framed(
-                conn,
-                guarantee,
-                len,
-                |header| frame(&mut buffer, header, len),
-                totem,
-            )
+            host.mcast_framed(now, conn, guarantee, len, |header| {
+                frame(&mut buffer, header, len)
+            })
         }
-        None => service.mcast(conn, guarantee, &[payload], totem),
+        None => host.mcast(now, conn, guarantee, &[payload]),
     };
     match sent {
         Ok(()) => Step::Taken(len),
