@@ -35,8 +35,8 @@ use super::stats::{Counter, StatsWriter};
 use crate::daemon::hooks::{HookError, TestHooks};
 use crate::daemon::keyfile::{self, KeyError};
 use crate::daemon::{DaemonConfig, FileRingSeqStore, IdleStrategy, RingSeqWriteError};
-use crate::host::{Host, HostConfig, Notice};
-use crate::ipc::{Ipc, IpcConfig, session::BacklogLimits};
+use crate::host::{FlowLimits, Host, HostConfig, Notice};
+use crate::ipc::{Ipc, IpcConfig};
 use crate::service::ServiceId;
 use crate::totem::{
     ConfigurationChange, ConfigurationKind, Destination, Gather, Instant, NodeId, Transmit,
@@ -898,7 +898,8 @@ impl Engine {
         .flatten()
         .min();
         let mut wait = deadline.map_or(MAX_SLEEP, |d| d.saturating_since(now).min(MAX_SLEEP));
-        if self.ipc.wants_poll_soon() {
+        // A lagging receiver's progress is seen only by looking at its ring again.
+        if self.host.senders_held() {
             wait = wait.min(THROTTLED_POLL);
         }
         // Clients wake the engine only after it announced its sleep on their rings; a
@@ -1602,6 +1603,10 @@ fn host_config(config: &DaemonConfig) -> HostConfig {
                 .max_message_bytes
                 .saturating_sub(crate::cpg::MCAST_HEADER_MAX),
         },
+        flow: FlowLimits {
+            max_events: ipc.backlog_events,
+            max_bytes: ipc.backlog_bytes,
+        },
     }
 }
 
@@ -1743,10 +1748,6 @@ fn ipc_config(config: &DaemonConfig) -> IpcConfig {
             ipc.send_buffer_bytes
         } else {
             0
-        },
-        backlog: BacklogLimits {
-            max_events: ipc.backlog_events,
-            max_bytes: ipc.backlog_bytes,
         },
     }
 }

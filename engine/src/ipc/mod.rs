@@ -12,12 +12,13 @@
 //! Ordering: before a join, leave or finalize is acted on, the session's submit ring is
 //! drained into the service, so a request never overtakes the messages sent before it.
 //!
-//! Back-pressure: a multicast the service refuses (Totem's queue is full, or a sync is
-//! running) stays at the head of the submit ring; the client sees `TRY_AGAIN` once its
-//! ring is full. Nothing accepted into a ring is ever dropped. Events a client does not
-//! consume wait in a bounded backlog; past its limit the client is disconnected, and
-//! while any backlog is over half its limit the engine stops taking new multicasts from
-//! its local clients.
+//! Back-pressure: a multicast the host refuses (Totem's queue is long, a local client
+//! lags behind its events, or a sync is running) stays at the head of the submit ring;
+//! the client sees `TRY_AGAIN` once its ring is full. Nothing accepted into a ring is
+//! ever dropped. Events a client does not consume wait in a backlog whose size is
+//! reported to the host after every round; the host decides what it means (senders
+//! held back, or the client cut off: `ringcast_proto::host::flow`), and this layer
+//! closes the sessions it cuts off.
 
 pub mod delivery_placement;
 pub mod id_map;
@@ -42,7 +43,7 @@ use crate::totem::{Guarantee, Instant, NodeId};
 use delivery_placement::DeliveryPlacement;
 use ringcast_shm::delivery_pool::PoolBuffer;
 use session::AssemblyBuf;
-use session::{Assembly, BacklogLimits, MAX_ITERATIONS, Outgoing, Ready, Session, SessionFault};
+use session::{Assembly, MAX_ITERATIONS, Outgoing, Ready, Session, SessionFault};
 
 /// What the IPC layer needs from the configuration.
 #[derive(Clone, Debug)]
@@ -57,7 +58,6 @@ pub struct IpcConfig {
     pub region: RegionSpec,
     pub huge_pages: bool,
     pub max_clients: usize,
-    pub backlog: BacklogLimits,
     /// Size of the delivery pool shared (read-only) with every client; 0: none.
     pub delivery_pool_bytes: usize,
     /// Deliveries at least this long go through the pool.
@@ -136,8 +136,6 @@ pub struct Ipc {
     stats: IpcStats,
     /// Sessions whose rings the engine should look at first (they have work queued).
     recv_buf: Box<[u8]>,
-    /// True while any backlog is over half its limit (local senders are held back).
-    throttled: bool,
     /// (slot, generation) of sessions closed since [`Ipc::take_closed`]: their socket
     /// polls must be cancelled (the generation, because the slot may already be reused).
     closed: Vec<(usize, u32)>,
@@ -219,7 +217,6 @@ impl Ipc {
             own_uid,
             stats: IpcStats::default(),
             recv_buf: vec![0u8; MAX_SOCKET_MESSAGE_BYTES].into_boxed_slice(),
-            throttled: false,
             closed: Vec::new(),
             blocked: false,
             next_poll: 0,
@@ -734,7 +731,6 @@ impl Ipc {
             return;
         };
         let released = pool.pool().take_released();
-        let limits = self.config.backlog;
         for (owner, offset) in released {
             let conn = owner as ConnId;
             if let Some(slab) = self.slabs.get_mut(&conn) {
@@ -745,7 +741,7 @@ impl Ipc {
                     self.dirty.insert(slot);
                     let pushed = self
                         .ready_mut(slot)
-                        .map(|ready| ready.push_event(Outgoing::Released(offset), limits));
+                        .map(|ready| ready.push_event(Outgoing::Released(offset)));
                     if let Some(Err(e)) = pushed {
                         self.fault(slot, e, host, now);
                     }
@@ -797,7 +793,8 @@ impl Ipc {
     /// their ring are closed (see [`Ipc::take_closed`]).
     pub fn poll_rings(&mut self, host: &mut Host, now: Instant) -> usize {
         let mut n = 0;
-        self.blocked = false;
+        let held = !host.accepts_multicasts();
+        self.blocked = held;
         let slots = self.slots.len();
         let start = self.next_poll % slots.max(1);
         self.next_poll = self.next_poll.wrapping_add(1);
@@ -805,11 +802,11 @@ impl Ipc {
             let Some(ready) = self.slots[slot].as_mut().and_then(|s| s.ready.as_mut()) else {
                 continue;
             };
-            // While a receiver lags, only a large message already half taken may go on
-            // (at most one per session): its sender is stuck in the send until the
-            // message is whole. (A sender that is itself the lagging receiver stashes
-            // its events meanwhile, see the client's `stash_events`.)
-            if self.throttled && ready.assembly.is_none() {
+            // While the host holds senders back, only a large message already half
+            // taken may go on (at most one per session): its sender is stuck in the
+            // send until the message is whole. (A sender that is itself the lagging
+            // receiver stashes its events meanwhile, see the client's `stash_events`.)
+            if held && ready.assembly.is_none() {
                 continue;
             }
             let before = self.stats.client_messages;
@@ -822,12 +819,6 @@ impl Ipc {
             }
         }
         n
-    }
-
-    /// Whether the engine should look at the sessions again soon although nothing
-    /// wakes it: a lagging receiver's progress is seen only by polling its backlog.
-    pub fn wants_poll_soon(&self) -> bool {
-        self.throttled
     }
 
     /// Drains `slot`'s submit ring; false when records remain (Totem pushed back).
@@ -894,11 +885,9 @@ impl Ipc {
                     }
                 }
             }
-            // Keep Totem's queue short: what waits belongs in the client's ring, where
-            // it costs nothing and back-pressures the client, and what Totem holds
-            // will reach local receivers' backlogs whatever happens (so the throttle
-            // below their limit must leave room for it).
-            if !host.accepts_multicasts() {
+            // Nothing is copied for a multicast the host would refuse (the pieces of a
+            // large message go on: they wait in the session's assembly, one at most).
+            if record.kind != proto::submit::MCAST_PART && !host.accepts_multicasts() {
                 self.stats.try_again += 1;
                 return false;
             }
@@ -1015,7 +1004,6 @@ impl Ipc {
     pub fn flush_events(&mut self, host: &mut Host, now: Instant) -> usize {
         host.poll(now);
         self.hand_back_released(host, now);
-        let limits = self.config.backlog;
         let mut n = 0;
         let mut confchgs = session::ConfchgCache::default();
         // Backlogs first (older events), of the sessions that have one: they are dirty.
@@ -1084,36 +1072,61 @@ impl Ipc {
                 }
                 (event, _) => confchgs.outgoing(event),
             };
-            if let Err(e) = ready.push_event(outgoing, limits) {
+            if let Err(e) = ready.push_event(outgoing) {
                 self.fault(slot, e, host, now);
             }
         }
         if let Some(pool) = &mut self.placement {
             pool.end_batch();
         }
-        // Every session with something to publish or a backlog is dirty; the others
-        // have neither (nothing to publish, no backlog toward the throttle).
-        let mut throttled = false;
+        self.publish_dirty(&mut visiting, host, now);
+        self.visiting = visiting;
+        self.close_cut_off(host, now);
+        n
+    }
+
+    /// Publishes what every dirty session was given and reports its backlog to the
+    /// host. Every session with something to publish or a backlog is dirty, so every
+    /// backlog that changed is reported; one with a backlog stays dirty.
+    fn publish_dirty(&mut self, visiting: &mut Vec<usize>, host: &mut Host, now: Instant) {
+        let held = host.senders_held();
         let mut copied = 0;
-        self.dirty.take_into(&mut visiting);
-        for &slot in &visiting {
-            if let Some(ready) = self.ready_mut(slot) {
-                ready.publish();
-                copied += std::mem::take(&mut ready.copied_bytes);
-                throttled |= ready.backlog_bytes() > limits.max_bytes / 2
-                    || ready.backlog_len() > limits.max_events / 2;
-                if ready.backlog_len() > 0 {
-                    self.dirty.insert(slot);
-                }
+        self.dirty.take_into(visiting);
+        for &slot in visiting.iter() {
+            let Some(session) = self.slots.get_mut(slot).and_then(|s| s.as_mut()) else {
+                continue;
+            };
+            let conn = session.conn;
+            let Some(ready) = session.ready.as_mut() else {
+                continue;
+            };
+            ready.publish();
+            copied += std::mem::take(&mut ready.copied_bytes);
+            host.handle_backlog(now, conn, ready.backlog());
+            if ready.backlog_len() > 0 {
+                self.dirty.insert(slot);
             }
         }
-        self.visiting = visiting;
         self.stats.payload_bytes_copied += copied;
-        if throttled != self.throttled {
-            tracing::debug!(throttled, "local senders held back by a slow receiver");
+        if held != host.senders_held() {
+            tracing::debug!(
+                held = !held,
+                lagging = host.clients_lagging(),
+                "local senders held back by a slow receiver"
+            );
         }
-        self.throttled = throttled;
-        n
+    }
+
+    /// Closes the sessions the host cut off (it already disconnected them).
+    fn close_cut_off(&mut self, host: &mut Host, now: Instant) {
+        while let Some((conn, why)) = host.poll_cut_off() {
+            let Some(&slot) = self.slot_of.get(&conn) else {
+                continue;
+            };
+            tracing::warn!(conn, error = %why, "closing the session");
+            self.stats.sessions_faulted += 1;
+            self.close(slot, host, now, "client too slow");
+        }
     }
 
     fn fault(&mut self, slot: usize, fault: SessionFault, host: &mut Host, now: Instant) {
@@ -1125,9 +1138,10 @@ impl Ipc {
     /// Before the engine sleeps: announce it on every submit ring. False if a ring
     /// already has records (do not sleep).
     pub fn prepare_sleep(&mut self) -> bool {
-        // Records the engine cannot take now (Totem full, or receivers lagging) must
-        // not keep it awake: Totem's progress or `wants_poll_soon` wakes it.
-        let rings_matter = !self.throttled && !self.blocked;
+        // Records the engine cannot take now (the host holds senders back) must not
+        // keep it awake: Totem's progress, or the engine's short sleep while senders
+        // are held, wakes it.
+        let rings_matter = !self.blocked;
         let mut may_sleep = true;
         for slot in 0..self.slots.len() {
             if let Some(ready) = self.ready_mut(slot) {
