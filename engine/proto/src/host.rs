@@ -26,6 +26,12 @@
 //!   (configuration changes, deliveries of a service the host does not run);
 //! - [`Host::poll_timeout`]: the next deadline.
 //!
+//! What Totem delivers reaches the services when the driver next asks for events or
+//! notices ([`Host::poll_event`], [`Host::poll_notice`], [`Host::poll`]) or makes a
+//! client request, not inside [`Host::handle_datagram`]: a token Totem forwards is in
+//! [`Host::poll_transmit`] at once, and the driver sends it before it does that work
+//! (docs/performance.md, "Token hop"). Queries answer from the state as of then.
+//!
 //! While a ring sequence asked for is not confirmed, the host holds every transmit,
 //! client event and notice: nothing that may name the new ring leaves it.
 //!
@@ -116,6 +122,8 @@ pub struct Host {
     /// The ring sequence handed out by [`Host::poll_persist`] and not yet confirmed.
     persist_in_flight: Option<u64>,
     notices: VecDeque<Notice>,
+    /// The latest time of an input: the time of routing done on a poll.
+    now: Instant,
     flow: flow::Flow,
     stats: HostStats,
 }
@@ -136,6 +144,7 @@ impl Host {
             persisted_seq: last_ring_seq,
             persist_in_flight: None,
             notices: VecDeque::new(),
+            now,
             flow: flow::Flow::new(config.flow),
             stats: HostStats::default(),
         })
@@ -143,23 +152,27 @@ impl Host {
 
     // ------------------------------------------------------------------ inputs
 
-    /// A datagram from the network.
+    /// A datagram from the network. What it makes deliverable reaches the services
+    /// when the driver next asks for events, notices or a request: a token Totem
+    /// forwards is in [`Host::poll_transmit`] at once, before any of that work
+    /// (docs/performance.md, "Token hop").
     pub fn handle_datagram(&mut self, now: Instant, datagram: &Bytes) {
+        self.now = self.now.max(now);
         self.node.handle_packet(now, datagram);
-        self.route(now);
     }
 
     /// The deadline of [`Host::poll_timeout`] passed (calling it early does no harm).
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = self.now.max(now);
         if self.node.poll_timeout().is_some_and(|t| t <= now) {
             self.node.handle_timeout(now);
         }
-        self.route(now);
     }
 
     /// Retries what the services owe Totem (it refused them for lack of room before).
     /// The driver calls it once per round of work.
     pub fn poll(&mut self, now: Instant) {
+        self.now = self.now.max(now);
         self.route(now);
         self.cpg.poll(&mut cpg::TotemSubmit {
             node: &mut self.node,
@@ -208,6 +221,7 @@ impl Host {
     /// client the host cut off does nothing.)
     pub fn disconnect(&mut self, now: Instant, conn: ConnId) {
         self.flow.forget(conn);
+        self.route(now);
         let mut totem = cpg::TotemSubmit {
             node: &mut self.node,
             now,
@@ -222,6 +236,7 @@ impl Host {
         group: &GroupName,
         initial_totem_conf: bool,
     ) -> Result<(), CpgError> {
+        self.route(now);
         let mut totem = cpg::TotemSubmit {
             node: &mut self.node,
             now,
@@ -235,6 +250,7 @@ impl Host {
         conn: ConnId,
         group: &GroupName,
     ) -> Result<(), CpgError> {
+        self.route(now);
         let mut totem = cpg::TotemSubmit {
             node: &mut self.node,
             now,
@@ -283,6 +299,7 @@ impl Host {
         guarantee: Guarantee,
         parts: &[&[u8]],
     ) -> Result<(), CpgError> {
+        self.route(now);
         self.admit_multicast()?;
         let mut totem = cpg::TotemSubmit {
             node: &mut self.node,
@@ -300,6 +317,7 @@ impl Host {
         guarantee: Guarantee,
         buf: BytesMut,
     ) -> Result<(), (CpgError, Option<BytesMut>)> {
+        self.route(now);
         if let Err(e) = self.admit_multicast() {
             return Err((e, Some(buf)));
         }
@@ -322,6 +340,7 @@ impl Host {
         payload_len: usize,
         frame: impl FnOnce(&[u8]) -> Option<Bytes>,
     ) -> Result<(), CpgError> {
+        self.route(now);
         self.admit_multicast()?;
         let mut totem = cpg::TotemSubmit {
             node: &mut self.node,
@@ -373,6 +392,7 @@ impl Host {
     /// The next event for a local connection; none while a new ring sequence is not
     /// yet on durable storage (events may name that ring).
     pub fn poll_event(&mut self) -> Option<(ConnId, ClientEvent)> {
+        self.route(self.now);
         if self.persist_pending() {
             return None;
         }
@@ -387,6 +407,7 @@ impl Host {
 
     /// The next notice for the driver; held like [`Host::poll_event`].
     pub fn poll_notice(&mut self) -> Option<Notice> {
+        self.route(self.now);
         if self.persist_pending() {
             return None;
         }
