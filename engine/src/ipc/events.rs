@@ -47,7 +47,7 @@ impl Ipc {
         }
     }
 
-    /// Retries what the service owes Totem, moves the service's events into the
+    /// Lets the host retry what CPG owes Totem, moves the host's client events into the
     /// sessions' rings and publishes them. Returns the number of events moved; faulted
     /// sessions are closed (see [`Ipc::take_closed`]).
     pub fn flush_events(&mut self, host: &mut Host, now: Instant) -> usize {

@@ -1,6 +1,6 @@
 //! Client sessions: the control socket (handshake with credentials, synchronous
 //! requests, liveness), each session's shared region, and the glue between the rings
-//! and the CPG service.
+//! and the host (`crate::host::Host`), which decides everything the clients see.
 //!
 //! A client connects to the `SOCK_SEQPACKET` socket and says `Hello`; the engine checks
 //! `SO_PEERCRED` against the allowed users and groups, creates the session's region
@@ -10,7 +10,7 @@
 //! carries only the rare synchronous requests and, by its EOF, the client's death.
 //!
 //! Ordering: before a join, leave or finalize is acted on, the session's submit ring is
-//! drained into the service, so a request never overtakes the messages sent before it.
+//! drained into the host, so a request never overtakes the messages sent before it.
 //!
 //! Back-pressure: a multicast the host refuses (Totem's queue is long, a local client
 //! lags behind its events, or a sync is running) stays at the head of the submit ring;
@@ -126,7 +126,7 @@ pub struct IpcStats {
     pub send_buffer_messages: u64,
 }
 
-/// Every session of this engine, the listening socket and the CPG service.
+/// Every session of this engine and the listening socket.
 #[derive(Debug)]
 pub struct Ipc {
     config: IpcConfig,
@@ -145,11 +145,11 @@ pub struct Ipc {
     /// (slot, generation) of sessions closed since [`Ipc::take_closed`]: their socket
     /// polls must be cancelled (the generation, because the slot may already be reused).
     closed: Vec<(usize, u32)>,
-    /// The last ring poll stopped at a record Totem or the service refused.
+    /// The last ring poll stopped at a record the host refused (or held senders back).
     blocked: bool,
     /// Rotates the session polled first (fairness when Totem pushes back).
     next_poll: usize,
-    /// The slot of each open session, for routing the service's events.
+    /// The slot of each open session, for routing the host's client events.
     slot_of: id_map::IdMap<usize>,
     /// How deliveries use the delivery pool, when one is configured.
     placement: Option<DeliveryPlacement>,
@@ -163,7 +163,8 @@ pub struct Ipc {
 }
 
 impl Ipc {
-    /// Listens at the configured path (creating its directory) and prepares the service.
+    /// Listens at the configured path (creating its directory) and creates the delivery
+    /// pool.
     pub fn new(
         config: IpcConfig,
         local: NodeId,

@@ -228,8 +228,8 @@ pub(super) fn frame(buffer: &mut PoolBuffer, header: &[u8], len: usize) -> Optio
 }
 
 impl Ipc {
-    /// Takes multicasts from every session's submit ring into the service, as far as
-    /// Totem accepts them. Returns the number of records taken; sessions that broke
+    /// Takes multicasts from every session's submit ring into the host, as far as it
+    /// accepts them. Returns the number of records taken; sessions that broke
     /// their ring are closed (see [`Ipc::take_closed`]).
     pub fn poll_rings(&mut self, host: &mut Host, now: Instant) -> usize {
         let mut n = 0;
@@ -253,7 +253,7 @@ impl Ipc {
             let drained = self.drain_submit_inner(slot, host, now, false);
             n += (self.stats.client_messages - before) as usize;
             if !drained {
-                // Totem or the service pushed back: later sessions would be refused too.
+                // The host pushed back: later sessions would be refused too.
                 self.blocked = true;
                 break;
             }

@@ -187,7 +187,7 @@ pub struct Engine {
     send_errors_logged: u32,
     /// Fault injection: datagrams from these nodes are dropped ([`Engine::reload_drop_rule`]).
     drop_from: Vec<NodeId>,
-    /// Client sessions and the CPG service.
+    /// Client sessions: their sockets and rings.
     ipc: Ipc,
     /// Where the ring sequences the host asks for are written.
     ring_seq_file: FileRingSeqStore,
