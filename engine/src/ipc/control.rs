@@ -115,24 +115,9 @@ impl Ipc {
         // The pid the client reports is only a label in membership lists; the kernel's
         // is what we trust when they differ (a client inside another pid namespace).
         let pid = if cred.pid > 0 { cred.pid as u32 } else { pid };
-        let huge = if self.config.huge_pages {
-            HugePages::Try
-        } else {
-            HugePages::Never
-        };
-        let region = match Region::create(&format!("client-{conn}"), &self.config.region, huge) {
-            Ok(r) => Arc::new(r),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot create a client region");
-                return self.refuse(slot, Status::NoMemory, "region creation failed", host, now);
-            }
-        };
-        let wake = match EventFd::new() {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::warn!(error = %e, "eventfd");
-                return self.refuse(slot, Status::NoResources, "eventfd failed", host, now);
-            }
+        let (region, wake) = match self.session_region(conn) {
+            Ok(created) => created,
+            Err((status, why)) => return self.refuse(slot, status, why, host, now),
         };
         if let Err(e) = host.connect(conn, pid) {
             return self.refuse(
@@ -143,43 +128,12 @@ impl Ipc {
                 now,
             );
         }
+        let slab = self.send_slab(conn);
+        let welcome = self.welcome(host, slab);
         let mut fds = vec![region.fd(), wake.as_fd(), self.engine_wake.as_fd()];
         if let Some(pool) = &self.placement {
             fds.push(pool.pool().fd());
         }
-        // Trusted senders: a slab of the pool to write messages in (none when the pool
-        // cannot spare one: the client then sends as any other).
-        let slab = match (&self.placement, self.config.trusted_slab_bytes) {
-            (Some(pool), bytes) if bytes > 0 => {
-                let slab = pool.pool().alloc_raw(bytes).map(|offset| (offset, bytes));
-                if slab.is_none() {
-                    tracing::warn!(conn, bytes, "no room in the delivery pool for a send slab");
-                }
-                slab
-            }
-            _ => None,
-        };
-        if let Some((offset, len)) = slab {
-            self.slabs.insert(
-                conn,
-                SendSlab {
-                    offset,
-                    len,
-                    outstanding: 0,
-                    closed: false,
-                },
-            );
-        }
-        let welcome = Welcome {
-            status: Status::Ok,
-            version: proto::PROTOCOL_VERSION,
-            node_id: self.local,
-            max_message_bytes: host.cpg_limits().max_message_bytes as u64,
-            delivery_pool_bytes: self.placement.as_ref().map_or(0, |p| p.pool().len() as u64),
-            send_slab_offset: slab.map_or(0, |s| s.0),
-            send_slab_bytes: slab.map_or(0, |s| s.1 as u64),
-            send_header_room: cpg::MCAST_HEADER_MAX as u32,
-        };
         let sent = self.slots[slot]
             .as_ref()
             .map(|s| s.socket.send(&welcome.encode(), &fds));
@@ -205,6 +159,62 @@ impl Ipc {
             "client connected"
         );
         true
+    }
+
+    /// A new session's region and the client's eventfd, or what to refuse it with.
+    fn session_region(
+        &self,
+        conn: ConnId,
+    ) -> Result<(Arc<Region>, EventFd), (Status, &'static str)> {
+        let huge = if self.config.huge_pages {
+            HugePages::Try
+        } else {
+            HugePages::Never
+        };
+        let name = format!("client-{conn}");
+        let region = Region::create(&name, &self.config.region, huge).map_err(|e| {
+            tracing::warn!(error = %e, "cannot create a client region");
+            (Status::NoMemory, "region creation failed")
+        })?;
+        let wake = EventFd::new().map_err(|e| {
+            tracing::warn!(error = %e, "eventfd");
+            (Status::NoResources, "eventfd failed")
+        })?;
+        Ok((Arc::new(region), wake))
+    }
+
+    /// Trusted senders: a slab of the delivery pool to write messages in, as (offset,
+    /// bytes); none when the pool cannot spare one (the client then sends as any
+    /// other) or senders are not trusted.
+    fn send_slab(&mut self, conn: ConnId) -> Option<(u64, usize)> {
+        let bytes = self.config.trusted_slab_bytes;
+        let pool = self.placement.as_ref().filter(|_| bytes > 0)?;
+        let Some(offset) = pool.pool().alloc_raw(bytes) else {
+            tracing::warn!(conn, bytes, "no room in the delivery pool for a send slab");
+            return None;
+        };
+        let slab = SendSlab {
+            offset,
+            len: bytes,
+            outstanding: 0,
+            closed: false,
+        };
+        self.slabs.insert(conn, slab);
+        Some((offset, bytes))
+    }
+
+    /// The `Welcome` of an accepted client.
+    fn welcome(&self, host: &Host, slab: Option<(u64, usize)>) -> Welcome {
+        Welcome {
+            status: Status::Ok,
+            version: proto::PROTOCOL_VERSION,
+            node_id: self.local,
+            max_message_bytes: host.cpg_limits().max_message_bytes as u64,
+            delivery_pool_bytes: self.placement.as_ref().map_or(0, |p| p.pool().len() as u64),
+            send_slab_offset: slab.map_or(0, |s| s.0),
+            send_slab_bytes: slab.map_or(0, |s| s.1 as u64),
+            send_header_room: cpg::MCAST_HEADER_MAX as u32,
+        }
     }
 
     pub(super) fn refuse(

@@ -4,6 +4,7 @@
 //! handed back; the sessions the host cut off closed.
 
 use super::*;
+use crate::cpg::ClientEvent;
 
 impl Ipc {
     /// Frees a closed client's slab when no message in it is held any more.
@@ -83,43 +84,9 @@ impl Ipc {
             else {
                 continue;
             };
-            let outgoing = match (event, &mut self.placement) {
-                (
-                    cpg::ClientEvent::Deliver {
-                        group,
-                        sender,
-                        guarantee,
-                        payload,
-                    },
-                    Some(pool),
-                ) if pool.wants(payload.len()) || pool.pool().contains(&payload) => {
-                    match pool.place(&payload, ready.held_bytes) {
-                        // One delivery per payload per session: a second would be a bug
-                        // upstream, so it goes inline rather than confuse the accounting.
-                        Some(offset) if !ready.held.contains_key(&offset) => {
-                            ready.held.insert(offset, payload.len() as u64);
-                            ready.held_bytes += payload.len();
-                            Outgoing::Ref {
-                                sender,
-                                guarantee,
-                                offset,
-                                len: payload.len() as u64,
-                            }
-                        }
-                        placed => {
-                            if let Some(offset) = placed {
-                                pool.release(offset);
-                            }
-                            Outgoing::Event(cpg::ClientEvent::Deliver {
-                                group,
-                                sender,
-                                guarantee,
-                                payload,
-                            })
-                        }
-                    }
-                }
-                (event, _) => confchgs.outgoing(event),
+            let outgoing = match event {
+                ClientEvent::Deliver { .. } => place(event, self.placement.as_mut(), ready),
+                event => confchgs.outgoing(event),
             };
             if let Err(e) = ready.push_event(outgoing) {
                 self.fault(slot, e, host, now);
@@ -193,5 +160,51 @@ impl Ipc {
         tracing::warn!(slot, error = %fault, "closing the session");
         self.stats.sessions_faulted += 1;
         self.close(slot, host, now, "fault");
+    }
+}
+
+/// A delivery for one session: by descriptor into the delivery pool when it belongs
+/// there (large, or already in the pool: received or sent there) and the session may
+/// hold one more buffer; else inline, copied into its event ring.
+fn place(event: ClientEvent, pool: Option<&mut DeliveryPlacement>, ready: &mut Ready) -> Outgoing {
+    let ClientEvent::Deliver {
+        group,
+        sender,
+        guarantee,
+        payload,
+    } = event
+    else {
+        return Outgoing::Event(event);
+    };
+    let inline = |payload| {
+        Outgoing::Event(ClientEvent::Deliver {
+            group,
+            sender,
+            guarantee,
+            payload,
+        })
+    };
+    let Some(pool) = pool.filter(|p| p.wants(payload.len()) || p.pool().contains(&payload)) else {
+        return inline(payload);
+    };
+    match pool.place(&payload, ready.held_bytes) {
+        // One delivery per payload per session: a second would be a bug upstream, so it
+        // goes inline rather than confuse the accounting.
+        Some(offset) if !ready.held.contains_key(&offset) => {
+            ready.held.insert(offset, payload.len() as u64);
+            ready.held_bytes += payload.len();
+            Outgoing::Ref {
+                sender,
+                guarantee,
+                offset,
+                len: payload.len() as u64,
+            }
+        }
+        placed => {
+            if let Some(offset) = placed {
+                pool.release(offset);
+            }
+            inline(payload)
+        }
     }
 }
