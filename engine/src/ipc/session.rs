@@ -248,71 +248,7 @@ impl Ready {
                 guarantee,
                 payload,
                 ..
-            } => {
-                let g = wire_guarantee(*guarantee);
-                if DeliverHeader::BYTES + payload.len() <= max {
-                    let header = DeliverHeader {
-                        node: sender.node,
-                        pid: sender.pid,
-                        guarantee: g,
-                    };
-                    match self.events.try_push_with(
-                        event::DELIVER,
-                        DeliverHeader::BYTES + payload.len(),
-                        |buf| {
-                            header.write(&mut buf[..DeliverHeader::BYTES]);
-                            buf[DeliverHeader::BYTES..].copy_from_slice(payload);
-                        },
-                    ) {
-                        Ok(()) => {
-                            self.copied_bytes += payload.len() as u64;
-                            true
-                        }
-                        Err(PushError::Full) => false,
-                        Err(PushError::TooBig) => unreachable!("checked against max_record_len"),
-                    }
-                } else {
-                    // Pieces: as large as the ring allows, at most half of it so that a
-                    // reader holding one piece never blocks the next.
-                    let piece_max = (max - PartHeader::BYTES).min(max / 2).max(1);
-                    loop {
-                        if item.sent == payload.len() {
-                            break true;
-                        }
-                        let n = piece_max.min(payload.len() - item.sent);
-                        let mut flags = 0;
-                        if item.sent == 0 {
-                            flags |= PART_FIRST;
-                        }
-                        if item.sent + n == payload.len() {
-                            flags |= PART_LAST;
-                        }
-                        let header = PartHeader {
-                            a: sender.node,
-                            b: sender.pid,
-                            flags,
-                            c: g,
-                            total_len: payload.len() as u64,
-                        };
-                        let piece = &payload[item.sent..item.sent + n];
-                        match self.events.try_push_with(
-                            event::DELIVER_PART,
-                            PartHeader::BYTES + n,
-                            |buf| {
-                                header.write(&mut buf[..PartHeader::BYTES]);
-                                buf[PartHeader::BYTES..].copy_from_slice(piece);
-                            },
-                        ) {
-                            Ok(()) => {
-                                item.sent += n;
-                                self.copied_bytes += n as u64;
-                                self.unpublished = true;
-                            }
-                            Err(_) => break false,
-                        }
-                    }
-                }
-            }
+            } => self.write_delivery(*sender, *guarantee, payload, &mut item.sent, max),
             ClientEvent::Confchg {
                 group,
                 members,
@@ -336,6 +272,79 @@ impl Ready {
             self.unpublished = true;
         }
         Ok(done)
+    }
+
+    /// A delivery, inline: one record when it fits the ring, else pieces (`sent`
+    /// payload bytes already went out). True when it is entirely in the ring.
+    fn write_delivery(
+        &mut self,
+        sender: Member,
+        guarantee: Guarantee,
+        payload: &[u8],
+        sent: &mut usize,
+        max: usize,
+    ) -> bool {
+        let g = wire_guarantee(guarantee);
+        if DeliverHeader::BYTES + payload.len() <= max {
+            let header = DeliverHeader {
+                node: sender.node,
+                pid: sender.pid,
+                guarantee: g,
+            };
+            match self.events.try_push_with(
+                event::DELIVER,
+                DeliverHeader::BYTES + payload.len(),
+                |buf| {
+                    header.write(&mut buf[..DeliverHeader::BYTES]);
+                    buf[DeliverHeader::BYTES..].copy_from_slice(payload);
+                },
+            ) {
+                Ok(()) => {
+                    self.copied_bytes += payload.len() as u64;
+                    true
+                }
+                Err(PushError::Full) => false,
+                Err(PushError::TooBig) => unreachable!("checked against max_record_len"),
+            }
+        } else {
+            // Pieces: as large as the ring allows, at most half of it so that a
+            // reader holding one piece never blocks the next.
+            let piece_max = (max - PartHeader::BYTES).min(max / 2).max(1);
+            loop {
+                if *sent == payload.len() {
+                    break true;
+                }
+                let n = piece_max.min(payload.len() - *sent);
+                let mut flags = 0;
+                if *sent == 0 {
+                    flags |= PART_FIRST;
+                }
+                if *sent + n == payload.len() {
+                    flags |= PART_LAST;
+                }
+                let header = PartHeader {
+                    a: sender.node,
+                    b: sender.pid,
+                    flags,
+                    c: g,
+                    total_len: payload.len() as u64,
+                };
+                let piece = &payload[*sent..*sent + n];
+                match self
+                    .events
+                    .try_push_with(event::DELIVER_PART, PartHeader::BYTES + n, |buf| {
+                        header.write(&mut buf[..PartHeader::BYTES]);
+                        buf[PartHeader::BYTES..].copy_from_slice(piece);
+                    }) {
+                    Ok(()) => {
+                        *sent += n;
+                        self.copied_bytes += n as u64;
+                        self.unpublished = true;
+                    }
+                    Err(_) => break false,
+                }
+            }
+        }
     }
 
     fn push_encoded(&mut self, kind: u32, bytes: &[u8], max: usize) -> Result<bool, SessionFault> {
