@@ -5,7 +5,7 @@
 //! See docs/architecture.md.
 #![deny(unsafe_op_in_unsafe_fn)]
 
-pub use ringcast_proto::{cpg, service, splitmix, totem, wire};
+pub use ringcast_proto::{cpg, host, service, splitmix, totem, wire};
 
 pub mod daemon;
 pub mod io;

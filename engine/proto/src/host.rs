@@ -13,15 +13,24 @@
 //!   [`Host::leave_group`], [`Host::mcast`] (and its zero-copy forms
 //!   [`Host::mcast_framed`], [`Host::mcast_in_place`]) and the queries;
 //! - [`Host::handle_persisted`]: the ring sequence asked for was written durably;
+//! - [`Host::handle_backlog`]: how many events a client left unread (flow control,
+//!   [`flow`]);
 //! - [`Host::leave`]: the node is shutting down.
 //!
 //! Outputs, drained after every input:
 //! - [`Host::poll_persist`]: a ring sequence to write before anything else leaves;
 //! - [`Host::poll_transmit`]: datagrams to send;
 //! - [`Host::poll_event`]: events for local client connections, in order;
+//! - [`Host::poll_cut_off`]: clients the host disconnected for not reading;
 //! - [`Host::poll_notice`]: what the driver may log or hand to its test hooks
 //!   (configuration changes, deliveries of a service the host does not run);
 //! - [`Host::poll_timeout`]: the next deadline.
+//!
+//! What Totem delivers reaches the services when the driver next asks for events or
+//! notices ([`Host::poll_event`], [`Host::poll_notice`], [`Host::poll`]) or makes a
+//! client request, not inside [`Host::handle_datagram`]: a token Totem forwards is in
+//! [`Host::poll_transmit`] at once, and the driver sends it before it does that work
+//! (docs/performance.md, "Token hop"). Queries answer from the state as of then.
 //!
 //! While a ring sequence asked for is not confirmed, the host holds every transmit,
 //! client event and notice: nothing that may name the new ring leaves it.
@@ -35,9 +44,13 @@
 //! ([`ServiceId`]). CPG's go to [`cpg::Service`]; a second service (Group Services)
 //! takes its own id and a field beside `cpg`, fed in [`Host::route`] the same way.
 
+pub mod flow;
+
 use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
+
+pub use flow::{Backlog, CutOff, FlowLimits, FlowStats};
 
 use crate::cpg::{self, ClientEvent, ConnId, CpgError, GroupName, IterationKind, Member};
 use crate::service::ServiceId;
@@ -48,7 +61,9 @@ use crate::totem::{
 
 /// Most application messages (and bytes) the host lets wait in Totem's send queue
 /// before it refuses local clients' multicasts with `TRY_AGAIN`: what waits longer
-/// belongs in the client's submit ring, where it back-pressures the client.
+/// belongs in the client's submit ring, where it back-pressures the client; and what
+/// Totem holds reaches local receivers' backlogs whatever happens, so this must stay
+/// well below the flow limits ([`FlowLimits`]).
 pub const TOTEM_QUEUE_MAX_MESSAGES: usize = 4096;
 /// See [`TOTEM_QUEUE_MAX_MESSAGES`].
 pub const TOTEM_QUEUE_MAX_BYTES: usize = 8 << 20;
@@ -59,6 +74,7 @@ pub struct HostConfig {
     /// Totem; `sync_barrier` is turned on by the host (CPG needs it).
     pub totem: totem::Config,
     pub cpg: cpg::Limits,
+    pub flow: FlowLimits,
 }
 
 /// What the driver may log, or hand to its test hooks. Nothing here needs an answer.
@@ -106,6 +122,9 @@ pub struct Host {
     /// The ring sequence handed out by [`Host::poll_persist`] and not yet confirmed.
     persist_in_flight: Option<u64>,
     notices: VecDeque<Notice>,
+    /// The latest time of an input: the time of routing done on a poll.
+    now: Instant,
+    flow: flow::Flow,
     stats: HostStats,
 }
 
@@ -125,29 +144,35 @@ impl Host {
             persisted_seq: last_ring_seq,
             persist_in_flight: None,
             notices: VecDeque::new(),
+            now,
+            flow: flow::Flow::new(config.flow),
             stats: HostStats::default(),
         })
     }
 
     // ------------------------------------------------------------------ inputs
 
-    /// A datagram from the network.
+    /// A datagram from the network. What it makes deliverable reaches the services
+    /// when the driver next asks for events, notices or a request: a token Totem
+    /// forwards is in [`Host::poll_transmit`] at once, before any of that work
+    /// (docs/performance.md, "Token hop").
     pub fn handle_datagram(&mut self, now: Instant, datagram: &Bytes) {
+        self.now = self.now.max(now);
         self.node.handle_packet(now, datagram);
-        self.route(now);
     }
 
     /// The deadline of [`Host::poll_timeout`] passed (calling it early does no harm).
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = self.now.max(now);
         if self.node.poll_timeout().is_some_and(|t| t <= now) {
             self.node.handle_timeout(now);
         }
-        self.route(now);
     }
 
     /// Retries what the services owe Totem (it refused them for lack of room before).
     /// The driver calls it once per round of work.
     pub fn poll(&mut self, now: Instant) {
+        self.now = self.now.max(now);
         self.route(now);
         self.cpg.poll(&mut cpg::TotemSubmit {
             node: &mut self.node,
@@ -192,8 +217,11 @@ impl Host {
         self.cpg.connect(conn, pid)
     }
 
-    /// A client is gone, orderly or not: PROCDOWN for its members.
+    /// A client is gone, orderly or not: PROCDOWN for its members. (Once more for a
+    /// client the host cut off does nothing.)
     pub fn disconnect(&mut self, now: Instant, conn: ConnId) {
+        self.flow.forget(conn);
+        self.route(now);
         let mut totem = cpg::TotemSubmit {
             node: &mut self.node,
             now,
@@ -208,6 +236,7 @@ impl Host {
         group: &GroupName,
         initial_totem_conf: bool,
     ) -> Result<(), CpgError> {
+        self.route(now);
         let mut totem = cpg::TotemSubmit {
             node: &mut self.node,
             now,
@@ -221,6 +250,7 @@ impl Host {
         conn: ConnId,
         group: &GroupName,
     ) -> Result<(), CpgError> {
+        self.route(now);
         let mut totem = cpg::TotemSubmit {
             node: &mut self.node,
             now,
@@ -228,11 +258,37 @@ impl Host {
         self.cpg.leave(conn, group, &mut totem)
     }
 
-    /// Whether local clients' multicasts may go to Totem now: false while its send
-    /// queue is long (they then wait in the clients' submit rings).
+    /// Whether local clients' multicasts are taken now: false while Totem's send
+    /// queue is long or a local client lags behind its events ([`flow`]); they are
+    /// then refused with `TRY_AGAIN` and wait in the clients' submit rings. A driver
+    /// asks before it does any work for a multicast.
     pub fn accepts_multicasts(&self) -> bool {
         self.node.send_queue_len() < TOTEM_QUEUE_MAX_MESSAGES
             && self.node.send_queue_bytes() < TOTEM_QUEUE_MAX_BYTES
+            && !self.flow.senders_held()
+    }
+
+    /// `TRY_AGAIN` (counted) unless [`Host::accepts_multicasts`].
+    fn admit_multicast(&mut self) -> Result<(), CpgError> {
+        if self.accepts_multicasts() {
+            return Ok(());
+        }
+        self.flow.stats.multicasts_held += 1;
+        Err(CpgError::TryAgain)
+    }
+
+    /// `conn` leaves `backlog` events unread (handed out by [`Host::poll_event`], not
+    /// yet in its event ring). The driver reports every change, at least once per
+    /// round of work; the host holds local senders back while a client lags and cuts
+    /// off one over the limits ([`flow`], [`Host::poll_cut_off`]).
+    pub fn handle_backlog(&mut self, now: Instant, conn: ConnId, backlog: Backlog) {
+        if self.flow.report(conn, backlog).is_some() {
+            let mut totem = cpg::TotemSubmit {
+                node: &mut self.node,
+                now,
+            };
+            self.cpg.disconnect(conn, &mut totem);
+        }
     }
 
     /// A multicast to `conn`'s group, copied from `parts`.
@@ -243,6 +299,8 @@ impl Host {
         guarantee: Guarantee,
         parts: &[&[u8]],
     ) -> Result<(), CpgError> {
+        self.route(now);
+        self.admit_multicast()?;
         let mut totem = cpg::TotemSubmit {
             node: &mut self.node,
             now,
@@ -259,6 +317,10 @@ impl Host {
         guarantee: Guarantee,
         buf: BytesMut,
     ) -> Result<(), (CpgError, Option<BytesMut>)> {
+        self.route(now);
+        if let Err(e) = self.admit_multicast() {
+            return Err((e, Some(buf)));
+        }
         let mut totem = cpg::TotemSubmit {
             node: &mut self.node,
             now,
@@ -278,6 +340,8 @@ impl Host {
         payload_len: usize,
         frame: impl FnOnce(&[u8]) -> Option<Bytes>,
     ) -> Result<(), CpgError> {
+        self.route(now);
+        self.admit_multicast()?;
         let mut totem = cpg::TotemSubmit {
             node: &mut self.node,
             now,
@@ -328,14 +392,22 @@ impl Host {
     /// The next event for a local connection; none while a new ring sequence is not
     /// yet on durable storage (events may name that ring).
     pub fn poll_event(&mut self) -> Option<(ConnId, ClientEvent)> {
+        self.route(self.now);
         if self.persist_pending() {
             return None;
         }
         self.cpg.poll_event()
     }
 
+    /// A client the host disconnected, and why ([`flow`]): the driver closes its
+    /// connection (its members already left their groups).
+    pub fn poll_cut_off(&mut self) -> Option<(ConnId, CutOff)> {
+        self.flow.poll_cut_off()
+    }
+
     /// The next notice for the driver; held like [`Host::poll_event`].
     pub fn poll_notice(&mut self) -> Option<Notice> {
+        self.route(self.now);
         if self.persist_pending() {
             return None;
         }
@@ -379,6 +451,24 @@ impl Host {
 
     pub fn cpg_limits(&self) -> &cpg::Limits {
         self.cpg.limits()
+    }
+
+    pub fn flow_limits(&self) -> &FlowLimits {
+        self.flow.limits()
+    }
+
+    pub fn flow_stats(&self) -> &FlowStats {
+        &self.flow.stats
+    }
+
+    /// Whether local senders are held back because a client lags ([`flow`]).
+    pub fn senders_held(&self) -> bool {
+        self.flow.senders_held()
+    }
+
+    /// Clients lagging behind their events now.
+    pub fn clients_lagging(&self) -> usize {
+        self.flow.lagging()
     }
 
     /// Whether CPG is between a regular configuration and the activation of its sync

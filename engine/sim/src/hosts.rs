@@ -5,7 +5,11 @@
 //!
 //! Each node has up to [`CONNS_PER_NODE`] client connections that connect, join,
 //! leave, multicast (copied or in place, AGREED or SAFE), crash (the connection drops
-//! while joined) and finalize without leaving, at random; and one observer connection
+//! while joined) and finalize without leaving, at random. Some of them are slow
+//! readers: their events go through a simulated event ring of [`RING_EVENTS`] and a
+//! backlog behind it, which the driver reports to the host after every input (the
+//! host's flow control, docs/architecture.md "Flow control"), and they read a few
+//! events now and then; and one observer connection
 //! that never joins and places every completed sync in the node's event stream. The
 //! driver writes each ring sequence the host asks for after a random delay; a node that
 //! crashes meanwhile loses the write.
@@ -23,7 +27,11 @@
 //!   persisted; ring sequences persisted per node id only grow (never reused);
 //! - after the faults stop, every node completes a sync on one ring of all, every
 //!   node's table is the same and holds exactly the joined connections, and each of
-//!   those saw that membership in its last confchg.
+//!   those saw that membership in its last confchg;
+//! - flow control: a slow reader gets every event while it is connected (the checks
+//!   above hold for it, on what it reads, in the ring it was handed each event in);
+//!   the host cuts it off only when the backlog the driver reported is over the
+//!   limits, saying so.
 //!
 //! A run follows from its seed and [`HostOptions`] alone:
 //! `ringcast-sim --hosts --seed S` replays it.
@@ -31,7 +39,7 @@
 mod history;
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::fmt::Write as _;
 use std::time::Duration;
 
@@ -44,7 +52,7 @@ use ringcast_proto::cpg::{
     self, Address, ClientEvent, ConnId, CpgError, GroupName, IterationKind, MCAST_HEADER_MAX,
     Member, Reason,
 };
-use ringcast_proto::host::{Host, HostConfig, Notice};
+use ringcast_proto::host::{Backlog, CutOff, FlowLimits, Host, HostConfig, Notice};
 use ringcast_proto::totem::{
     self, ConfigurationKind, Destination, Guarantee, Instant, NodeId, NodeState, RingId,
 };
@@ -107,6 +115,10 @@ pub struct HostReport {
     pub persisted: u64,
     pub persists_lost: u64,
     pub incarnations: u64,
+    /// Slow readers, those the host cut off, and multicasts it held back meanwhile.
+    pub slow_readers: u64,
+    pub cut_off: u64,
+    pub multicasts_held: u64,
     /// CPG's counters, summed over every incarnation.
     pub cpg: cpg::Stats,
     pub sim_time: Duration,
@@ -117,7 +129,7 @@ impl HostReport {
     pub fn summary_line(&self) -> String {
         let mut s = format!(
             "seed {} nodes {} syncs {} sent {} delivered {} connections {} persisted {} \
-             incarnations {} sim {:.2}s",
+             incarnations {} slow readers {} cut off {} held {} sim {:.2}s",
             self.seed,
             self.nodes,
             self.syncs,
@@ -126,6 +138,9 @@ impl HostReport {
             self.connections,
             self.persisted,
             self.incarnations,
+            self.slow_readers,
+            self.cut_off,
+            self.multicasts_held,
             self.sim_time.as_secs_f64()
         );
         if !self.violations.is_empty() {
@@ -167,6 +182,17 @@ const OBSERVER: ConnId = 0;
 const TAIL: Duration = Duration::from_secs(1);
 const SETTLE: Duration = Duration::from_secs(35);
 const STEPS_MAX: u64 = 20_000_000;
+/// Every host's flow limits: small, so that slow readers reach them.
+const FLOW: FlowLimits = FlowLimits {
+    max_events: 48,
+    max_bytes: 256 << 10,
+};
+/// Events a slow reader's event ring holds; the rest wait in its backlog.
+pub const RING_EVENTS: usize = 8;
+/// Most events a slow reader reads at a time.
+const SLOW_READ_MAX: u64 = 3;
+/// Percent of connections that are slow readers.
+const SLOW_PERCENT: u64 = 25;
 
 fn group_name(i: usize) -> GroupName {
     GroupName::new(GROUPS[i]).expect("valid")
@@ -263,6 +289,38 @@ struct ConnState {
     group: Option<usize>,
     model: Model,
     sent: u64,
+    /// A slow reader's unread events (its event ring, then its backlog), each with
+    /// where a confchg was seen when the host handed it over; `None` for a connection
+    /// that reads every event at once.
+    inbox: Option<VecDeque<(ClientEvent, Option<Seen>)>>,
+}
+
+impl ConnState {
+    /// What waits behind the simulated event ring, as the daemon's driver counts it.
+    fn backlog(&self) -> Backlog {
+        let Some(inbox) = &self.inbox else {
+            return Backlog::default();
+        };
+        let behind = inbox.iter().skip(RING_EVENTS);
+        Backlog {
+            events: inbox.len().saturating_sub(RING_EVENTS),
+            bytes: behind.map(|(e, _)| event_bytes(e)).sum(),
+        }
+    }
+}
+
+/// Bytes an event pins while it waits (payloads counted whole).
+fn event_bytes(event: &ClientEvent) -> usize {
+    match event {
+        ClientEvent::Deliver { payload, .. } => payload.len() + 64,
+        ClientEvent::Confchg {
+            members,
+            left,
+            joined,
+            ..
+        } => 160 + 12 * (members.len() + left.len() + joined.len()),
+        ClientEvent::TotemConfchg { members, .. } => 32 + 4 * members.len(),
+    }
 }
 
 struct Slot {
@@ -529,6 +587,7 @@ impl Harness {
                 self.at(self.now, Action::Check);
             }
             Action::Check => {
+                self.read_all();
                 if self.settled() {
                     self.quiescent = true;
                     self.at(self.now + Duration::from_millis(500), Action::End);
@@ -536,7 +595,10 @@ impl Harness {
                     self.at(self.now + Duration::from_millis(10), Action::Check);
                 }
             }
-            Action::End => self.done = true,
+            Action::End => {
+                self.read_all();
+                self.done = true;
+            }
         }
     }
 
@@ -591,6 +653,7 @@ impl Harness {
                 max_message_bytes: (1 << 20) - MCAST_HEADER_MAX,
                 ..cpg::Limits::default()
             },
+            flow: FLOW,
         };
         let slot = &mut self.slots[id as usize];
         let mut host = Host::new(config, slot.stored_seq, self.now).expect("valid config");
@@ -626,6 +689,7 @@ impl Harness {
         let slot = &mut self.slots[id as usize];
         if let Some(host) = slot.host.take() {
             add_stats(&mut self.report.cpg, host.cpg_stats());
+            self.report.multicasts_held += host.flow_stats().multicasts_held;
         }
         for c in slot.conns.values() {
             self.logs[c.log].closed = true;
@@ -699,6 +763,16 @@ impl Harness {
         }
         let conns: Vec<ConnId> = slot.conns.keys().copied().collect();
         let conn = conns[self.work.index(conns.len())];
+        // A slow reader with events unread reads a few; it acts (and its model of
+        // its own state is right) only once it has read everything.
+        if slot.conns[&conn]
+            .inbox
+            .as_ref()
+            .is_some_and(|i| !i.is_empty())
+        {
+            let n = self.work.range(1, SLOW_READ_MAX);
+            return self.read(id, conn, n as usize);
+        }
         let r = self.work.below(100);
         let model = slot.conns[&conn].model;
         match model {
@@ -719,6 +793,8 @@ impl Harness {
     }
 
     fn connect(&mut self, id: NodeId) {
+        let slow = self.work.below(100) < SLOW_PERCENT;
+        self.report.slow_readers += u64::from(slow);
         let slot = &mut self.slots[id as usize];
         let conn = slot.next_conn;
         slot.next_conn += 1;
@@ -748,8 +824,33 @@ impl Harness {
                 group: None,
                 model: Model::Unjoined,
                 sent: 0,
+                inbox: slow.then(VecDeque::new),
             },
         );
+    }
+
+    /// Slow reader `conn` on node `id` reads up to `n` of its events.
+    fn read(&mut self, id: NodeId, conn: ConnId, n: usize) {
+        for _ in 0..n {
+            let slot = &mut self.slots[id as usize];
+            let Some(inbox) = slot.conns.get_mut(&conn).and_then(|c| c.inbox.as_mut()) else {
+                return;
+            };
+            let Some((event, seen)) = inbox.pop_front() else {
+                return;
+            };
+            self.client_event(id, conn, event, seen);
+        }
+    }
+
+    /// Every slow reader reads everything (the workload is over).
+    fn read_all(&mut self) {
+        for id in 1..=self.n as NodeId {
+            let conns: Vec<ConnId> = self.slots[id as usize].conns.keys().copied().collect();
+            for conn in conns {
+                self.read(id, conn, usize::MAX);
+            }
+        }
     }
 
     fn disconnect(&mut self, id: NodeId, conn: ConnId) {
@@ -910,7 +1011,11 @@ impl Harness {
             }
             if let Some((conn, event)) = host.poll_event() {
                 polled = false;
-                self.client_event(id, conn, event);
+                self.hand_over(id, conn, event);
+                continue;
+            }
+            if self.flow(id) {
+                polled = false;
                 continue;
             }
             if polled {
@@ -919,6 +1024,66 @@ impl Harness {
             polled = true;
             self.host(id).expect("alive").poll(now);
         }
+    }
+
+    /// An event the host hands connection `conn`: read at once, or queued for a slow
+    /// reader with where it was seen now.
+    fn hand_over(&mut self, id: NodeId, conn: ConnId, event: ClientEvent) {
+        let slow = self.slots[id as usize]
+            .conns
+            .get(&conn)
+            .is_some_and(|c| c.inbox.is_some());
+        if !slow {
+            return self.client_event(id, conn, event, None);
+        }
+        let seen = match &event {
+            ClientEvent::Deliver { .. } => None,
+            _ => Some(self.seen_in(id)),
+        };
+        let c = self.slots[id as usize]
+            .conns
+            .get_mut(&conn)
+            .expect("listed");
+        c.inbox.as_mut().expect("slow").push_back((event, seen));
+    }
+
+    /// The driver's half of flow control: every slow reader's backlog goes to the
+    /// host, then the connections it cut off are closed. Whether anyone was.
+    fn flow(&mut self, id: NodeId) -> bool {
+        let now = self.now;
+        let slot = &mut self.slots[id as usize];
+        let Some(host) = slot.host.as_mut() else {
+            return false;
+        };
+        for (&conn, c) in &slot.conns {
+            if c.inbox.is_some() {
+                host.handle_backlog(now, conn, c.backlog());
+            }
+        }
+        let mut any = false;
+        while let Some((conn, why)) = self.host(id).and_then(Host::poll_cut_off) {
+            any = true;
+            self.cut_off(id, conn, why);
+        }
+        any
+    }
+
+    /// The host cut `conn` off: only for a backlog over the limits, as reported.
+    fn cut_off(&mut self, id: NodeId, conn: ConnId, why: CutOff) {
+        self.log(format_args!("n{id} conn {conn} CUT OFF: {why}"));
+        self.report.cut_off += 1;
+        let Some(c) = self.slots[id as usize].conns.get(&conn) else {
+            return self.violation(format!("n{id}: cut off unknown connection {conn}"));
+        };
+        let backlog = c.backlog();
+        let CutOff::SlowReader(reported) = why;
+        let over = backlog.events > FLOW.max_events || backlog.bytes > FLOW.max_bytes;
+        if reported != backlog || !over {
+            self.violation(format!(
+                "n{id} conn {conn} cut off ({why}) with backlog {backlog:?}"
+            ));
+        }
+        self.disconnect(id, conn);
     }
 
     fn notice(&mut self, id: NodeId, notice: Notice) {
@@ -933,7 +1098,9 @@ impl Harness {
         }
     }
 
-    fn client_event(&mut self, id: NodeId, conn: ConnId, event: ClientEvent) {
+    /// A connection reads an event; `seen` is where a slow reader's was handed over
+    /// (the others read theirs at once: it is where the node is now).
+    fn client_event(&mut self, id: NodeId, conn: ConnId, event: ClientEvent, seen: Option<Seen>) {
         if conn == OBSERVER {
             return self.observer_event(id, event);
         }
@@ -943,7 +1110,7 @@ impl Harness {
         let log = state.log;
         match event {
             ClientEvent::TotemConfchg { ring_id, members } => {
-                let ring = self.synced_ring(id);
+                let ring = seen.map_or_else(|| self.synced_ring(id), |s| s.synced);
                 if ring_id != ring || !members.contains(&id) {
                     self.violation(format!(
                         "n{id} conn {conn}: totem confchg {ring_id} {members:?}, synced on {ring}"
@@ -962,7 +1129,10 @@ impl Harness {
                 members,
                 left,
                 joined,
-            } => self.confchg(id, conn, group, members, left, joined),
+            } => {
+                let ring = seen.unwrap_or_else(|| self.seen_in(id));
+                self.confchg(id, conn, ring, group, members, left, joined)
+            }
         }
     }
 
@@ -1034,16 +1204,17 @@ impl Harness {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn confchg(
         &mut self,
         id: NodeId,
         conn: ConnId,
+        ring: Seen,
         group: GroupName,
         members: Vec<Address>,
         left: Vec<Address>,
         joined: Vec<Address>,
     ) {
-        let ring = self.seen_in(id);
         self.log(format_args!(
             "n{id} conn {conn} confchg {group:?} in {ring:?}: {members:?} left {left:?} joined {joined:?}"
         ));
@@ -1292,6 +1463,7 @@ impl Harness {
         for slot in &self.slots {
             if let Some(host) = &slot.host {
                 add_stats(&mut self.report.cpg, host.cpg_stats());
+                self.report.multicasts_held += host.flow_stats().multicasts_held;
             }
         }
         let mut report = std::mem::take(&mut self.report);

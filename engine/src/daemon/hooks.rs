@@ -8,8 +8,9 @@
 //! the protocol does. Messages reach the load checker because their service id
 //! (`ringcast_proto::service`) names the load generator, never by their contents.
 
+use crate::host::Host;
 use crate::io::stats::StatsWriter;
-use crate::totem::{Delivery, Event, Instant, Node};
+use crate::totem::{ConfigurationChange, Delivery, Instant};
 
 use super::DaemonConfig;
 
@@ -41,14 +42,14 @@ mod disabled {
         }
         pub fn generate_load(
             &mut self,
-            _node: &mut Node,
+            _host: &mut Host,
             _now: Instant,
             _stats: &StatsWriter,
         ) -> usize {
             0
         }
         pub fn stop_load(&mut self) {}
-        pub fn on_event(&mut self, _now: Instant, _event: &Event) {}
+        pub fn on_configuration(&mut self, _now: Instant, _change: &ConfigurationChange) {}
         pub fn on_generated(&mut self, _now: Instant, _delivery: &Delivery, _stats: &StatsWriter) {
             tracing::debug!("load generator message dropped: built without test-hooks");
         }
@@ -134,7 +135,7 @@ mod enabled {
         /// Submits the generated messages due at `now` (once the node is operational).
         pub fn generate_load(
             &mut self,
-            node: &mut Node,
+            host: &mut Host,
             now: Instant,
             stats: &StatsWriter,
         ) -> usize {
@@ -142,7 +143,7 @@ mod enabled {
                 return 0;
             };
             if !self.load_started {
-                if node.state() != NodeState::Operational {
+                if host.state() != NodeState::Operational {
                     return 0;
                 }
                 self.load_started = true;
@@ -152,7 +153,7 @@ mod enabled {
                 let Some(message) = load.next(now) else {
                     break;
                 };
-                match node.submit(now, message.clone(), Guarantee::Agreed) {
+                match host.submit_foreign(now, message.clone(), Guarantee::Agreed) {
                     Ok(()) => {
                         submitted += 1;
                         log(&mut self.delivery_log, |log| log.submitted(now, &message));
@@ -182,10 +183,8 @@ mod enabled {
         }
 
         /// Logs a configuration change (deliveries are logged by `on_generated`).
-        pub fn on_event(&mut self, now: Instant, event: &Event) {
-            if let Event::Configuration(change) = event {
-                self.log(|log| log.configuration(now, change));
-            }
+        pub fn on_configuration(&mut self, now: Instant, change: &ConfigurationChange) {
+            self.log(|log| log.configuration(now, change));
         }
 
         /// A delivery of the load generator's service: logged and checked.

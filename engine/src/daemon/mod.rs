@@ -15,4 +15,4 @@ pub mod load;
 pub mod ringseq;
 
 pub use config::{DaemonConfig, IdleStrategy, NodeEntry, SettingError, Transport};
-pub use ringseq::{FileRingSeqStore, RingSeqFailure, RingSeqWriteError};
+pub use ringseq::{FileRingSeqStore, RingSeqWriteError};

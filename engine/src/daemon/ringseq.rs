@@ -6,9 +6,6 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-
-use crate::totem::RingSeqStore;
 
 /// A ring sequence write that failed: the file, the value and the error.
 #[derive(Debug)]
@@ -18,61 +15,34 @@ pub struct RingSeqWriteError {
     pub source: std::io::Error,
 }
 
-/// Where a [`FileRingSeqStore`] leaves its first failed write for the engine, which
-/// must stop before anything that names the new ring leaves the node: a ring id that
-/// was used but not persisted could be used again after a restart
-/// (docs/invariants.md, "Ring identifiers").
-#[derive(Clone, Debug, Default)]
-pub struct RingSeqFailure(Arc<Mutex<Option<RingSeqWriteError>>>);
-
-impl RingSeqFailure {
-    /// The first failed write, if any.
-    pub fn take(&self) -> Option<RingSeqWriteError> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
-    }
-
-    fn set(&self, error: RingSeqWriteError) {
-        let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        slot.get_or_insert(error);
-    }
-}
-
-/// A [`RingSeqStore`] backed by one small file.
+/// The file holding the ring sequence. The host asks for each new value
+/// (`Host::poll_persist`); the engine writes it here and confirms it, or stops on a
+/// failed write: a ring id that was used but not persisted could be used again after a
+/// restart (docs/invariants.md, "Ring identifiers").
 #[derive(Debug)]
 pub struct FileRingSeqStore {
     path: PathBuf,
-    /// The last value written (or loaded): a store of the same value is skipped.
-    last: Option<u64>,
-    failure: RingSeqFailure,
+    /// The last value written (or loaded): a write of the same value is skipped.
+    last: u64,
 }
 
 impl FileRingSeqStore {
-    /// Uses `path`; creates its directory if needed and checks that it is readable and
-    /// writable now, so that a bad state dir is reported at start rather than on the
-    /// first new ring.
-    pub fn open(path: PathBuf) -> std::io::Result<FileRingSeqStore> {
+    /// Uses `path` and returns the value stored there (0 when the file is missing);
+    /// creates its directory if needed and rewrites the value now, so that a bad state
+    /// dir or an unreadable file is reported at start rather than on the first new ring.
+    pub fn open(path: PathBuf) -> std::io::Result<(FileRingSeqStore, u64)> {
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir)?;
         }
-        let mut store = FileRingSeqStore {
-            path,
-            last: None,
-            failure: RingSeqFailure::default(),
-        };
+        let mut store = FileRingSeqStore { path, last: 0 };
         let current = store.read()?;
         store.write(current)?;
-        store.last = Some(current);
-        Ok(store)
+        store.last = current;
+        Ok((store, current))
     }
 
     pub fn path(&self) -> &Path {
         &self.path
-    }
-
-    /// Where a failed write is reported; the engine checks it after every call into
-    /// Totem and stops.
-    pub fn failure(&self) -> RingSeqFailure {
-        self.failure.clone()
     }
 
     /// The stored value: 0 when the file is missing; an error when it is not 8 bytes.
@@ -92,8 +62,23 @@ impl FileRingSeqStore {
         }
     }
 
+    /// Stores `seq` durably (skipped when it is the value last written); the error
+    /// names the file and the value.
+    pub fn persist(&mut self, seq: u64) -> Result<(), RingSeqWriteError> {
+        if self.last == seq {
+            return Ok(());
+        }
+        self.write(seq).map_err(|source| RingSeqWriteError {
+            path: self.path.clone(),
+            seq,
+            source,
+        })?;
+        self.last = seq;
+        Ok(())
+    }
+
     /// Replaces the file atomically and durably.
-    pub fn write(&self, seq: u64) -> std::io::Result<()> {
+    fn write(&self, seq: u64) -> std::io::Result<()> {
         let tmp = self.path.with_extension("tmp");
         {
             let mut file = OpenOptions::new()
@@ -112,37 +97,6 @@ impl FileRingSeqStore {
     }
 }
 
-impl RingSeqStore for FileRingSeqStore {
-    fn load(&mut self) -> u64 {
-        match self.read() {
-            Ok(seq) => {
-                self.last = Some(seq);
-                seq
-            }
-            Err(e) => {
-                // Corosync starts from 0 too; the new ring then only needs to be above
-                // what the other nodes report in their joins.
-                tracing::error!(path = %self.path.display(), error = %e, "ring sequence unreadable, starting from 0");
-                0
-            }
-        }
-    }
-
-    fn store(&mut self, seq: u64) {
-        if self.last == Some(seq) {
-            return;
-        }
-        match self.write(seq) {
-            Ok(()) => self.last = Some(seq),
-            Err(source) => self.failure.set(RingSeqWriteError {
-                path: self.path.clone(),
-                seq,
-                source,
-            }),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,12 +106,12 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("ringcast-ringseq-{}", std::process::id()));
         let path = dir.join("ringid_1");
         let _ = fs::remove_dir_all(&dir);
-        let mut store = FileRingSeqStore::open(path.clone()).unwrap();
-        assert_eq!(store.load(), 0);
-        store.store(12);
+        let (mut store, start) = FileRingSeqStore::open(path.clone()).unwrap();
+        assert_eq!(start, 0);
+        store.persist(12).unwrap();
         assert_eq!(fs::read(&path).unwrap(), 12u64.to_le_bytes());
-        let mut again = FileRingSeqStore::open(path.clone()).unwrap();
-        assert_eq!(again.load(), 12);
+        let (again, seq) = FileRingSeqStore::open(path.clone()).unwrap();
+        assert_eq!(seq, 12);
         fs::write(&path, [1, 2, 3]).unwrap();
         assert!(again.read().is_err());
         assert!(FileRingSeqStore::open(path).is_err());
@@ -165,21 +119,20 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_write_is_reported_once_with_the_file_and_the_value() {
+    fn a_failed_write_names_the_file_and_the_value() {
         let dir = std::env::temp_dir().join(format!("ringcast-ringseq-bad-{}", std::process::id()));
         let path = dir.join("ringid_2");
         let _ = fs::remove_dir_all(&dir);
-        let mut store = FileRingSeqStore::open(path.clone()).unwrap();
-        let failure = store.failure();
-        store.store(4);
-        assert!(failure.take().is_none());
+        let (mut store, _) = FileRingSeqStore::open(path.clone()).unwrap();
+        store.persist(4).unwrap();
         fs::remove_file(&path).unwrap();
         fs::create_dir_all(path.join("occupied")).unwrap();
-        store.store(8);
-        store.store(12);
-        let error = failure.take().expect("the write of 8 failed");
+        let error = store.persist(8).expect_err("the file is a directory");
         assert_eq!((error.path.as_path(), error.seq), (path.as_path(), 8));
-        assert!(failure.take().is_none());
+        assert!(
+            store.persist(8).is_err(),
+            "a failed value is not taken as written"
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 }

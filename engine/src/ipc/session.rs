@@ -13,6 +13,7 @@ use ringcast_shm::socket::{PeerCred, SeqPacket};
 use ringcast_shm::{Consumer, EventFd, Producer, PushError, Region};
 
 use crate::cpg::{Address, ClientEvent, ConnId, GroupName, Member};
+use crate::host::Backlog;
 use crate::totem::Guarantee;
 
 /// Most iterations one session may have open at once.
@@ -90,9 +91,6 @@ pub enum SessionFault {
     /// The client's rings or records broke the protocol.
     #[error("client broke the ring protocol: {0}")]
     Protocol(&'static str),
-    /// The client does not consume its events and its backlog hit the limit.
-    #[error("client too slow: event backlog over its limit")]
-    Overrun,
 }
 
 #[derive(Debug)]
@@ -133,13 +131,6 @@ pub struct Session {
     pub slot: usize,
 }
 
-/// Limits of one session's event backlog.
-#[derive(Copy, Clone, Debug)]
-pub struct BacklogLimits {
-    pub max_events: usize,
-    pub max_bytes: usize,
-}
-
 impl Ready {
     pub fn new(region: Arc<Region>, client_wake: EventFd) -> Option<Ready> {
         let submit = region.submit_consumer()?;
@@ -162,41 +153,30 @@ impl Ready {
         })
     }
 
-    pub fn backlog_bytes(&self) -> usize {
-        self.backlog_bytes
-    }
-
     pub fn backlog_len(&self) -> usize {
         self.backlog.len()
     }
 
     /// Queues `event` for the client: straight into the ring when nothing waits before
-    /// it, else behind the backlog.
-    pub fn push_event(
-        &mut self,
-        event: Outgoing,
-        limits: BacklogLimits,
-    ) -> Result<(), SessionFault> {
-        if self.backlog.is_empty() {
-            let mut item = Backlogged { event, sent: 0 };
-            if self.try_write(&mut item)? {
-                return Ok(());
-            }
-            self.enqueue(item, limits)
-        } else {
-            self.enqueue(Backlogged { event, sent: 0 }, limits)
+    /// it, else behind the backlog. The backlog's size is reported to the host after
+    /// every round, which cuts off a client over the limits (`ringcast_proto::host::flow`):
+    /// that bounds it.
+    pub fn push_event(&mut self, event: Outgoing) -> Result<(), SessionFault> {
+        let mut item = Backlogged { event, sent: 0 };
+        if self.backlog.is_empty() && self.try_write(&mut item)? {
+            return Ok(());
         }
-    }
-
-    fn enqueue(&mut self, item: Backlogged, limits: BacklogLimits) -> Result<(), SessionFault> {
-        let bytes = event_bytes(&item.event);
-        if self.backlog.len() >= limits.max_events || self.backlog_bytes + bytes > limits.max_bytes
-        {
-            return Err(SessionFault::Overrun);
-        }
-        self.backlog_bytes += bytes;
+        self.backlog_bytes += event_bytes(&item.event);
         self.backlog.push_back(item);
         Ok(())
+    }
+
+    /// What waits outside the event ring, for the host's flow control.
+    pub fn backlog(&self) -> Backlog {
+        Backlog {
+            events: self.backlog.len(),
+            bytes: self.backlog_bytes,
+        }
     }
 
     /// Moves backlogged events into the ring while they fit. Returns how many left.
@@ -268,71 +248,7 @@ impl Ready {
                 guarantee,
                 payload,
                 ..
-            } => {
-                let g = wire_guarantee(*guarantee);
-                if DeliverHeader::BYTES + payload.len() <= max {
-                    let header = DeliverHeader {
-                        node: sender.node,
-                        pid: sender.pid,
-                        guarantee: g,
-                    };
-                    match self.events.try_push_with(
-                        event::DELIVER,
-                        DeliverHeader::BYTES + payload.len(),
-                        |buf| {
-                            header.write(&mut buf[..DeliverHeader::BYTES]);
-                            buf[DeliverHeader::BYTES..].copy_from_slice(payload);
-                        },
-                    ) {
-                        Ok(()) => {
-                            self.copied_bytes += payload.len() as u64;
-                            true
-                        }
-                        Err(PushError::Full) => false,
-                        Err(PushError::TooBig) => unreachable!("checked against max_record_len"),
-                    }
-                } else {
-                    // Pieces: as large as the ring allows, at most half of it so that a
-                    // reader holding one piece never blocks the next.
-                    let piece_max = (max - PartHeader::BYTES).min(max / 2).max(1);
-                    loop {
-                        if item.sent == payload.len() {
-                            break true;
-                        }
-                        let n = piece_max.min(payload.len() - item.sent);
-                        let mut flags = 0;
-                        if item.sent == 0 {
-                            flags |= PART_FIRST;
-                        }
-                        if item.sent + n == payload.len() {
-                            flags |= PART_LAST;
-                        }
-                        let header = PartHeader {
-                            a: sender.node,
-                            b: sender.pid,
-                            flags,
-                            c: g,
-                            total_len: payload.len() as u64,
-                        };
-                        let piece = &payload[item.sent..item.sent + n];
-                        match self.events.try_push_with(
-                            event::DELIVER_PART,
-                            PartHeader::BYTES + n,
-                            |buf| {
-                                header.write(&mut buf[..PartHeader::BYTES]);
-                                buf[PartHeader::BYTES..].copy_from_slice(piece);
-                            },
-                        ) {
-                            Ok(()) => {
-                                item.sent += n;
-                                self.copied_bytes += n as u64;
-                                self.unpublished = true;
-                            }
-                            Err(_) => break false,
-                        }
-                    }
-                }
-            }
+            } => self.write_delivery(*sender, *guarantee, payload, &mut item.sent, max),
             ClientEvent::Confchg {
                 group,
                 members,
@@ -356,6 +272,79 @@ impl Ready {
             self.unpublished = true;
         }
         Ok(done)
+    }
+
+    /// A delivery, inline: one record when it fits the ring, else pieces (`sent`
+    /// payload bytes already went out). True when it is entirely in the ring.
+    fn write_delivery(
+        &mut self,
+        sender: Member,
+        guarantee: Guarantee,
+        payload: &[u8],
+        sent: &mut usize,
+        max: usize,
+    ) -> bool {
+        let g = wire_guarantee(guarantee);
+        if DeliverHeader::BYTES + payload.len() <= max {
+            let header = DeliverHeader {
+                node: sender.node,
+                pid: sender.pid,
+                guarantee: g,
+            };
+            match self.events.try_push_with(
+                event::DELIVER,
+                DeliverHeader::BYTES + payload.len(),
+                |buf| {
+                    header.write(&mut buf[..DeliverHeader::BYTES]);
+                    buf[DeliverHeader::BYTES..].copy_from_slice(payload);
+                },
+            ) {
+                Ok(()) => {
+                    self.copied_bytes += payload.len() as u64;
+                    true
+                }
+                Err(PushError::Full) => false,
+                Err(PushError::TooBig) => unreachable!("checked against max_record_len"),
+            }
+        } else {
+            // Pieces: as large as the ring allows, at most half of it so that a
+            // reader holding one piece never blocks the next.
+            let piece_max = (max - PartHeader::BYTES).min(max / 2).max(1);
+            loop {
+                if *sent == payload.len() {
+                    break true;
+                }
+                let n = piece_max.min(payload.len() - *sent);
+                let mut flags = 0;
+                if *sent == 0 {
+                    flags |= PART_FIRST;
+                }
+                if *sent + n == payload.len() {
+                    flags |= PART_LAST;
+                }
+                let header = PartHeader {
+                    a: sender.node,
+                    b: sender.pid,
+                    flags,
+                    c: g,
+                    total_len: payload.len() as u64,
+                };
+                let piece = &payload[*sent..*sent + n];
+                match self
+                    .events
+                    .try_push_with(event::DELIVER_PART, PartHeader::BYTES + n, |buf| {
+                        header.write(&mut buf[..PartHeader::BYTES]);
+                        buf[PartHeader::BYTES..].copy_from_slice(piece);
+                    }) {
+                    Ok(()) => {
+                        *sent += n;
+                        self.copied_bytes += n as u64;
+                        self.unpublished = true;
+                    }
+                    Err(_) => break false,
+                }
+            }
+        }
     }
 
     fn push_encoded(&mut self, kind: u32, bytes: &[u8], max: usize) -> Result<bool, SessionFault> {

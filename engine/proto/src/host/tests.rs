@@ -11,6 +11,10 @@ fn config(id: NodeId, n: usize) -> HostConfig {
     HostConfig {
         totem: totem::Config::new(id, n),
         cpg: cpg::Limits::default(),
+        flow: FlowLimits {
+            max_events: 8,
+            max_bytes: 1 << 20,
+        },
     }
 }
 
@@ -249,6 +253,83 @@ fn clients_on_two_hosts_share_a_group() {
         .collect();
     assert!(
         matches!(&left[..], [a] if a.reason == Reason::ProcDown && a.member.pid == 200),
+        "{events:?}"
+    );
+}
+
+/// A client that lags behind its events holds every local sender back (`TRY_AGAIN`)
+/// until it catches up; one over the limits is cut off, saying why, and its member
+/// leaves its group with PROCDOWN for the others.
+#[test]
+fn a_slow_reader_holds_senders_back_then_is_cut_off() {
+    let mut cluster = Cluster::new(2);
+    cluster.run(Duration::from_secs(3));
+    let group = GroupName::new(b"g").unwrap();
+    let now = cluster.now;
+    cluster.host(1).connect(10, 100).unwrap();
+    cluster.host(1).connect(11, 110).unwrap();
+    cluster.host(2).connect(20, 200).unwrap();
+    cluster.host(1).join(now, 10, &group, false).unwrap();
+    cluster.host(2).join(now, 20, &group, false).unwrap();
+    cluster.run(Duration::from_millis(300));
+    cluster.events(1);
+    cluster.events(2);
+
+    let now = cluster.now;
+    let lagging = Backlog {
+        events: 5,
+        bytes: 100,
+    };
+    cluster.host(1).handle_backlog(now, 10, lagging);
+    assert!(cluster.host(1).senders_held());
+    assert_eq!(
+        cluster.host(1).mcast(now, 10, Guarantee::Agreed, &[b"x"]),
+        Err(CpgError::TryAgain)
+    );
+    assert_eq!(
+        cluster.host(1).mcast(now, 11, Guarantee::Agreed, &[b"x"]),
+        Err(CpgError::TryAgain),
+        "every local sender, joined or not"
+    );
+    assert!(
+        cluster
+            .host(2)
+            .mcast(now, 20, Guarantee::Agreed, &[b"y"])
+            .is_ok(),
+        "other nodes' senders are not held"
+    );
+    assert_eq!(cluster.host(1).flow_stats().multicasts_held, 2);
+
+    cluster.host(1).handle_backlog(now, 10, Backlog::default());
+    assert!(!cluster.host(1).senders_held(), "caught up");
+    assert!(cluster.host(1).poll_cut_off().is_none());
+
+    let over = Backlog {
+        events: 9,
+        bytes: 100,
+    };
+    cluster.host(1).handle_backlog(now, 10, over);
+    assert_eq!(
+        cluster.host(1).poll_cut_off(),
+        Some((10, CutOff::SlowReader(over)))
+    );
+    assert!(
+        !cluster.host(1).senders_held(),
+        "a client cut off holds nobody back"
+    );
+    assert_eq!(cluster.host(1).flow_stats().clients_cut_off, 1);
+    cluster.host(1).disconnect(now, 10);
+    cluster.run(Duration::from_millis(300));
+    let events = cluster.events(2);
+    let left: Vec<&Address> = events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            ClientEvent::Confchg { left, .. } => left.first(),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        matches!(&left[..], [a] if a.reason == Reason::ProcDown && a.member.pid == 100),
         "{events:?}"
     );
 }

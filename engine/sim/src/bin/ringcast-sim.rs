@@ -418,6 +418,12 @@ fn main_hosts(args: &Args) {
         sum(|r| r.persists_lost),
         sum(|r| r.incarnations)
     );
+    println!(
+        "flow control: slow readers: {}   cut off: {}   multicasts held back: {}",
+        sum(|r| r.slow_readers),
+        sum(|r| r.cut_off),
+        sum(|r| r.multicasts_held)
+    );
     let shown: Vec<String> = failing.iter().take(20).map(|s| s.to_string()).collect();
     println!(
         "violations: {} in {} seeds{}{}",

@@ -38,6 +38,9 @@ fn hosts_keep_the_client_guarantees_under_faults() {
         sum.persisted += r.persisted;
         sum.persists_lost += r.persists_lost;
         sum.incarnations += r.incarnations;
+        sum.slow_readers += r.slow_readers;
+        sum.cut_off += r.cut_off;
+        sum.multicasts_held += r.multicasts_held;
         add_stats(&mut sum.cpg, &r.cpg);
         failures.extend(r.violations);
     }
@@ -49,6 +52,13 @@ fn hosts_keep_the_client_guarantees_under_faults() {
     assert!(sum.cpg.syncs_aborted > 0, "{:?}", sum.cpg);
     assert!(sum.incarnations > 24 * 3, "{}", sum.incarnations);
     assert!(sum.persisted >= sum.syncs / 4, "{}", sum.summary_line());
+    // Slow readers held local senders back and were cut off (docs/architecture.md,
+    // "Flow control").
+    assert!(
+        sum.slow_readers > 0 && sum.multicasts_held > 0 && sum.cut_off > 0,
+        "{}",
+        sum.summary_line()
+    );
     // With the sync barrier nothing is ordered before an activation.
     assert_eq!(sum.cpg.held, 0, "{:?}", sum.cpg);
     assert!(
