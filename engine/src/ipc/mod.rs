@@ -292,8 +292,16 @@ impl Ipc {
             };
             let Some(slot) = self.slots.iter().position(|s| s.is_none()) else {
                 self.stats.sessions_refused += 1;
-                tracing::warn!(pid = cred.pid, "too many clients; connection refused");
-                let _ = socket.send(&Reply::Status(Status::NoResources).encode(), &[]);
+                tracing::warn!(
+                    pid = cred.pid,
+                    "too many clients (ipc.max_clients); connection refused"
+                );
+                // A welcome, which is what the client waits for, saying why. Its hello is
+                // read first if it came: closing with unread data resets the connection,
+                // and the client could not read the refusal.
+                let _ = socket.recv(&mut [0u8; 64]);
+                let refusal = Welcome::refusal(Status::NoResources, self.service.local_node());
+                let _ = socket.send(&refusal.encode(), &[]);
                 continue;
             };
             let conn = self.next_conn;
@@ -708,16 +716,7 @@ impl Ipc {
     }
 
     fn reply_welcome(&mut self, slot: usize, status: Status, fds: &[BorrowedFd<'_>]) {
-        let welcome = Welcome {
-            status,
-            version: proto::PROTOCOL_VERSION,
-            node_id: self.service.local_node(),
-            max_message_bytes: 0,
-            delivery_pool_bytes: 0,
-            send_slab_offset: 0,
-            send_slab_bytes: 0,
-            send_header_room: 0,
-        };
+        let welcome = Welcome::refusal(status, self.service.local_node());
         if let Some(s) = self.slots[slot].as_ref() {
             let _ = s.socket.send(&welcome.encode(), fds);
         }
