@@ -280,6 +280,52 @@ const MAX_CLIENTS: usize = 8;
 const CHURN: usize = 10_000;
 const HOARD_RETRIES: usize = 1000;
 
+/// [`CHURN`] connections opened and closed at once: how many were refused (the engine
+/// not done closing the previous ones), and how many of those by a reset.
+fn churn(socket: &std::path::Path) -> (u64, u64) {
+    let (mut refused, mut resets) = (0, 0);
+    for _ in 0..CHURN {
+        match Cpg::connect(&options(socket)) {
+            Ok(cpg) => drop(cpg),
+            Err(e) => {
+                resets += u64::from(assert_refused_for_clients(&e));
+                refused += 1;
+            }
+        }
+    }
+    (refused, resets)
+}
+
+/// Connections kept open until the engine refuses one (one slot is the well-behaved
+/// client's), then [`HOARD_RETRIES`] more refused while they are held: the held
+/// connections, the first refusal and how many refusals were resets.
+fn hoard_until_refused(socket: &std::path::Path) -> (Vec<Cpg>, ringcast::Error, u64) {
+    let mut hoard = Vec::new();
+    let refusal = loop {
+        match Cpg::connect(&options(socket)) {
+            Ok(cpg) => hoard.push(cpg),
+            Err(e) => break e,
+        }
+        assert!(
+            hoard.len() <= MAX_CLIENTS,
+            "more than ipc.max_clients accepted"
+        );
+    };
+    let mut resets = u64::from(assert_refused_for_clients(&refusal));
+    assert_eq!(
+        hoard.len(),
+        MAX_CLIENTS - 1,
+        "the steady client holds one slot"
+    );
+    for _ in 0..HOARD_RETRIES {
+        let Err(e) = Cpg::connect(&options(socket)) else {
+            panic!("a connection past ipc.max_clients was accepted");
+        };
+        resets += u64::from(assert_refused_for_clients(&e));
+    }
+    (hoard, refusal, resets)
+}
+
 /// A client connecting and disconnecting in a loop, then one connecting until it is
 /// refused: the engine refuses past `ipc.max_clients` with NO_RESOURCES naming the
 /// setting, holds no descriptor or memory for the closed connections, and the
@@ -297,17 +343,7 @@ fn connection_churn_and_hoarding_are_bounded_by_max_clients() {
     let before = memory(pid);
 
     let started = Instant::now();
-    let (mut refused, mut resets) = (0, 0);
-    for _ in 0..CHURN {
-        match Cpg::connect(&options(&cluster.socket(1))) {
-            Ok(cpg) => drop(cpg),
-            // The engine may not have closed the previous ones yet.
-            Err(e) => {
-                resets += u64::from(assert_refused_for_clients(&e));
-                refused += 1;
-            }
-        }
-    }
+    let (refused, mut resets) = churn(&cluster.socket(1));
     let churn_time = started.elapsed();
     assert!(
         wait_for(FORM_TIMEOUT, || connected(&cluster) == 1),
@@ -324,30 +360,8 @@ fn connection_churn_and_hoarding_are_bounded_by_max_clients() {
 
     // Hoarding: connections kept open until the engine refuses.
     let before = memory(pid);
-    let mut hoard = Vec::new();
-    let refusal = loop {
-        match Cpg::connect(&options(&cluster.socket(1))) {
-            Ok(cpg) => hoard.push(cpg),
-            Err(e) => break e,
-        }
-        assert!(
-            hoard.len() <= MAX_CLIENTS,
-            "more than ipc.max_clients accepted"
-        );
-    };
-    resets += u64::from(assert_refused_for_clients(&refusal));
-    assert_eq!(
-        hoard.len(),
-        MAX_CLIENTS - 1,
-        "the steady client holds one slot"
-    );
-    // Refused again and again while they are held.
-    for _ in 0..HOARD_RETRIES {
-        let Err(e) = Cpg::connect(&options(&cluster.socket(1))) else {
-            panic!("a connection past ipc.max_clients was accepted");
-        };
-        resets += u64::from(assert_refused_for_clients(&e));
-    }
+    let (hoard, refusal, hoard_resets) = hoard_until_refused(&cluster.socket(1));
+    resets += hoard_resets;
     assert!(steady.wait_flows(20), "the well-behaved client stalled");
     let hoarding = check_memory("connection hoarding", 1, pid, before, budget);
     drop(hoard);
@@ -379,6 +393,69 @@ const MAX_GROUPS: usize = 6;
 const MAX_MEMBERS: usize = 3;
 const GROUP_CYCLES: usize = 3000;
 
+/// One connection through [`GROUP_CYCLES`] fresh groups, joining and leaving each.
+fn cycle_groups(cycler: &Cpg) {
+    for i in 0..GROUP_CYCLES {
+        let group = format!("attack-cycle-{i}");
+        retry(|| cycler.join(group.as_bytes()));
+        retry(|| cycler.leave(group.as_bytes()));
+        // Its confchgs are read, or the engine cuts it off as a slow client.
+        while let Ok(Some(_)) = cycler.next_event(Some(Duration::ZERO)) {}
+    }
+}
+
+/// New groups, one per connection, until a join is refused: the holders and the refusal.
+fn hold_groups_until_refused(socket: &std::path::Path) -> (Vec<Cpg>, ringcast::Error) {
+    let mut holders = Vec::new();
+    let refusal = loop {
+        let cpg = connect_to(socket);
+        let group = format!("attack-hold-{}", holders.len());
+        match cpg.join(group.as_bytes()) {
+            Ok(()) => holders.push(cpg),
+            Err(e) if e.is_try_again() => std::thread::sleep(Duration::from_millis(10)),
+            Err(e) => break e,
+        }
+        assert!(
+            holders.len() < MAX_GROUPS,
+            "more than ipc.max_groups groups"
+        );
+    };
+    (holders, refusal)
+}
+
+/// `attack-full` filled by [`MAX_MEMBERS`] other processes (CPG names a member by node
+/// and pid), then joined by `joiner`: the refusal, NO_SPACE naming the setting.
+fn join_full_group(cluster: &Cluster, joiner: &Cpg) -> ringcast::Error {
+    let mut members: Vec<_> = (0..MAX_MEMBERS)
+        .map(|_| {
+            std::process::Command::new(cli_bin())
+                .args(["listen", "attack-full", "--socket"])
+                .arg(cluster.socket(1))
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("spawn ringcast listen")
+        })
+        .collect();
+    let joined = wait_for(FORM_TIMEOUT, || {
+        joiner
+            .membership(b"attack-full")
+            .is_ok_and(|m| m.len() == MAX_MEMBERS)
+    });
+    let full = joiner.join(b"attack-full");
+    for child in &mut members {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    assert!(joined, "the listeners did not join");
+    let full = full.expect_err("a join past ipc.max_members_per_group");
+    assert_eq!(full.status(), Status::NoSpace, "{full}");
+    assert!(
+        full.to_string().contains("ipc.max_members_per_group"),
+        "{full}"
+    );
+    full
+}
+
 /// Joins of fresh groups without end: a connection joining and leaving a new group each
 /// time leaves nothing behind, and connections each holding a new group are refused at
 /// `ipc.max_groups` with TOO_MANY_GROUPS naming it; a group full at
@@ -398,16 +475,9 @@ fn endless_joins_are_bounded_by_max_groups_and_max_members() {
     let steady = Steady::start(cluster.socket(1), b"attack-steady");
     let before = memory(pid);
 
-    // One connection through GROUP_CYCLES fresh groups.
     let started = Instant::now();
     let cycler = connect_to(&cluster.socket(1));
-    for i in 0..GROUP_CYCLES {
-        let group = format!("attack-cycle-{i}");
-        retry(|| cycler.join(group.as_bytes()));
-        retry(|| cycler.leave(group.as_bytes()));
-        // Its confchgs are read, or the engine cuts it off as a slow client.
-        while let Ok(Some(_)) = cycler.next_event(Some(Duration::ZERO)) {}
-    }
+    cycle_groups(&cycler);
     let cycle_time = started.elapsed();
     let groups = |cpg: &Cpg| {
         cpg.iterate(ringcast::IterationKind::NameOnly, None)
@@ -420,21 +490,7 @@ fn endless_joins_are_bounded_by_max_groups_and_max_members() {
         groups(&cycler)
     );
 
-    // New groups, one per connection, until refused.
-    let mut holders = Vec::new();
-    let refusal = loop {
-        let cpg = connect_to(&cluster.socket(1));
-        let group = format!("attack-hold-{}", holders.len());
-        match cpg.join(group.as_bytes()) {
-            Ok(()) => holders.push(cpg),
-            Err(e) if e.is_try_again() => std::thread::sleep(Duration::from_millis(10)),
-            Err(e) => break e,
-        }
-        assert!(
-            holders.len() < MAX_GROUPS,
-            "more than ipc.max_groups groups"
-        );
-    };
+    let (holders, refusal) = hold_groups_until_refused(&cluster.socket(1));
     assert_eq!(refusal.status(), Status::TooManyGroups, "{refusal}");
     assert!(refusal.to_string().contains("ipc.max_groups"), "{refusal}");
     // The steady client's group counts too.
@@ -444,36 +500,8 @@ fn endless_joins_are_bounded_by_max_groups_and_max_members() {
     drop(holders);
     assert!(wait_for(FORM_TIMEOUT, || groups(&cycler) <= 1));
 
-    // One group filled by other processes (CPG names a member by node and pid).
     let before = memory(pid);
-    let mut members: Vec<_> = (0..MAX_MEMBERS)
-        .map(|_| {
-            std::process::Command::new(cli_bin())
-                .args(["listen", "attack-full", "--socket"])
-                .arg(cluster.socket(1))
-                .stdout(std::process::Stdio::null())
-                .spawn()
-                .expect("spawn ringcast listen")
-        })
-        .collect();
-    assert!(
-        wait_for(FORM_TIMEOUT, || cycler
-            .membership(b"attack-full")
-            .is_ok_and(|m| m.len() == MAX_MEMBERS)),
-        "the listeners did not join"
-    );
-    let full = cycler
-        .join(b"attack-full")
-        .expect_err("a join past ipc.max_members_per_group");
-    assert_eq!(full.status(), Status::NoSpace, "{full}");
-    assert!(
-        full.to_string().contains("ipc.max_members_per_group"),
-        "{full}"
-    );
-    for child in &mut members {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    let full = join_full_group(&cluster, &cycler);
     assert!(steady.wait_flows(20), "the well-behaved client stalled");
     let members_figure = check_memory("full group", 1, pid, before, budget);
     let delivered = steady.finish();
