@@ -1240,7 +1240,7 @@ fn a_dead_engine_is_reported_and_a_restarted_one_accepts_clients() {
 /// The member limit per group is a setting (`ipc.max_members_per_group`, default
 /// 1024): a join past it is refused with `CS_ERR_NO_SPACE` and a message naming the
 /// setting, and a member leaving makes room again. Members are separate processes
-/// (one member per process and group, CPG_SPEC §13).
+/// (one member per process and group, docs/cpg.md §5.2).
 #[test]
 fn a_full_group_refuses_a_join_with_a_clear_error() {
     let mut cluster = Cluster::new("cpg16", 47260, 1);

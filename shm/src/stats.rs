@@ -146,7 +146,9 @@ counters! {
     DropSenderMismatch = "drop_sender_mismatch",
     /// Dropped by Totem: bad magic, version, cluster id or layout.
     DropDecode = "drop_decode",
-    /// The receive buffer ring ran empty (the kernel dropped datagrams).
+    /// The receive buffer ring ran empty: the multishot receive stopped (`ENOBUFS`)
+    /// until re-armed, its datagrams waiting in the socket receive buffer (the kernel
+    /// drops only when that is full: `Udp: RcvbufErrors`).
     RecvNoBuffers = "recv_no_buffers",
     TokensReceived = "tokens_received",
     /// Tokens Totem dropped as duplicates or of another ring.

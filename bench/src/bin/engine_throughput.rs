@@ -23,7 +23,7 @@
 //!   token it forwards being handed to the kernel (`token_hop_ns` / `token_hops` of
 //!   every engine; engines without those counters show `-`);
 //! - `--netns`: the engines run in network namespaces joined by veth at MTU 1,500
-//!   (root; created and removed by the benchmark, see `bench/src/netns.rs`) instead
+//!   (root; created and removed by the benchmark, see the `ringcast-netns` crate) instead
 //!   of on 127.0.0.x loopback, whose 64 KiB MTU hides the per-datagram cost;
 //! - `--daemon-b B --repeat R`: every configuration runs R times with `--daemon` (A) and
 //!   R times with B, alternated A, B, A, B… in one sitting, and the medians are printed
@@ -40,12 +40,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use netns::Netns;
 use ringcast_engine::io::stats::{Snapshot, StatsReader, state_name};
-
-// A file of its own, compiled into this program (and into xtask, which reads its flags).
-#[path = "../netns.rs"]
-mod netns;
+use ringcast_netns::{Netns, Topology};
 
 #[derive(Parser, Debug, Clone)]
 #[command(about = "ordered throughput of ringcastd engines on loopback (internal load generator)")]
@@ -68,8 +64,9 @@ pub(crate) struct Args {
     /// UDP port of every engine.
     #[arg(long, default_value_t = 23_000)]
     port: u16,
-    /// `datagram_bytes` of every engine.
-    #[arg(long, default_value_t = 1500)]
+    /// `datagram_bytes` of every engine (default: the engine's, which fits one IPv4
+    /// packet at MTU 1,500).
+    #[arg(long, default_value_t = ringcast_engine::daemon::config::DEFAULT_DATAGRAM_BYTES)]
     datagram_bytes: usize,
     /// Another ringcastd flag for every engine (repeatable), e.g. `--extra=--idle=spin`.
     #[arg(long, allow_hyphen_values = true)]
@@ -117,6 +114,63 @@ struct Row {
     /// a configuration change, of which a window should have none; the ring forming at
     /// start, before the window, leaves gaps legitimately).
     gaps: u64,
+    /// What was lost during the window, summed over engines.
+    losses: Losses,
+}
+
+/// Where datagrams went missing during a window, summed over engines: Totem's
+/// retransmissions (the cost of every loss below), the engines' empty receive buffer
+/// rings, the kernel's full socket receive buffers (`Udp: RcvbufErrors` of each
+/// engine's network namespace, `/proc/<pid>/net/snmp`) and full per-CPU input queues
+/// (the `dropped` column of `/proc/net/softnet_stat`, host-wide: veth and bridge
+/// traffic crosses it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Losses {
+    retransmits: u64,
+    recv_no_buffers: u64,
+    rcvbuf_errors: u64,
+    backlog_drops: u64,
+}
+
+impl Losses {
+    fn since(&self, earlier: &Losses) -> Losses {
+        Losses {
+            retransmits: self.retransmits.saturating_sub(earlier.retransmits),
+            recv_no_buffers: self.recv_no_buffers.saturating_sub(earlier.recv_no_buffers),
+            rcvbuf_errors: self.rcvbuf_errors.saturating_sub(earlier.rcvbuf_errors),
+            backlog_drops: self.backlog_drops.saturating_sub(earlier.backlog_drops),
+        }
+    }
+
+    fn markdown(&self) -> String {
+        format!(
+            "{} / {} / {} / {}",
+            self.retransmits, self.recv_no_buffers, self.rcvbuf_errors, self.backlog_drops
+        )
+    }
+}
+
+/// `RcvbufErrors` of the `Udp:` lines of a `/proc/.../net/snmp` (0 when unreadable).
+fn udp_rcvbuf_errors(snmp: &str) -> u64 {
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(name, _)| *name == "RcvbufErrors")
+        .and_then(|(_, value)| value.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Packets dropped because a CPU's input queue was full (`netdev_max_backlog`): the
+/// second column, hexadecimal, of every line of `/proc/net/softnet_stat`.
+fn backlog_drops(softnet_stat: &str) -> u64 {
+    softnet_stat
+        .lines()
+        .filter_map(|l| u64::from_str_radix(l.split_whitespace().nth(1)?, 16).ok())
+        .sum()
 }
 
 fn mean(values: &[f64]) -> f64 {
@@ -148,7 +202,7 @@ impl Row {
     fn markdown(&self) -> String {
         let cpu: Vec<String> = self.cpu_percent.iter().map(|c| format!("{c:.0}")).collect();
         format!(
-            "| {} | {} | {} | {:.0} (min {:.0}) | {:.1} (min {:.1}) | {:.0} | {} | {} | {} |",
+            "| {} | {} | {} | {:.0} (min {:.0}) | {:.1} (min {:.1}) | {:.0} | {} | {} | {} | {} |",
             self.label,
             self.nodes,
             human_size(self.size),
@@ -159,6 +213,7 @@ impl Row {
             self.rotations_per_s,
             self.hop_us.map_or("-".to_string(), |h| format!("{h:.1}")),
             cpu.join(" / "),
+            self.losses.markdown(),
             if self.out_of_order == 0 && self.gaps == 0 {
                 "ok".to_string()
             } else {
@@ -169,8 +224,9 @@ impl Row {
 }
 
 const HEADER: &str = "| binary | nodes | message | delivered msgs/s per engine | delivered MB/s per \
-engine | token rotations/s | token hop µs | CPU % of a core, per engine | order |\n\
-|---|---|---|---|---|---|---|---|---|";
+engine | token rotations/s | token hop µs | CPU % of a core, per engine | retransmits / \
+recv_no_buffers / UDP RcvbufErrors / backlog drops | order |\n\
+|---|---|---|---|---|---|---|---|---|---|";
 
 /// Running engines; killed when dropped (also when the harness panics).
 struct Engines {
@@ -190,6 +246,18 @@ impl Drop for Engines {
     }
 }
 
+/// The `--netns` topology: `n` namespaces on a bridge, veths at a typical Ethernet
+/// LAN's MTU, addresses in a subnet no test uses.
+fn netns_topology(n: u32) -> Topology {
+    Topology {
+        prefix: format!("rcbench{}x", std::process::id()),
+        subnet: "10.231.14".to_owned(),
+        nodes: n,
+        mtu: Some(1500),
+        link_single_node: true,
+    }
+}
+
 impl Engines {
     fn start(args: &Args, daemon: &Path, label: &str, n: u32, size: usize) -> Engines {
         let dir =
@@ -198,9 +266,9 @@ impl Engines {
         std::fs::create_dir_all(&dir).expect("bench directory");
         let netns = args
             .netns
-            .then(|| Netns::create(n).unwrap_or_else(|e| panic!("--netns: {e}")));
-        let addr = |id: u32| match netns {
-            Some(_) => Netns::addr(id),
+            .then(|| Netns::create(&netns_topology(n)).unwrap_or_else(|e| panic!("--netns: {e}")));
+        let addr = |id: u32| match &netns {
+            Some(netns) => netns.addr(id),
             None => format!("127.0.0.{id}"),
         };
         let mut engines = Engines {
@@ -333,6 +401,7 @@ struct Sample {
     /// Per engine: `token_hops` and `token_hop_ns`, when it has them.
     hops: Vec<Option<(u64, u64)>>,
     cpu: Vec<u64>,
+    losses: Losses,
 }
 
 fn sample(engines: &Engines) -> Sample {
@@ -358,11 +427,29 @@ fn sample(engines: &Engines) -> Sample {
         })
         .collect();
     let cpu = engines.children.iter().map(|c| cpu_ticks(c.id())).collect();
+    let read = |path: String| std::fs::read_to_string(path).unwrap_or_default();
+    let losses = Losses {
+        retransmits: snapshots
+            .iter()
+            .map(|s| s.counter("retransmits").unwrap_or(0))
+            .sum(),
+        recv_no_buffers: snapshots
+            .iter()
+            .map(|s| s.counter("recv_no_buffers").unwrap_or(0))
+            .sum(),
+        rcvbuf_errors: engines
+            .children
+            .iter()
+            .map(|c| udp_rcvbuf_errors(&read(format!("/proc/{}/net/snmp", c.id()))))
+            .sum(),
+        backlog_drops: backlog_drops(&read("/proc/net/softnet_stat".to_owned())),
+    };
     Sample {
         at,
         counters,
         hops,
         cpu,
+        losses,
     }
 }
 
@@ -417,6 +504,7 @@ fn measure(args: &Args, daemon: &Path, label: &'static str, n: u32, size: usize)
             .zip(&b.counters)
             .map(|(x, y)| y.4 - x.4)
             .sum(),
+        losses: b.losses.since(&a.losses),
     }
 }
 
@@ -516,7 +604,7 @@ fn medians(rows: &[Row]) -> Vec<String> {
             let of = |f: &dyn Fn(&Row) -> f64| median(runs.iter().map(|r| f(r)).collect());
             let hops: Vec<f64> = runs.iter().filter_map(|r| r.hop_us).collect();
             format!(
-                "| {label} | {nodes} | {} | {} | {:.0} | {:.1} | {:.0} | {} | {:.1} |",
+                "| {label} | {nodes} | {} | {} | {:.0} | {:.1} | {:.0} | {} | {:.1} | {:.0} |",
                 human_size(size),
                 runs.len(),
                 of(&|r| mean(&r.msgs_per_s)),
@@ -528,6 +616,7 @@ fn medians(rows: &[Row]) -> Vec<String> {
                     format!("{:.1}", median(hops))
                 },
                 of(&|r| r.cpu_ms_per_mb()),
+                of(&|r| r.losses.retransmits as f64 / r.window.as_secs_f64()),
             )
         })
         .collect()
@@ -576,8 +665,9 @@ fn main() {
         println!();
         println!(
             "| binary | nodes | message | runs | median msgs/s | median MB/s | median token \
-             rotations/s | median token hop µs | median CPU-ms per MB, all engines |\n\
-             |---|---|---|---|---|---|---|---|---|"
+             rotations/s | median token hop µs | median CPU-ms per MB, all engines | median \
+             retransmits/s, all engines |\n\
+             |---|---|---|---|---|---|---|---|---|---|"
         );
         for line in medians(&rows) {
             println!("{line}");
@@ -616,5 +706,23 @@ mod tests {
         assert!(row.markdown().starts_with("| A | 1 | 64 B |"));
         assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+    }
+
+    /// The kernel's counter files as Linux 6 writes them.
+    #[test]
+    fn loss_counters_parse() {
+        let snmp = "Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors\n\
+                    Udp: 10 0 7 12 5 0\n\
+                    UdpLite: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors\n\
+                    UdpLite: 0 0 0 0 9\n";
+        assert_eq!(udp_rcvbuf_errors(snmp), 5);
+        assert_eq!(udp_rcvbuf_errors(""), 0);
+        let softnet = "0000a000 0000000f 00000000\n00000001 00000010 00000000\n";
+        assert_eq!(backlog_drops(softnet), 0x1f);
+        let later = Losses {
+            retransmits: 9,
+            ..Losses::default()
+        };
+        assert_eq!(later.since(&Losses::default()).markdown(), "9 / 0 / 0 / 0");
     }
 }

@@ -575,6 +575,13 @@ impl Harness {
         totem.join = Duration::from_millis(30);
         totem.merge = Duration::from_millis(100);
         totem.max_datagram_bytes = if self.seed % 2 == 0 { 1500 } else { 9000 };
+        // Corosync's counts, or sized from bytes as ringcastd does by default (at
+        // Debian's rmem_max, and its cap).
+        let window_bytes = [0, 212_992, 1 << 20][(self.seed / 2 % 3) as usize];
+        if window_bytes != 0 {
+            (totem.window_size, totem.max_messages) =
+                totem::window_for_bytes(window_bytes, totem.max_datagram_bytes);
+        }
         totem.max_message_bytes = 1 << 20;
         totem.send_queue_bytes = 4 << 20;
         totem.seed = derive(self.seed, 0x1000 + u64::from(id));

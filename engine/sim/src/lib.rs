@@ -99,6 +99,10 @@ pub struct SimOptions {
     pub merge: Duration,
     /// Each seed picks `max_datagram_bytes` among these.
     pub datagram_bytes: Vec<usize>,
+    /// Each seed picks a flow-control window among these, in bytes
+    /// (`totem::window_for_bytes`, as ringcastd sizes it by default); 0 keeps
+    /// Corosync's datagram counts (50 and 17).
+    pub window_bytes: Vec<usize>,
     pub network: NetworkOptions,
     pub faults: FaultOptions,
     pub workload: WorkloadOptions,
@@ -122,6 +126,8 @@ impl Default for SimOptions {
             join: Duration::from_millis(30),
             merge: Duration::from_millis(100),
             datagram_bytes: vec![1500, 9000, 65000],
+            // Corosync's counts; ringcastd's default at Debian's rmem_max; its cap.
+            window_bytes: vec![0, 212_992, 1 << 20],
             network: NetworkOptions::default(),
             faults: FaultOptions::default(),
             workload: WorkloadOptions::default(),
@@ -177,6 +183,10 @@ impl SimOptions {
         if self.datagram_bytes != d.datagram_bytes {
             let list: Vec<String> = self.datagram_bytes.iter().map(|b| b.to_string()).collect();
             flag("datagram", Some(list.join(",")));
+        }
+        if self.window_bytes != d.window_bytes {
+            let list: Vec<String> = self.window_bytes.iter().map(|b| b.to_string()).collect();
+            flag("window-bytes", Some(list.join(",")));
         }
         differs!(network.drop, "drop", f64s);
         differs!(network.duplicate, "dup", f64s);
@@ -342,6 +352,8 @@ struct Sim {
     options: SimOptions,
     n: usize,
     max_datagram_bytes: usize,
+    /// The seed's flow-control window in bytes (0: Corosync's counts).
+    window_bytes: usize,
     now: Instant,
     net: Network,
     slots: Vec<Slot>,
@@ -391,6 +403,14 @@ impl Sim {
         } else {
             options.datagram_bytes[setup.index(options.datagram_bytes.len())]
         };
+        // From its own stream, so that adding the choice left every other draw of a
+        // seed as it was.
+        let window_bytes = if options.window_bytes.is_empty() {
+            0
+        } else {
+            let mut pick = Rng::new(derive(seed, 0x77));
+            options.window_bytes[pick.index(options.window_bytes.len())]
+        };
         let slots = (0..=n)
             .map(|_| Slot {
                 node: None,
@@ -408,6 +428,7 @@ impl Sim {
             options: options.clone(),
             n,
             max_datagram_bytes,
+            window_bytes,
             now: Instant::ZERO,
             net: Network::new(options.network.clone(), derive(seed, 2), n),
             slots,
@@ -825,6 +846,10 @@ impl Sim {
         config.join = self.options.join;
         config.merge = self.options.merge;
         config.max_datagram_bytes = self.max_datagram_bytes;
+        if self.window_bytes != 0 {
+            (config.window_size, config.max_messages) =
+                ringcast_proto::totem::window_for_bytes(self.window_bytes, self.max_datagram_bytes);
+        }
         config.max_message_bytes = 4 << 20;
         config.send_queue_bytes = 8 << 20;
         config.seed = seed;

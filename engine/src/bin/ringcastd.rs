@@ -67,6 +67,11 @@ fn main() -> ExitCode {
             Ok(text) => print!("{text}"),
             Err(e) => eprintln!("ringcastd: {e}"),
         }
+        // Derived on this host unless set (docs/performance.md, "The flow-control window").
+        println!(
+            "# flow control: totem.window_size = {}, totem.max_messages = {} datagrams",
+            config.totem.window_size, config.totem.max_messages
+        );
         return ExitCode::SUCCESS;
     }
     // A user's default runtime directory may be in /tmp, where another user could have
@@ -96,6 +101,12 @@ fn main() -> ExitCode {
         .with_ansi(false)
         .with_writer(std::io::stderr)
         .init();
+    tracing::info!(
+        window_size = config.totem.window_size,
+        max_messages = config.totem.max_messages,
+        datagram_bytes = config.settings.datagram_bytes,
+        "flow control: datagrams per rotation and per token visit (docs/performance.md)"
+    );
     match io::run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

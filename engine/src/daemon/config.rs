@@ -93,8 +93,19 @@ pub struct TotemSettings {
     pub token_warning_percent: Option<u32>,
     pub fail_recv_const: Option<u32>,
     pub seqno_unchanged_const: Option<u32>,
+    /// Datagrams one node may originate per token visit. Set (or `window_size` set),
+    /// both count datagrams as in Corosync (17 and 50 when unset); unset with
+    /// `window_size` unset, both come from `window_bytes`.
     pub max_messages: Option<u32>,
+    /// Datagrams the whole ring may originate per rotation (see `max_messages`).
     pub window_size: Option<u32>,
+    /// Bytes of full datagrams the whole ring may originate per rotation, what a
+    /// receiver may have to buffer: `window_size` = this / `datagram_bytes` (at least
+    /// 50) and `max_messages` Corosync's share of it (17 per 50). Default: half the
+    /// socket receive buffer the kernel grants the engine, at most 1 MiB;
+    /// docs/performance.md, "The flow-control window". Not with `window_size` or
+    /// `max_messages`.
+    pub window_bytes: Option<usize>,
     pub miss_count_const: Option<u32>,
     pub max_message_bytes: Option<usize>,
     pub send_queue_bytes: Option<usize>,
@@ -835,6 +846,12 @@ impl DaemonConfig {
         }
 
         let totem = totem_config(s, nodes.len(), s.datagram_bytes - seal_overhead)?;
+        let totem = flow_control(
+            &s.totem,
+            totem,
+            s.datagram_bytes,
+            crate::io::net::receive_buffer_grant,
+        )?;
         check_ipc(&s.ipc)?;
         check_test_hooks(s, &totem)?;
 
@@ -869,6 +886,50 @@ impl DaemonConfig {
             .ok()
             .map(|i| self.nodes[i].1)
     }
+}
+
+/// Largest default `window_bytes`: 1 MiB, 712 datagrams of 1,472 bytes (242 per
+/// visit). Larger windows were measured no faster with every node sending 1 MiB
+/// messages while each token hop grew in proportion (docs/performance.md, "The
+/// flow-control window"); Corosync's rotation may carry up to 50 knet packets of
+/// 64 KiB (`netmtu` 65,536, corosync.conf(5)), about three times as much.
+pub const MAX_DEFAULT_WINDOW_BYTES: usize = 1 << 20;
+
+/// The default `window_bytes` for a receive buffer of `granted` bytes as the kernel
+/// reports it: half of it, the part socket(7) says is for data (the kernel doubles the
+/// size asked for, for its bookkeeping), at most [`MAX_DEFAULT_WINDOW_BYTES`].
+pub fn default_window_bytes(granted: usize) -> usize {
+    (granted / 2).min(MAX_DEFAULT_WINDOW_BYTES)
+}
+
+/// Sets Totem's flow-control limits (`window_size`, `max_messages`) from the settings:
+/// datagram counts when either is set (Corosync's meaning, the defaults 50 and 17 for
+/// the other), else from `window_bytes`, by default from `grant()`, the socket receive
+/// buffer the engine will get (asked only then). Validates the result.
+fn flow_control(
+    t: &TotemSettings,
+    mut config: totem::Config,
+    datagram_bytes: usize,
+    grant: impl FnOnce() -> usize,
+) -> Result<totem::Config, SettingError> {
+    let counted = t.window_size.is_some() || t.max_messages.is_some();
+    match t.window_bytes {
+        Some(_) if counted => {
+            return Err(invalid(
+                "totem.window_bytes",
+                "set either window_bytes or window_size/max_messages",
+            ));
+        }
+        Some(0) => return Err(invalid("totem.window_bytes", "at least 1")),
+        _ if counted => return Ok(config),
+        _ => {}
+    }
+    let bytes = t
+        .window_bytes
+        .unwrap_or_else(|| default_window_bytes(grant()));
+    (config.window_size, config.max_messages) = totem::window_for_bytes(bytes, datagram_bytes);
+    config.validate()?;
+    Ok(config)
 }
 
 /// Maps the Totem settings onto `totem::Config` and validates it.
@@ -983,6 +1044,67 @@ mod tests {
         assert_eq!(c.totem.max_datagram_bytes, DEFAULT_DATAGRAM_BYTES);
         assert_eq!(c.settings.ipc_socket, ringcast_shm::paths::socket());
         assert_eq!(c.settings.state_dir, ringcast_shm::paths::state_dir());
+    }
+
+    /// docs/performance.md, "The flow-control window": without datagram counts the
+    /// window comes from bytes (by default half the granted receive buffer, at most
+    /// Corosync's rotation); with either count set, Corosync's meaning is kept exactly.
+    #[test]
+    fn flow_control_from_bytes_or_counts() {
+        let base = || totem::Config::new(1, 3);
+        let limits = |t: &TotemSettings, granted: usize| {
+            flow_control(t, base(), 1472, || granted).map(|c| (c.window_size, c.max_messages))
+        };
+        let unset = TotemSettings::default();
+        // The Debian default rmem_max (212,992 bytes), doubled by the kernel.
+        assert_eq!(limits(&unset, 425_984).unwrap(), (144, 48));
+        assert_eq!(limits(&unset, 16 << 20).unwrap(), (712, 242));
+        assert_eq!(limits(&unset, 0).unwrap(), (50, 17), "grant unknown");
+        let bytes = TotemSettings {
+            window_bytes: Some(200 * 1472),
+            ..TotemSettings::default()
+        };
+        assert_eq!(limits(&bytes, 0).unwrap(), (200, 68));
+        let counted = TotemSettings {
+            window_size: Some(200),
+            ..TotemSettings::default()
+        };
+        let never = || -> usize { panic!("counts set: the grant is not asked") };
+        let config = flow_control(&counted, base(), 1472, never).unwrap();
+        assert_eq!(
+            (config.window_size, config.max_messages),
+            (50, 17),
+            "untouched"
+        );
+        let both = TotemSettings {
+            max_messages: Some(20),
+            ..bytes.clone()
+        };
+        assert!(
+            limits(&both, 0)
+                .unwrap_err()
+                .to_string()
+                .contains("window_bytes")
+        );
+        let zero = TotemSettings {
+            window_bytes: Some(0),
+            ..TotemSettings::default()
+        };
+        assert!(limits(&zero, 0).is_err());
+        // Through the whole resolution, counts as before.
+        let c = resolve(&[
+            "--set",
+            "totem.window_size=200",
+            "--set",
+            "totem.max_messages=68",
+        ])
+        .unwrap();
+        assert_eq!((c.totem.window_size, c.totem.max_messages), (200, 68));
+        let c = resolve(&["--set", "totem.window_size=200"]).unwrap();
+        assert_eq!((c.totem.window_size, c.totem.max_messages), (200, 17));
+        let c = resolve(&["--set", "totem.window_bytes=1000000"]).unwrap();
+        assert_eq!((c.totem.window_size, c.totem.max_messages), (679, 230));
+        assert_eq!(default_window_bytes(usize::MAX), MAX_DEFAULT_WINDOW_BYTES);
     }
 
     #[test]

@@ -14,8 +14,54 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::daemon::DaemonConfig;
 
-/// Socket buffer sizes asked for (the kernel caps them at `net.core.*mem_max`).
+/// Socket buffer sizes asked for (the kernel caps them at `net.core.*mem_max` unless
+/// the engine may exceed it, see `size_buffers`).
 pub const SOCKET_BUFFER_BYTES: usize = 8 << 20;
+
+/// Asks for [`SOCKET_BUFFER_BYTES`] of receive buffer (and with `send` of send buffer): first
+/// with `SO_RCVBUFFORCE`/`SO_SNDBUFFORCE`, which a process with `CAP_NET_ADMIN` may set
+/// past `net.core.rmem_max`/`wmem_max` (socket(7)), else with `SO_RCVBUF`/`SO_SNDBUF`,
+/// which the kernel caps at them. Returns the receive buffer the kernel granted (it
+/// doubles the value asked for, for its bookkeeping; socket(7)), 0 if unknown.
+///
+/// The receive buffer is what a burst of the ring's datagrams fills while this node is
+/// busy, and the flow-control window is sized from it (docs/performance.md, "The
+/// flow-control window"): at the Debian default `rmem_max` of 208 KiB a full rotation
+/// of large messages overflows it, the datagrams are dropped (`Udp: RcvbufErrors`)
+/// and Totem retransmits them a rotation or more later.
+fn size_buffers(socket: &Socket, send: bool) -> usize {
+    let forced = |name: libc::c_int| -> bool {
+        let bytes = libc::c_int::try_from(SOCKET_BUFFER_BYTES).unwrap_or(libc::c_int::MAX);
+        // SAFETY: the fd is open for the duration of the call; `bytes` is a valid
+        // c_int for it.
+        let rc = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(socket),
+                libc::SOL_SOCKET,
+                name,
+                (&raw const bytes).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        rc == 0
+    };
+    if !forced(libc::SO_RCVBUFFORCE) {
+        let _ = socket.set_recv_buffer_size(SOCKET_BUFFER_BYTES);
+    }
+    if send && !forced(libc::SO_SNDBUFFORCE) {
+        let _ = socket.set_send_buffer_size(SOCKET_BUFFER_BYTES);
+    }
+    socket.recv_buffer_size().unwrap_or(0)
+}
+
+/// The receive buffer an engine's sockets get on this host, for this process (its
+/// privileges, its network namespace's limits): what [`Sockets::open`] will be
+/// granted, asked of a socket opened only to ask. 0 if unknown.
+pub fn receive_buffer_grant() -> usize {
+    Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))
+        .or_else(|_| Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP)))
+        .map_or(0, |socket| size_buffers(&socket, false))
+}
 
 /// How long a start waits for its port to be released.
 const BIND_PATIENCE: std::time::Duration = std::time::Duration::from_secs(3);
@@ -51,8 +97,17 @@ impl Sockets {
         let own = config.own_addr;
         let domain = Domain::for_address(own);
         let unicast = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
-        let _ = unicast.set_recv_buffer_size(SOCKET_BUFFER_BYTES);
-        let _ = unicast.set_send_buffer_size(SOCKET_BUFFER_BYTES);
+        let granted = size_buffers(&unicast, true);
+        // The kernel reports twice what it grants to the data (socket(7)).
+        if granted < 2 * SOCKET_BUFFER_BYTES {
+            tracing::warn!(
+                granted,
+                asked = SOCKET_BUFFER_BYTES,
+                "socket receive buffer smaller than asked: raise net.core.rmem_max \
+                 (`ringcast-tune check`) or give the engine CAP_NET_ADMIN; the \
+                 flow-control window is sized from it (docs/performance.md)"
+            );
+        }
         bind_retrying(&unicast, own).map_err(|e| {
             std::io::Error::new(e.kind(), format!("cannot bind {own} (nodelist): {e}"))
         })?;
@@ -72,7 +127,7 @@ impl Sockets {
                 }
                 let socket = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
                 socket.set_reuse_address(true)?;
-                let _ = socket.set_recv_buffer_size(SOCKET_BUFFER_BYTES);
+                size_buffers(&socket, false);
                 socket.bind(&group.into()).map_err(|e| {
                     std::io::Error::new(
                         e.kind(),
@@ -317,6 +372,25 @@ mod tests {
         // SAFETY: `as_ptr` points at the sockaddr inside `raw`, which is `socklen()`
         // bytes long, initialised, and borrowed for the returned lifetime.
         unsafe { std::slice::from_raw_parts(raw.as_ptr().cast::<u8>(), raw.socklen() as usize) }
+    }
+
+    /// The engine gets at least what `rmem_max` allows (twice it as the kernel reports
+    /// it), more with `CAP_NET_ADMIN`: the window's default is sized from this.
+    #[test]
+    fn receive_buffer_grant_is_what_the_kernel_allows() {
+        let Some(rmem_max) = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .ok()
+            .and_then(|t| t.trim().parse::<usize>().ok())
+        else {
+            println!("skipped: no /proc/sys/net/core/rmem_max");
+            return;
+        };
+        let grant = receive_buffer_grant();
+        assert!(
+            grant >= 2 * rmem_max.min(SOCKET_BUFFER_BYTES),
+            "granted {grant} with rmem_max {rmem_max}"
+        );
+        assert!(grant <= 2 * SOCKET_BUFFER_BYTES.max(rmem_max), "{grant}");
     }
 
     #[test]

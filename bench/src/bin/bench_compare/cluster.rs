@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ringcast_bench::netns::ip;
+use ringcast_netns::{Netns, Topology};
+use ringcast_shm::stats::{StatsReader, page_path};
 
 /// Which daemon and client library.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -40,72 +41,6 @@ const SUBNET: &str = "10.231.77";
 /// Bound on a daemon's exit after SIGTERM before SIGKILL.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// One namespace per node (and a switch namespace with a bridge for three).
-struct Netns {
-    prefix: String,
-    created: Vec<String>,
-}
-
-impl Netns {
-    fn create(prefix: String, nodes: u32) -> Result<Netns, String> {
-        let mut ns = Netns {
-            prefix,
-            created: Vec::new(),
-        };
-        let switch = format!("{}sw", ns.prefix);
-        if nodes > 1 {
-            ns.add(&switch)?;
-            ip(&["-n", &switch, "link", "add", "br0", "type", "bridge"])?;
-            ip(&["-n", &switch, "link", "set", "br0", "mtu", "1500", "up"])?;
-        }
-        for id in 1..=nodes {
-            let node = ns.node(id);
-            ns.add(&node)?;
-            ip(&["-n", &node, "link", "set", "lo", "up"])?;
-            if nodes == 1 {
-                continue;
-            }
-            let (v, p) = (format!("v{id}"), format!("p{id}"));
-            ip(&[
-                "link", "add", &v, "netns", &node, "mtu", "1500", "type", "veth", "peer", "name",
-                &p, "netns", &switch, "mtu", "1500",
-            ])?;
-            ip(&["-n", &switch, "link", "set", &p, "master", "br0", "up"])?;
-            ip(&[
-                "-n",
-                &node,
-                "addr",
-                "add",
-                &format!("{SUBNET}.{id}/24"),
-                "dev",
-                &v,
-            ])?;
-            ip(&["-n", &node, "link", "set", &v, "up"])?;
-        }
-        Ok(ns)
-    }
-
-    fn add(&mut self, name: &str) -> Result<(), String> {
-        ip(&["netns", "add", name])?;
-        self.created.push(name.to_owned());
-        Ok(())
-    }
-
-    fn node(&self, id: u32) -> String {
-        format!("{}{id}", self.prefix)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        for name in self.created.drain(..).rev() {
-            if let Err(e) = ip(&["netns", "del", &name]) {
-                eprintln!("bench-compare: cleanup: {e}");
-            }
-        }
-    }
-}
-
 /// A running topology of one system.
 pub struct Cluster {
     pub system: System,
@@ -126,7 +61,13 @@ impl Cluster {
         ringcast: &RingcastPaths,
     ) -> Result<Cluster, String> {
         let prefix = format!("cbc{}{}", std::process::id() % 100_000, &system.name()[..1]);
-        let netns = Netns::create(prefix, nodes)?;
+        let netns = Netns::create(&Topology {
+            prefix,
+            subnet: SUBNET.to_owned(),
+            nodes,
+            mtu: Some(1500),
+            link_single_node: false,
+        })?;
         let mut cluster = Cluster {
             system,
             nodes,
@@ -177,7 +118,7 @@ impl Cluster {
         if self.nodes == 1 {
             "127.0.0.1".into()
         } else {
-            format!("{SUBNET}.{id}")
+            self.netns.addr(id)
         }
     }
 
@@ -231,6 +172,57 @@ impl Cluster {
     /// The daemons' CPU time so far (user + system), summed over the nodes.
     pub fn daemon_cpu_seconds(&self) -> f64 {
         self.daemons.iter().map(|c| cpu_seconds(c.id())).sum()
+    }
+
+    /// Token rotations so far, summed over the nodes (each counts the rotations it
+    /// saw as the ring's representative in ringcast, the tokens it received in
+    /// Corosync: one per rotation per node, so Corosync's sum is divided by the node
+    /// count). `None` when a counter cannot be read within a second (a daemon that
+    /// has just started may not answer yet).
+    pub fn token_rotations(&self) -> Option<u64> {
+        for _ in 0..5 {
+            if let Some(rotations) = self.read_token_rotations() {
+                return Some(rotations);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        None
+    }
+
+    fn read_token_rotations(&self) -> Option<u64> {
+        match self.system {
+            System::Ringcast => (1..=self.nodes)
+                .map(|id| {
+                    let path = page_path(&self.dir.join(format!("n{id}")), id);
+                    StatsReader::open(&path)
+                        .ok()?
+                        .snapshot()
+                        .counter("token_rotations")
+                })
+                .sum(),
+            System::Corosync => {
+                let received: Option<u64> = (1..=self.nodes).map(|id| self.orf_tokens(id)).sum();
+                received.map(|r| r / u64::from(self.nodes))
+            }
+        }
+    }
+
+    /// Corosync's count of tokens node `id` received (`stats.srp.orf_token_rx`).
+    fn orf_tokens(&self, id: u32) -> Option<u64> {
+        let output = Command::new("ip")
+            .args(["netns", "exec", &self.netns.node(id)])
+            .args(["corosync-cmapctl", "-m", "stats", "stats.srp.orf_token_rx"])
+            .output()
+            .ok()?;
+        // "stats.srp.orf_token_rx (u64) = 12345"
+        let text = String::from_utf8_lossy(&output.stdout);
+        text.lines()
+            .find(|l| l.starts_with("stats.srp.orf_token_rx"))?
+            .rsplit_once('=')?
+            .1
+            .trim()
+            .parse()
+            .ok()
     }
 
     /// A command running `program` on node 1 against this system's library.

@@ -353,6 +353,8 @@ fn run_job(
     args: &Args,
 ) -> Result<Value, String> {
     let cpu_before = cluster.daemon_cpu_seconds();
+    let rotations_before = cluster.token_rotations();
+    let started = Instant::now();
     let mut cmd = cluster.client(cpgbench);
     cmd.args(&job.cpgbench_args);
     // Every handle is a few descriptors: a thousand of them need more than 1024.
@@ -360,6 +362,14 @@ fn run_job(
     let timeout = CLIENT_SLACK + Duration::from_secs_f64(args.seconds);
     let (status, stdout, stderr) = run_bounded(cmd, timeout)?;
     let cpu = cluster.daemon_cpu_seconds() - cpu_before;
+    // Over the client's whole run (connect, warm-up and teardown included), so a rate
+    // a little below the one during the measured window.
+    let rotations_per_s = match (rotations_before, cluster.token_rotations()) {
+        (Some(before), Some(after)) => {
+            json!(after.saturating_sub(before) as f64 / started.elapsed().as_secs_f64())
+        }
+        _ => Value::Null,
+    };
     let line = stdout.lines().last().unwrap_or("");
     if !status || !cluster.alive() {
         return Err(format!(
@@ -387,6 +397,7 @@ fn run_job(
         "result": result,
         "daemon_cpu_s": cpu,
         "daemon_cpu_s_per_million_msgs": per_million,
+        "token_rotations_per_s": rotations_per_s,
     }))
 }
 

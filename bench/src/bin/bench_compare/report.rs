@@ -11,7 +11,8 @@ struct Metric {
     /// The parameter that varies within the figure (cpgbench's JSON key), if any.
     param: Option<&'static str>,
     name: &'static str,
-    /// A key of cpgbench's result, or `@cpu` for daemon CPU-s per million messages.
+    /// A key of cpgbench's result, `@cpu` for daemon CPU-s per million messages or
+    /// `@rotations` for token rotations per second.
     key: &'static str,
     higher_is_better: bool,
 }
@@ -37,6 +38,14 @@ const METRICS: &[Metric] = &[
         name: "daemon CPU-s per million msgs",
         key: "@cpu",
         higher_is_better: false,
+    },
+    // A faster-turning token is what lets a multi-node ring deliver sooner.
+    Metric {
+        figure: "tput",
+        param: Some("size"),
+        name: "token rotations/s",
+        key: "@rotations",
+        higher_is_better: true,
     },
     Metric {
         figure: "lat",
@@ -89,10 +98,10 @@ pub fn median(mut v: Vec<f64>) -> Option<f64> {
 }
 
 fn value(run: &Value, key: &str) -> Option<f64> {
-    if key == "@cpu" {
-        run["daemon_cpu_s_per_million_msgs"].as_f64()
-    } else {
-        run["result"][key].as_f64()
+    match key {
+        "@cpu" => run["daemon_cpu_s_per_million_msgs"].as_f64(),
+        "@rotations" => run["token_rotations_per_s"].as_f64(),
+        _ => run["result"][key].as_f64(),
     }
 }
 
@@ -203,7 +212,7 @@ pub fn one_line(run: &Value) -> String {
         );
     }
     format!(
-        "[{} {}n r{}] {} -> {} (daemon CPU {:.2} s)",
+        "[{} {}n r{}] {} -> {} (daemon CPU {:.2} s, token rotations/s {})",
         run["system"].as_str().unwrap_or(""),
         run["nodes"],
         run["round"],
@@ -216,7 +225,10 @@ pub fn one_line(run: &Value) -> String {
                 .join(" "))
             .unwrap_or_default(),
         run["result"],
-        run["daemon_cpu_s"].as_f64().unwrap_or(0.0)
+        run["daemon_cpu_s"].as_f64().unwrap_or(0.0),
+        run["token_rotations_per_s"]
+            .as_f64()
+            .map_or("-".to_string(), |r| format!("{r:.0}"))
     )
 }
 

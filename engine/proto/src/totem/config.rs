@@ -76,6 +76,30 @@ pub const MIN_DATAGRAM_BYTES: usize = 576;
 /// Largest send window (Corosync's `MESSAGE_QUEUE_MAX` for the retransmit store).
 pub const MAX_WINDOW: u32 = 16_384;
 
+/// Corosync's flow-control defaults, in datagrams: `window_size` per rotation and
+/// `max_messages` per token visit. A window sized from bytes never goes below them.
+pub const COROSYNC_WINDOW: u32 = 50;
+pub const COROSYNC_MAX_MESSAGES: u32 = 17;
+
+/// The flow-control limits that let a rotation carry `window_bytes` of full datagrams of
+/// `datagram_bytes`: `(window_size, max_messages)`, the window at least Corosync's 50
+/// and at most [`MAX_WINDOW`], the per-visit limit Corosync's share of it (17 of 50).
+///
+/// Totem counts datagrams (the token's `fcc` and `backlog`, docs/wire-format.md), but
+/// what a burst costs a receiver is bytes: its kernel receive buffer, which a whole
+/// rotation of the ring's datagrams may fill before it reads them (docs/performance.md,
+/// "The flow-control window"). Corosync's 50 counts knet packets of up to 64 KB; at
+/// 1,472 bytes the same count carries 1/44 of that.
+pub fn window_for_bytes(window_bytes: usize, datagram_bytes: usize) -> (u32, u32) {
+    let datagrams = window_bytes / datagram_bytes.max(1);
+    let window = u32::try_from(datagrams)
+        .unwrap_or(MAX_WINDOW)
+        .clamp(COROSYNC_WINDOW, MAX_WINDOW);
+    let per_visit =
+        (u64::from(window) * u64::from(COROSYNC_MAX_MESSAGES) / u64::from(COROSYNC_WINDOW)) as u32;
+    (window, per_visit.max(COROSYNC_MAX_MESSAGES))
+}
+
 impl Config {
     /// Corosync's effective defaults for a cluster of `node_count` configured nodes:
     /// `token = 3000 ms + 650 ms × (N − 2)` for N ≥ 3 and the timers derived from it.
@@ -105,8 +129,8 @@ impl Config {
             token_warning_percent: 75,
             fail_recv_const: 2500,
             seqno_unchanged_const: 30,
-            max_messages: 17,
-            window_size: 50,
+            max_messages: COROSYNC_MAX_MESSAGES,
+            window_size: COROSYNC_WINDOW,
             miss_count_const: 5,
             max_datagram_bytes: 1500,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
@@ -260,6 +284,27 @@ mod tests {
             assert_eq!(c.max_message_bytes, (64 << 20) + 4096);
             assert!(!c.sync_barrier);
             c.validate().unwrap();
+        }
+    }
+
+    /// The window scales with the bytes it may carry, keeps Corosync's per-visit share,
+    /// and stays within Corosync's defaults and the retransmit store's bound.
+    #[test]
+    fn window_for_bytes_scales_within_bounds() {
+        assert_eq!(window_for_bytes(0, 1472), (50, 17));
+        assert_eq!(window_for_bytes(50 * 65_536, 65_536), (50, 17));
+        assert_eq!(window_for_bytes(200 * 1472, 1472), (200, 68));
+        assert_eq!(window_for_bytes(200 * 1472 + 1471, 1472), (200, 68));
+        assert_eq!(window_for_bytes(4 << 20, 1472), (2849, 968));
+        assert_eq!(window_for_bytes(usize::MAX, 576), (MAX_WINDOW, 5570));
+        assert_eq!(window_for_bytes(1 << 20, 0).0, MAX_WINDOW);
+        for bytes in [0, 1 << 16, 1 << 20, 1 << 24, 1 << 30] {
+            for datagram in [MIN_DATAGRAM_BYTES, 1472, 9000, MAX_DATAGRAM_BYTES] {
+                let mut c = Config::new(1, 3);
+                c.max_datagram_bytes = datagram;
+                (c.window_size, c.max_messages) = window_for_bytes(bytes, datagram);
+                c.validate().unwrap();
+            }
         }
     }
 

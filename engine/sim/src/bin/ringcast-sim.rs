@@ -63,6 +63,10 @@ pub(crate) struct Args {
     /// max_datagram_bytes choices, comma-separated; each seed picks one.
     #[arg(long, value_delimiter = ',', default_value = "1500,9000,65000")]
     datagram: Vec<usize>,
+    /// Flow-control window choices in bytes, comma-separated; each seed picks one (0:
+    /// Corosync's counts, 50 and 17 datagrams).
+    #[arg(long, value_delimiter = ',', default_value = "0,212992,1048576")]
+    window_bytes: Vec<usize>,
     /// Loss probability per datagram copy.
     #[arg(long)]
     drop: Option<f64>,
@@ -245,6 +249,7 @@ fn options(args: &Args) -> SimOptions {
         join: Duration::from_millis(args.join_ms),
         merge: Duration::from_millis(args.merge_ms),
         datagram_bytes: args.datagram.clone(),
+        window_bytes: args.window_bytes.clone(),
         trace: args.trace || args.trace_net,
         trace_net: args.trace_net,
         ..SimOptions::default()
