@@ -319,6 +319,20 @@ fn poll_readable(fd: RawFd, timeout: Option<Duration>) -> std::io::Result<bool> 
     Ok(n > 0)
 }
 
+/// The error for a welcome that turns the client away, saying which limit it hit.
+fn refused(status: Status) -> Error {
+    let why = match status {
+        Status::NoResources => {
+            "engine refused the connection: it serves as many clients as it allows \
+             (ipc.max_clients)"
+        }
+        Status::Access => "engine refused the connection: this user is not allowed",
+        Status::Version => "engine refused the connection: protocol version mismatch",
+        _ => "engine refused the connection",
+    };
+    Error::with_detail(status, why)
+}
+
 fn check_name(name: &[u8]) -> Result<()> {
     if name.len() > proto::MAX_NAME_BYTES {
         return Err(Error::new(Status::NameTooLong));
@@ -381,21 +395,35 @@ impl Cpg {
             version: proto::PROTOCOL_VERSION,
             pid: std::process::id(),
         };
-        socket
+        // An engine that turns the client away sends its refusal and closes at once, maybe
+        // before the hello is sent: the refusal is still read, as it says why.
+        let hello_sent = socket
             .send(&hello.encode(), &[])
-            .map_err(|e| Error::from_io(&e, "hello"))?;
+            .map_err(|e| Error::from_io(&e, "hello"));
         let mut buf = vec![0u8; proto::MAX_SOCKET_MESSAGE_BYTES];
-        let (n, mut fds) = socket
-            .recv(&mut buf)
-            .map_err(|e| Error::from_io(&e, "welcome"))?
-            .ok_or_else(|| Error::with_detail(Status::Library, "engine closed the connection"))?;
+        let received = socket.recv(&mut buf).map_err(|e| match e.kind() {
+            std::io::ErrorKind::ConnectionReset => Error::with_detail(
+                Status::Library,
+                "engine reset the connection before its welcome: it was stopped, or it \
+                 serves as many clients as it allows (ipc.max_clients)",
+            ),
+            _ => Error::from_io(&e, "welcome"),
+        });
+        let (n, mut fds) = match (received, hello_sent) {
+            (Ok(Some(got)), _) => got,
+            (_, Err(e)) => return Err(e),
+            (Err(e), Ok(())) => return Err(e),
+            (Ok(None), Ok(())) => {
+                return Err(Error::with_detail(
+                    Status::Library,
+                    "engine closed the connection",
+                ));
+            }
+        };
         let welcome = Welcome::decode(&buf[..n])
             .map_err(|e| Error::with_detail(Status::Library, format!("malformed welcome: {e}")))?;
         if welcome.status != Status::Ok {
-            return Err(Error::with_detail(
-                welcome.status,
-                "engine refused the connection",
-            ));
+            return Err(refused(welcome.status));
         }
         if welcome.version != proto::PROTOCOL_VERSION {
             return Err(Error::new(Status::Version));
@@ -534,6 +562,10 @@ impl Cpg {
                 Status::NoSpace,
                 "the group has as many members as the engine allows \
                  (ipc.max_members_per_group)",
+            ),
+            Status::TooManyGroups => Error::with_detail(
+                Status::TooManyGroups,
+                "the cluster has as many groups as the engine allows (ipc.max_groups)",
             ),
             _ => e,
         })

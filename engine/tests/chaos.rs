@@ -5,7 +5,8 @@
 //! `kill -9` and restart of client processes, partitions and heals (a node's bridge
 //! port down and up), loss and duplication on a node's link (nftables:
 //! the kernels this runs on have no `tc netem`, so no delay or reordering beyond what
-//! the other faults cause), and a client that never reads its events. `CHAOS_SEED`
+//! the other faults cause), a client that never reads its events, and a client that
+//! writes garbage into its submit ring (records, indexes, control block). `CHAOS_SEED`
 //! makes the fault schedule reproducible (the processes' timing still varies); without
 //! it the seed comes from the clock and is printed.
 //!
@@ -17,6 +18,9 @@
 //! - what the clients delivered, per group: agreed order between any two connections,
 //!   per-sender FIFO, no duplicate, nothing that was not sent, and every message a
 //!   connection that lived to the end sent delivered back to it.
+//!
+//! - the client that writes garbage is cut off each time (its socket closed by the
+//!   engine, which says why in its log), and no other client is harmed (the checks above).
 //!
 //! The run ends with one summary line: `chaos: seed S, ... violations: N`. Skipped,
 //! saying so, without root or network namespaces.
@@ -226,6 +230,110 @@ fn run_silent_client(socket: PathBuf, control: Arc<Control>) {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// What the client that writes garbage saw: sessions it scribbled on, and how many of
+/// them the engine cut off (closed its socket) within [`GARBAGE_CUT_WITHIN`].
+#[derive(Default, Debug)]
+struct GarbageTally {
+    sessions: u32,
+    cut_off: u32,
+}
+
+const GARBAGE_CUT_WITHIN: Duration = Duration::from_secs(5);
+
+/// A client that connects (through the socket protocol, not the library, so that it
+/// can map its region writable), writes garbage into its submit ring, wakes the engine
+/// and waits to be cut off; then does it again. It never joins a group, so whatever
+/// the engine might make of the garbage reaches no other client. Runs on node 1, whose
+/// engine is never killed: a closed socket is the engine's doing.
+fn run_garbage_client(
+    socket: PathBuf,
+    seed: u64,
+    control: Arc<Control>,
+    tally: Arc<Mutex<GarbageTally>>,
+) {
+    let mut rng = Rng(seed);
+    while !control.stop.load(Ordering::Acquire) {
+        match garbage_session(&socket, &mut rng) {
+            Ok(cut_off) => {
+                let mut tally = tally.lock().unwrap();
+                tally.sessions += 1;
+                tally.cut_off += u32::from(cut_off);
+            }
+            Err(e) => eprintln!("chaos: the client that writes garbage: {e}"),
+        }
+        std::thread::sleep(rng.millis(100, 1000));
+    }
+}
+
+fn noise(rng: &mut Rng, len: usize) -> Vec<u8> {
+    (0..len).map(|_| rng.below(256) as u8).collect()
+}
+
+/// One session: connect, scribble, wake the engine; whether the engine then closed
+/// the socket.
+fn garbage_session(socket: &std::path::Path, rng: &mut Rng) -> Result<bool, String> {
+    use ringcast_shm::layout::CACHE_LINE_BYTES;
+    use ringcast_shm::proto::{MAX_SOCKET_MESSAGE_BYTES, PROTOCOL_VERSION, Request, Welcome};
+    use ringcast_shm::socket::SeqPacket;
+
+    let conn = SeqPacket::connect(socket).map_err(|e| format!("connect: {e}"))?;
+    conn.set_read_timeout(Some(GARBAGE_CUT_WITHIN))
+        .map_err(|e| e.to_string())?;
+    let hello = Request::Hello {
+        version: PROTOCOL_VERSION,
+        pid: std::process::id(),
+    };
+    conn.send(&hello.encode(), &[])
+        .map_err(|e| format!("hello: {e}"))?;
+    let mut buf = vec![0u8; MAX_SOCKET_MESSAGE_BYTES];
+    let (n, mut fds) = conn
+        .recv(&mut buf)
+        .map_err(|e| format!("welcome: {e}"))?
+        .ok_or("closed before the welcome")?;
+    let welcome = Welcome::decode(&buf[..n]).map_err(|e| format!("welcome: {e}"))?;
+    if welcome.status != ringcast::Status::Ok || fds.len() < 3 {
+        return Err(format!("refused: {:?}", welcome.status));
+    }
+    let engine_wake = ringcast_shm::EventFd::from_owned(fds.remove(2));
+    let file = std::fs::File::from(fds.remove(0));
+    let region = ringcast_shm::Region::open(file.try_clone().map_err(|e| e.to_string())?.into())
+        .map_err(|e| format!("region: {e}"))?;
+    let layout = *region.layout();
+    // SAFETY: a second mapping of this client's own region, written with garbage on
+    // purpose; the engine reads the region only through its bounds-checked ring ends.
+    let mut hostile =
+        unsafe { memmap2::MmapMut::map_mut(&file) }.map_err(|e| format!("mmap: {e}"))?;
+    let (ctrl, data, capacity) = (
+        layout.submit.ctrl_offset,
+        layout.submit.data_offset,
+        layout.submit.data_bytes,
+    );
+    let tail_at = ctrl + CACHE_LINE_BYTES;
+    let head = u64::from_le_bytes(hostile[ctrl..ctrl + 8].try_into().expect("8 bytes"));
+    // Random records where the engine reads next, published by a tail that says so.
+    let len = 8 * (1 + rng.below(64) as usize);
+    let at = data + (head as usize & (capacity - 1));
+    let end = (at + len).min(data + capacity);
+    let bytes = noise(rng, end - at);
+    hostile[at..end].copy_from_slice(&bytes);
+    let tail = match rng.below(3) {
+        0 => head + (end - at) as u64,
+        1 => u64::from_le_bytes(noise(rng, 8).try_into().expect("8 bytes")),
+        _ => head + capacity as u64 + 8 * (1 + rng.below(64)),
+    };
+    hostile[tail_at..tail_at + 8].copy_from_slice(&tail.to_le_bytes());
+    // Now and then the whole control block and the region header too.
+    if rng.below(4) == 0 {
+        let bytes = noise(rng, tail_at - ctrl);
+        hostile[ctrl..tail_at].copy_from_slice(&bytes);
+        let header = noise(rng, layout.header_bytes);
+        hostile[..layout.header_bytes].copy_from_slice(&header);
+    }
+    engine_wake.notify().map_err(|e| format!("wake: {e}"))?;
+    // Cut off: the engine closes the socket (end of file, or a reset).
+    Ok(!matches!(conn.recv(&mut buf), Ok(Some(_))))
 }
 
 // ---------------------------------------------------------------------------------
@@ -581,6 +689,12 @@ fn chaos() {
         let (socket, control) = (cluster.socket(1), control.clone());
         std::thread::spawn(move || run_silent_client(socket, control))
     };
+    let garbage_tally = Arc::new(Mutex::new(GarbageTally::default()));
+    let garbage = {
+        let (socket, control, tally) = (cluster.socket(1), control.clone(), garbage_tally.clone());
+        let seed = settings.seed ^ 0x6a7b_a6e0;
+        std::thread::spawn(move || run_garbage_client(socket, seed, control, tally))
+    };
     let mut listeners = Listeners {
         cluster_sockets: all.iter().map(|id| cluster.socket(*id)).collect(),
         children: (0..n).map(|_| None).collect(),
@@ -601,6 +715,7 @@ fn chaos() {
         thread.join().expect("client thread");
     }
     silent.join().expect("silent client");
+    garbage.join().expect("garbage client");
     drop(listeners);
 
     let faulted: u64 = all
@@ -620,10 +735,12 @@ fn chaos() {
         eprintln!("violation: {v}");
     }
     let violations = engine_violations.len() + client_violations.len();
+    let garbage = garbage_tally.lock().unwrap();
     let summary = format!(
         "chaos: seed {}, {} s, {n} engines, {} faults ({} engine kills, {} partitions, {} \
          lossy links, {} client kills), {} client connections, {delivered} client \
-         deliveries checked, {faulted} clients cut off, violations: {violations}",
+         deliveries checked, {faulted} clients cut off, {} of {} garbage-writing sessions \
+         cut off, violations: {violations}",
         settings.seed,
         settings.seconds,
         tally.total(),
@@ -632,6 +749,8 @@ fn chaos() {
         tally.lossy,
         tally.client_kills,
         connections.len(),
+        garbage.cut_off,
+        garbage.sessions,
     );
     println!("{summary}");
     eprintln!("{summary}");
@@ -642,6 +761,21 @@ fn chaos() {
         cluster.dir.display()
     );
     assert!(faulted >= 1, "the client that never reads was not cut off");
+    assert!(
+        garbage.sessions >= 1,
+        "the client that writes garbage never connected"
+    );
+    assert_eq!(
+        garbage.cut_off, garbage.sessions,
+        "sessions of the client that writes garbage not cut off within {GARBAGE_CUT_WITHIN:?}"
+    );
+    // The engine said why (node 1 is never restarted: one log).
+    assert!(
+        cluster
+            .log(1)
+            .contains("corrupt submit ring; closing the session"),
+        "node 1's log does not say why it cut the client off"
+    );
     drop(cluster);
     let _ = ip(&["netns", "list"]);
 }

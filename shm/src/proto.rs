@@ -422,6 +422,20 @@ pub struct Welcome {
 }
 
 impl Welcome {
+    /// The answer to a client the engine turns away (`status` says why): no fds follow.
+    pub fn refusal(status: Status, node_id: u32) -> Welcome {
+        Welcome {
+            status,
+            version: PROTOCOL_VERSION,
+            node_id,
+            max_message_bytes: 0,
+            delivery_pool_bytes: 0,
+            send_slab_offset: 0,
+            send_slab_bytes: 0,
+            send_header_room: 0,
+        }
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::new();
         w.u32(self.status as u32)

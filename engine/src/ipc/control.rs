@@ -419,16 +419,7 @@ impl Ipc {
     }
 
     pub(super) fn reply_welcome(&mut self, slot: usize, status: Status, fds: &[BorrowedFd<'_>]) {
-        let welcome = Welcome {
-            status,
-            version: proto::PROTOCOL_VERSION,
-            node_id: self.local,
-            max_message_bytes: 0,
-            delivery_pool_bytes: 0,
-            send_slab_offset: 0,
-            send_slab_bytes: 0,
-            send_header_room: 0,
-        };
+        let welcome = Welcome::refusal(status, self.local);
         if let Some(s) = self.slots[slot].as_ref() {
             let _ = s.socket.send(&welcome.encode(), fds);
         }

@@ -296,8 +296,16 @@ impl Ipc {
             };
             let Some(slot) = self.slots.iter().position(|s| s.is_none()) else {
                 self.stats.sessions_refused += 1;
-                tracing::warn!(pid = cred.pid, "too many clients; connection refused");
-                let _ = socket.send(&Reply::Status(Status::NoResources).encode(), &[]);
+                tracing::warn!(
+                    pid = cred.pid,
+                    "too many clients (ipc.max_clients); connection refused"
+                );
+                // A welcome, which is what the client waits for, saying why. Its hello is
+                // read first if it came: closing with unread data resets the connection,
+                // and the client could not read the refusal.
+                let _ = socket.recv(&mut [0u8; 64]);
+                let refusal = Welcome::refusal(Status::NoResources, self.local);
+                let _ = socket.send(&refusal.encode(), &[]);
                 continue;
             };
             let conn = self.next_conn;

@@ -139,6 +139,13 @@ impl Timers {
 /// Largest retransmit store, in bytes: bounds the receive window for large datagrams.
 const STORE_BYTES_MAX: usize = 256 << 20;
 
+/// A ring's receive window in messages: sequences beyond `my_aru` plus this are refused,
+/// so one ring's store holds at most this many datagrams of `max_datagram_bytes`.
+pub fn receive_window(config: &Config) -> u64 {
+    (STORE_BYTES_MAX / config.max_datagram_bytes)
+        .clamp(4 * config.window_size as usize, MAX_WINDOW as usize) as u64
+}
+
 pub struct Node {
     config: Config,
     me: NodeId,
@@ -209,9 +216,7 @@ impl Node {
         // ring this node was in before it restarted.
         let ring_seq = store.load().saturating_add(1);
         store.store(ring_seq);
-        let window = (STORE_BYTES_MAX / config.max_datagram_bytes)
-            .clamp(4 * config.window_size as usize, MAX_WINDOW as usize)
-            as u64;
+        let window = receive_window(&config);
         let max_rtr = MAX_RTR_ENTRIES.min(config.max_datagram_bytes.saturating_sub(160) / 8);
         let mut node = Node {
             me,
@@ -650,12 +655,16 @@ impl Node {
     /// Token receipt (Totem §3.1–3.3; docs/cpg.md §9.3) in the operational and recovery
     /// states.
     fn on_token(&mut self, now: Instant, mut token: Token) {
+        // Only a member passes the token: a token of this ring from any other node (one
+        // holding the key: docs/wire-format.md "Sealing") would hand out sequence numbers
+        // twice.
         let in_ring = match self.state {
-            NodeState::Operational => token.ring_id == self.regular.ring_id,
-            NodeState::Recovery => self
-                .next
-                .as_ref()
-                .is_some_and(|next| token.ring_id == next.ring.ring_id),
+            NodeState::Operational => {
+                token.ring_id == self.regular.ring_id && self.regular.is_member(token.sender)
+            }
+            NodeState::Recovery => self.next.as_ref().is_some_and(|next| {
+                token.ring_id == next.ring.ring_id && next.ring.is_member(token.sender)
+            }),
             // docs/cpg.md §9.3: tokens are discarded while gathering.
             NodeState::Gather | NodeState::Commit => false,
         };
@@ -969,7 +978,8 @@ impl Node {
         };
         match self.state {
             NodeState::Operational | NodeState::Gather if mcast.ring_id == self.regular.ring_id => {
-                if !self.regular.is_member(mcast.origin) {
+                // Originated and put on the wire (first or retransmitted) by members only.
+                if !self.regular.is_member(mcast.origin) || !self.regular.is_member(mcast.sender) {
                     return;
                 }
                 if self.regular.insert(mcast.seq, stored) {
@@ -988,7 +998,10 @@ impl Node {
             {
                 let old_ring = self.regular.ring_id;
                 let next = self.next.as_mut().expect("checked above");
-                if !next.ring.is_member(mcast.origin) || !next.ring.insert(mcast.seq, stored) {
+                if !next.ring.is_member(mcast.origin)
+                    || !next.ring.is_member(mcast.sender)
+                    || !next.ring.insert(mcast.seq, stored)
+                {
                     return;
                 }
                 if mcast.seq > self.tok.forwarded_seq {

@@ -573,3 +573,47 @@ fn packets_with_sequences_near_the_top_are_dropped() {
     }
     assert_eq!(node.stats().packets_dropped, before + 2);
 }
+
+/// Only members put a ring's token and messages on the wire: a node that holds the key
+/// but is not in the ring (docs/wire-format.md "Sealing") cannot pass the ring a token
+/// (it would hand out sequence numbers twice) nor slip a message into its order.
+#[test]
+fn tokens_and_messages_of_non_members_are_dropped() {
+    use crate::wire::{Mcast, Packet, Token};
+    let mut cluster = Cluster::new(2);
+    cluster.run(Duration::from_secs(2));
+    let now = cluster.now;
+    let node = cluster.node(1);
+    assert_eq!(node.state(), NodeState::Operational);
+    let cluster_id = node.config().cluster_id;
+    let ring_id = node.ring_id();
+    let (tokens_received, tokens_dropped) =
+        (node.stats().tokens_received, node.stats().tokens_dropped);
+    let stored = node.stored_messages();
+    let token = Packet::Token(Token {
+        sender: 3,
+        ring_id,
+        token_seq: 1 << 40,
+        seq: 1000,
+        aru: 1000,
+        ..Token::default()
+    });
+    let mcast = Packet::Mcast(Mcast {
+        sender: 3,
+        ring_id,
+        seq: 1,
+        origin: 1,
+        safe: false,
+        recovered: None,
+        payload: Bytes::from_static(b"forged"),
+    });
+    for p in [token, mcast] {
+        node.handle_packet(now, &p.encode(cluster_id));
+    }
+    assert_eq!(node.stats().tokens_received, tokens_received);
+    assert_eq!(node.stats().tokens_dropped, tokens_dropped + 1);
+    assert_eq!(node.stored_messages(), stored);
+    cluster.run(Duration::from_secs(2));
+    assert_eq!(cluster.node(1).state(), NodeState::Operational);
+    assert_eq!(cluster.node(1).ring_id(), ring_id);
+}
