@@ -166,8 +166,8 @@ const OVERSIZED: usize = 2000;
 /// with the same library calls in the same order (`io::engine`'s `on_datagram`):
 /// oversized → `drop_truncated`; `Opener::open_from` (not sealed, claimed sender,
 /// replay window, tag) → `drop_not_sealed`, `drop_sender_mismatch`, `drop_replay`,
-/// `drop_auth`; `Packet::decode` and Totem's range check of sequence numbers
-/// (`totem::sequences_in_range`) → `drop_decode` or `packets_accepted`. Datagrams from
+/// `drop_auth`; `Packet::decode` and Totem's check of sequence numbers and claimed
+/// sender (`totem::acceptable`) → `drop_decode` or `packets_accepted`. Datagrams from
 /// an unlisted address → `drop_unlisted_sender`, nothing else looked at.
 struct Mirror {
     opener: Opener,
@@ -189,7 +189,7 @@ impl Mirror {
                 Fate::NotSealed
             }
             Ok(plain) => match Packet::decode(&Bytes::copy_from_slice(plain), self.cluster_id) {
-                Ok(p) if ringcast_engine::totem::sequences_in_range(&p) => Fate::Accepted,
+                Ok(p) if ringcast_engine::totem::acceptable(&p, FUZZER) => Fate::Accepted,
                 _ => Fate::Decode,
             },
         }

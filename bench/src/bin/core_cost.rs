@@ -38,6 +38,9 @@ pub(crate) struct Args {
 
 const NODES: usize = 3;
 const MESSAGE_BYTES: usize = 64;
+/// A datagram on its way: (arrival, tie-break, to (node index), from (node id), bytes).
+type InFlight = (Instant, u64, usize, NodeId, Bytes);
+
 /// Each node's send queue is topped up to this many messages.
 const QUEUE_TARGET: usize = 20_000;
 const DELAY: Duration = Duration::from_micros(50);
@@ -92,7 +95,7 @@ fn clock_overhead_ns() -> u64 {
 struct Ring {
     nodes: Vec<Node>,
     now: Instant,
-    queue: BinaryHeap<Reverse<(Instant, u64, usize, Bytes)>>,
+    queue: BinaryHeap<Reverse<InFlight>>,
     seq: u64,
     delivered: [u64; NODES],
     datagrams: u64,
@@ -146,8 +149,13 @@ impl Ring {
             let datagram = t.payload.into_bytes();
             for to in targets {
                 self.seq += 1;
-                self.queue
-                    .push(Reverse((at, self.seq, to, datagram.clone())));
+                self.queue.push(Reverse((
+                    at,
+                    self.seq,
+                    to,
+                    i as NodeId + 1,
+                    datagram.clone(),
+                )));
             }
         }
     }
@@ -167,12 +175,12 @@ impl Ring {
             (None, _) => false,
         };
         if take_datagram {
-            let Reverse((at, _, to, payload)) = self.queue.pop().expect("peeked");
+            let Reverse((at, _, to, from, payload)) = self.queue.pop().expect("peeked");
             self.now = self.now.max(at);
             self.datagrams += 1;
             let now = self.now;
             let node = &mut self.nodes[to];
-            meter.time(|| node.handle_packet(now, &payload));
+            meter.time(|| node.handle_packet(now, from, &payload));
             self.drain(to, meter);
             return true;
         }

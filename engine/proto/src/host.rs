@@ -156,9 +156,9 @@ impl Host {
     /// when the driver next asks for events, notices or a request: a token Totem
     /// forwards is in [`Host::poll_transmit`] at once, before any of that work
     /// (docs/performance.md, "Token hop").
-    pub fn handle_datagram(&mut self, now: Instant, datagram: &Bytes) {
+    pub fn handle_datagram(&mut self, now: Instant, source: NodeId, datagram: &Bytes) {
         self.now = self.now.max(now);
-        self.node.handle_packet(now, datagram);
+        self.node.handle_packet(now, source, datagram);
     }
 
     /// The deadline of [`Host::poll_timeout`] passed (calling it early does no harm).

@@ -375,7 +375,7 @@ impl Harness {
             } else if let Some(d) = self.net.pop_due(self.now) {
                 let now = self.now;
                 if let Some(node) = self.slots[d.to as usize].node.as_mut() {
-                    node.handle_packet(now, &d.payload);
+                    node.handle_packet(now, d.from, &d.payload);
                     self.drain(d.to);
                 }
             }

@@ -542,7 +542,7 @@ impl Harness {
             } else if let Some(d) = self.net.pop_due(self.now) {
                 let now = self.now;
                 if let Some(host) = self.host(d.to) {
-                    host.handle_datagram(now, &d.payload);
+                    host.handle_datagram(now, d.from, &d.payload);
                     self.drain(d.to);
                 }
             }

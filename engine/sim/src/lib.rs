@@ -605,7 +605,7 @@ impl Sim {
                 }
                 self.current = d.to;
                 let node = self.slots[d.to as usize].node.as_mut().expect("alive");
-                node.handle_packet(self.now, &d.payload);
+                node.handle_packet(self.now, d.from, &d.payload);
                 self.drain(d.to);
             }
         }

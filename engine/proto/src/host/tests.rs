@@ -63,7 +63,7 @@ impl Cluster {
                             Destination::Node(id) => vec![id as usize - 1],
                         };
                         for j in to {
-                            self.hosts[j].handle_datagram(self.now, &datagram);
+                            self.hosts[j].handle_datagram(self.now, i as NodeId + 1, &datagram);
                         }
                     }
                     self.hosts[i].poll(self.now);

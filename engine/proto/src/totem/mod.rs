@@ -15,7 +15,7 @@ mod ring;
 mod time;
 
 pub use config::{Config, ConfigError, DEFAULT_MAX_MESSAGE_BYTES, window_for_bytes};
-pub use node::{MAX_SEQ, Node, NodeState, Stats, receive_window, sequences_in_range};
+pub use node::{MAX_SEQ, Node, NodeState, Stats, acceptable, receive_window, sequences_in_range};
 pub use time::Instant;
 
 pub use crate::wire::gather::Gather;

@@ -146,6 +146,13 @@ pub fn receive_window(config: &Config) -> u64 {
         .clamp(4 * config.window_size as usize, MAX_WINDOW as usize) as u64
 }
 
+/// Whether a decoded packet that came from node `source` is looked at: its sequence
+/// numbers are in range, and it names `source` as its sender unless it is a multicast
+/// (see [`Node::handle_packet`]).
+pub fn acceptable(packet: &Packet, source: NodeId) -> bool {
+    sequences_in_range(packet) && (matches!(packet, Packet::Mcast(_)) || packet.sender() == source)
+}
+
 pub struct Node {
     config: Config,
     me: NodeId,
@@ -322,14 +329,20 @@ impl Node {
         self.waiting_for_sync
     }
 
-    /// One datagram arrived. Bad or foreign packets are counted and dropped.
-    pub fn handle_packet(&mut self, now: Instant, datagram: &Bytes) {
+    /// One datagram arrived from node `source` (as the network says: the sealed
+    /// datagram's authenticated sender, or the address it came from). Bad or foreign
+    /// packets are counted and dropped, and so is a token, join, commit token or
+    /// announcement naming another sender than `source`: a node holding the key must
+    /// not speak for another member (docs/wire-format.md "Sealing"). A multicast is
+    /// retransmitted as stored, its header naming the node that first sent it, so for
+    /// it `source` must be a member of its ring instead (`on_mcast`).
+    pub fn handle_packet(&mut self, now: Instant, source: NodeId, datagram: &Bytes) {
         if self.left {
             return;
         }
         self.stats.packets_received += 1;
         let packet = match Packet::decode(datagram, self.config.cluster_id) {
-            Ok(packet) if sequences_in_range(&packet) => packet,
+            Ok(packet) if acceptable(&packet, source) => packet,
             _ => {
                 self.stats.packets_dropped += 1;
                 return;
@@ -337,7 +350,7 @@ impl Node {
         };
         match packet {
             Packet::Token(token) => self.on_token(now, token),
-            Packet::Mcast(mcast) => self.on_mcast(now, mcast, datagram),
+            Packet::Mcast(mcast) => self.on_mcast(now, source, mcast, datagram),
             Packet::Join(join) => self.on_join(now, join),
             Packet::Commit(commit) => self.on_commit_token(now, commit),
             Packet::MergeDetect { sender, ring_id } => self.on_merge_detect(now, sender, ring_id),
@@ -967,7 +980,7 @@ impl Node {
     }
 
     /// A multicast (Totem §3.2; docs/cpg.md §9.3 "Multicasts").
-    fn on_mcast(&mut self, now: Instant, mcast: Mcast, datagram: &Bytes) {
+    fn on_mcast(&mut self, now: Instant, source: NodeId, mcast: Mcast, datagram: &Bytes) {
         let stored = Stored {
             origin: mcast.origin,
             safe: mcast.safe,
@@ -979,7 +992,10 @@ impl Node {
         match self.state {
             NodeState::Operational | NodeState::Gather if mcast.ring_id == self.regular.ring_id => {
                 // Originated and put on the wire (first or retransmitted) by members only.
-                if !self.regular.is_member(mcast.origin) || !self.regular.is_member(mcast.sender) {
+                if !self.regular.is_member(mcast.origin)
+                    || !self.regular.is_member(mcast.sender)
+                    || !self.regular.is_member(source)
+                {
                     return;
                 }
                 if self.regular.insert(mcast.seq, stored) {
@@ -1000,6 +1016,7 @@ impl Node {
                 let next = self.next.as_mut().expect("checked above");
                 if !next.ring.is_member(mcast.origin)
                     || !next.ring.is_member(mcast.sender)
+                    || !next.ring.is_member(source)
                     || !next.ring.insert(mcast.seq, stored)
                 {
                     return;

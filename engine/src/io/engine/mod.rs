@@ -397,7 +397,7 @@ impl Engine {
             // counters and packets_accepted.
             self.stats.add(Counter::PacketsIn, 1);
             self.stats.add(Counter::BytesIn, packet.len() as u64);
-            self.host.handle_datagram(now, &packet);
+            self.host.handle_datagram(now, self.config.node_id, &packet);
             work += 1;
         }
         for index in 0..self.recv_armed.len() {

@@ -262,7 +262,7 @@ impl Engine {
                     }
                 },
             };
-            self.host.handle_datagram(now, &packet);
+            self.host.handle_datagram(now, located.from, &packet);
         }
     }
 
@@ -279,13 +279,13 @@ impl Engine {
         buffer: PoolBuffer,
     ) {
         let whole = buffer.bytes(0..len.min(buffer.len()));
-        let packets = match self.locate_datagram(socket, &whole) {
+        let (source, packets) = match self.locate_datagram(socket, &whole) {
             Err(counter) => {
                 self.stats.add(Counter::PacketsIn, 1);
                 self.stats.add(counter, 1);
-                Vec::new()
+                (0, Vec::new())
             }
-            Ok(located) => self.pool_packets(&whole, &located),
+            Ok(located) => (located.from, self.pool_packets(&whole, &located)),
         };
         drop(whole);
         if buffer.is_unique() {
@@ -296,7 +296,7 @@ impl Engine {
             drop(buffer);
         }
         for packet in packets {
-            self.host.handle_datagram(now, &packet);
+            self.host.handle_datagram(now, source, &packet);
         }
     }
 

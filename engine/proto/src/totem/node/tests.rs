@@ -110,7 +110,7 @@ impl Cluster {
                 }
                 let now = self.now;
                 if let Some(node) = self.nodes[to as usize - 1].as_mut() {
-                    node.handle_packet(now, &datagram);
+                    node.handle_packet(now, from, &datagram);
                 }
             }
             if !progress {
@@ -400,7 +400,7 @@ fn garbage_is_counted_and_dropped() {
     let node = c.node(1);
     for len in 0..200usize {
         let junk: Vec<u8> = (0..len).map(|i| (i * 31 + len) as u8).collect();
-        node.handle_packet(now, &Bytes::from(junk));
+        node.handle_packet(now, 2, &Bytes::from(junk));
     }
     assert_eq!(node.stats().packets_dropped, 200);
     assert_eq!(node.state(), NodeState::Operational);
@@ -510,16 +510,17 @@ fn sync_barrier_never_interleaves_fragments() {
             break;
         }
         let node = c.node(1);
-        let mut out: Vec<Transmit> = std::iter::from_fn(|| node.poll_transmit()).collect();
+        let mut out: Vec<(NodeId, Transmit)> =
+            std::iter::from_fn(|| node.poll_transmit().map(|t| (1, t))).collect();
         let node2 = c.node(2);
-        out.extend(std::iter::from_fn(|| node2.poll_transmit()));
-        for t in out {
+        out.extend(std::iter::from_fn(|| node2.poll_transmit().map(|t| (2, t))));
+        for (from, t) in out {
             let to: Vec<NodeId> = match t.destination {
                 Destination::All => vec![1, 2],
                 Destination::Node(n) => vec![n],
             };
             for n in to {
-                c.node(n).handle_packet(now, &t.payload.to_bytes());
+                c.node(n).handle_packet(now, from, &t.payload.to_bytes());
             }
         }
     }
@@ -569,7 +570,7 @@ fn packets_with_sequences_near_the_top_are_dropped() {
         entries: vec![],
     });
     for p in [join, commit] {
-        node.handle_packet(now, &p.encode(cluster_id));
+        node.handle_packet(now, p.sender(), &p.encode(cluster_id));
     }
     assert_eq!(node.stats().packets_dropped, before + 2);
 }
@@ -608,11 +609,61 @@ fn tokens_and_messages_of_non_members_are_dropped() {
         payload: Bytes::from_static(b"forged"),
     });
     for p in [token, mcast] {
-        node.handle_packet(now, &p.encode(cluster_id));
+        node.handle_packet(now, p.sender(), &p.encode(cluster_id));
     }
     assert_eq!(node.stats().tokens_received, tokens_received);
     assert_eq!(node.stats().tokens_dropped, tokens_dropped + 1);
     assert_eq!(node.stored_messages(), stored);
+    cluster.run(Duration::from_secs(2));
+    assert_eq!(cluster.node(1).state(), NodeState::Operational);
+    assert_eq!(cluster.node(1).ring_id(), ring_id);
+}
+
+/// A node holding the key must not speak for another member either: a token naming
+/// member 2 as its sender but coming from node 3 (not a member), and a multicast of a
+/// member's naming a member but put on the wire by node 3, are dropped.
+#[test]
+fn packets_are_judged_by_the_node_they_came_from() {
+    use crate::wire::{Mcast, Packet, Token};
+    let mut cluster = Cluster::new(2);
+    cluster.run(Duration::from_secs(2));
+    let now = cluster.now;
+    let node = cluster.node(1);
+    assert_eq!(node.state(), NodeState::Operational);
+    let cluster_id = node.config().cluster_id;
+    let ring_id = node.ring_id();
+    let (tokens_received, dropped) = (node.stats().tokens_received, node.stats().packets_dropped);
+    let stored = node.stored_messages();
+    let token = Packet::Token(Token {
+        sender: 2,
+        ring_id,
+        token_seq: 1 << 40,
+        seq: 1000,
+        aru: 1000,
+        ..Token::default()
+    });
+    let mcast = Packet::Mcast(Mcast {
+        sender: 2,
+        ring_id,
+        seq: 1,
+        origin: 2,
+        safe: false,
+        recovered: None,
+        payload: Bytes::from_static(b"forged"),
+    });
+    node.handle_packet(now, 3, &token.encode(cluster_id));
+    assert_eq!(
+        node.stats().packets_dropped,
+        dropped + 1,
+        "the token names 2, came from 3"
+    );
+    node.handle_packet(now, 3, &mcast.encode(cluster_id));
+    assert_eq!(node.stats().tokens_received, tokens_received);
+    assert_eq!(
+        node.stored_messages(),
+        stored,
+        "a multicast put on the wire by 3"
+    );
     cluster.run(Duration::from_secs(2));
     assert_eq!(cluster.node(1).state(), NodeState::Operational);
     assert_eq!(cluster.node(1).ring_id(), ring_id);
