@@ -303,7 +303,12 @@ pub enum RequestKind {
     Join,
     Subscribe,
     Propose(ProtocolKind),
-    Vote,
+    /// The vote for phase `phase` of protocol `seq`: a client may have several votes
+    /// of one group in flight, and must know which one was refused.
+    Vote {
+        seq: u64,
+        phase: u32,
+    },
 }
 
 /// What a local client is told, in order (GS_SPEC.md §3).
