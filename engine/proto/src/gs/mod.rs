@@ -1,6 +1,6 @@
 #![forbid(unsafe_code)]
-//! Group Services (GS_SPEC.md; docs/group-services.md) as a pure state machine on top
-//! of Totem's agreed deliveries, beside CPG.
+//! Group Services as a pure state machine on top of Totem's agreed deliveries, beside
+//! CPG. Section numbers (§) in this module are those of docs/group-services.md.
 //!
 //! Every node keeps the whole replicated group table: attributes, ordered providers,
 //! state value, the protocol in progress and the pending membership changes. It
@@ -374,7 +374,7 @@ impl Service {
             }
             // An instance number stays in use until the protocol that removes its
             // provider has ended, even after a goodbye: until then the table's events
-            // for it would reach the new joiner (docs/group-services.md, "Decisions").
+            // for it would reach the new joiner (docs/group-services.md §2.12).
             let id = ProviderId {
                 node: self.local,
                 instance,
@@ -413,7 +413,7 @@ impl Service {
             .ok_or(GsError::BadMemberToken)
     }
 
-    /// Leave, expel, state change, message, attribute change (GS_SPEC.md §2.3–§2.8).
+    /// Leave, expel, state change, message, attribute change (docs/group-services.md §2.3–§2.8).
     /// `Collide` at once when this node already sees the group busy; else later.
     pub fn propose(
         &mut self,
@@ -905,9 +905,11 @@ impl Service {
         if !side.contains(&self.local) {
             return;
         }
+        // Live providers only: a failed one's token died with its failure (goodbye,
+        // death) or an earlier cast-out, and its client may hold a new provider with
+        // the same instance number whose JOIN is still travelling (§2.12).
         let mut ours: Vec<(ProviderId, ClientId)> = loser
-            .providers
-            .iter()
+            .live()
             .map(|e| (e.id, e.client))
             .chain(loser.pending.iter().filter_map(|p| match p {
                 Pending::Join(e) => Some((e.id, e.client)),

@@ -1,6 +1,7 @@
 //! The GS service on an in-memory agreed order: a bus that delivers every node's
 //! submissions, in one total order, to the members of the sender's ring, and forms
-//! rings (configuration changes) on demand. Each test names the GS_SPEC.md rule.
+//! rings (configuration changes) on demand. Each test names the rule it checks
+//! (section numbers of docs/group-services.md).
 
 use super::*;
 use crate::splitmix::TestRng;
@@ -12,6 +13,9 @@ struct Out {
     held: Vec<Bytes>,
     waiting: bool,
     refuse: bool,
+    /// Keeps every submission but SYNCs back, across rings, until cleared: a message
+    /// that Totem has not sent yet when configurations change.
+    hold: bool,
 }
 
 impl Submit for Out {
@@ -19,7 +23,7 @@ impl Submit for Out {
         if self.refuse {
             return Err(SubmitError::TryAgain);
         }
-        if self.waiting {
+        if self.waiting || self.hold {
             self.held.push(payload);
         } else {
             self.ready.push(payload);
@@ -32,7 +36,9 @@ impl Submit for Out {
     }
     fn sync_done(&mut self, _ring: RingId) {
         self.waiting = false;
-        self.ready.append(&mut self.held);
+        if !self.hold {
+            self.ready.append(&mut self.held);
+        }
     }
 }
 
@@ -1148,7 +1154,7 @@ fn positions(events: &[GsEvent]) -> Vec<(u64, u32)> {
 /// again with the same instance number before its goodbye was ordered, so the old
 /// provider's phase notifications reached the new joiner and its `(seq, phase)` went
 /// backwards. An instance number stays in use until the protocol that removes its
-/// provider has ended (docs/group-services.md, "Instance numbers").
+/// provider has ended (docs/group-services.md §2.12).
 #[test]
 fn an_instance_number_is_in_use_until_its_provider_is_gone() {
     let mut bus = Bus::new(2);
@@ -1277,4 +1283,85 @@ fn a_join_in_flight_across_a_lost_merge_joins_the_winner() {
     assert!(matches!(&ev[..], [GsEvent::Approved { .. }]), "{ev:?}");
     let seqs = positions(&ev);
     assert!(seqs.windows(2).all(|w| w[0] < w[1]));
+}
+
+/// The simulator's seed 8090 (2–16 nodes): a provider said goodbye while its node was
+/// alone; the group dissolved there and its client joined again with the same instance
+/// number. Before that JOIN was sent, its node merged with a side whose instance still
+/// listed the old provider as failed (a protocol there waited for votes), and that
+/// merged instance then lost a second merge. The cast-out took the failed old provider
+/// for the client's new joiner: the joiner got `Merge`, its token died, and its JOIN,
+/// ordered on the final ring, left an orphan provider. A failed provider's token is
+/// already dead: the cast-out only concerns live ones (docs/group-services.md §6.6).
+#[test]
+fn a_cast_out_leaves_a_new_joiner_of_a_failed_providers_instance_alone() {
+    let mut bus = Bus::new(4);
+    let client = |n: NodeId| 10 * u64::from(n);
+    for n in 1..=4 {
+        bus.join(n, client(n), "g", n as u16, GroupAttributes::default());
+    }
+    for n in 1..=4 {
+        bus.take(n, client(n));
+    }
+    // An n-phase state change nobody votes on yet: failures stay pending behind it.
+    bus.propose(
+        2,
+        20,
+        "g",
+        ProposalBody::ChangeState {
+            state: Bytes::from_static(b"s"),
+        },
+        Phases::N,
+        0,
+    )
+    .unwrap();
+    let seq = nphase_of(&bus.take(3, 30))[0].0;
+    for n in [1, 2, 4] {
+        bus.take(n, client(n));
+    }
+    bus.ring(&[1]);
+    bus.ring(&[2]);
+    bus.ring(&[3, 4]);
+    // Side {3, 4} ends the protocol and removes the failed providers of 1 and 2.
+    for n in [3, 4] {
+        bus.vote(n, client(n), "g", seq, 1, Vote::plain(VoteValue::Approve))
+            .unwrap();
+    }
+    assert_eq!(bus.providers(3, "g"), vec![pid(3, 3), pid(4, 4)]);
+    // Node 1 alone: its provider says goodbye, the group dissolves there.
+    let (s, o) = bus.svc(1);
+    s.goodbye(10, &name("g"), o).unwrap();
+    bus.run();
+    assert!(bus.providers(1, "g").is_empty());
+    bus.take(1, 10);
+    // Its client joins again, same instance; the JOIN is not sent before the merges.
+    bus.outs[0].hold = true;
+    let (s, o) = bus.svc(1);
+    s.join(10, &name("g"), 1, GroupAttributes::default(), o)
+        .unwrap();
+    // Node 1 merges with node 2, whose instance lists 1/1 as failed (its protocol still
+    // waits for 2/2's vote); that instance then loses to side {3, 4}'s (two live
+    // providers against one).
+    bus.ring(&[1, 2]);
+    assert!(bus.providers(1, "g").contains(&pid(1, 1)));
+    bus.ring(&[1, 2, 3, 4]);
+    let ev = bus.take(1, 10);
+    assert!(
+        !ev.iter().any(|e| matches!(e, GsEvent::Merge { .. })),
+        "the new joiner is not cast out: {ev:?}"
+    );
+    assert!(matches!(&bus.take(2, 20)[..], [.., GsEvent::Merge { .. }]));
+    // The JOIN goes out at last and joins the winning instance.
+    bus.outs[0].hold = false;
+    let held = std::mem::take(&mut bus.outs[0].held);
+    bus.outs[0].ready.extend(held);
+    bus.run();
+    let ev = bus.take(1, 10);
+    assert!(
+        matches!(&ev[..], [GsEvent::Approved { info, .. }]
+            if info.changing == vec![(pid(1, 1), Change::Joins)]),
+        "{ev:?}"
+    );
+    assert_eq!(bus.providers(4, "g"), vec![pid(3, 3), pid(4, 4), pid(1, 1)]);
+    bus.digests_agree(&[1, 2, 3, 4]);
 }
