@@ -75,6 +75,8 @@ pub enum Outgoing {
     },
     /// Trusted senders: the client's in-place message at this pool offset is its again.
     Released(u64),
+    /// A Group Services event, encoded (`ringcast_shm::gs_proto::encode_event`).
+    Gs(bytes::Bytes),
 }
 
 /// An event that did not fit in the event ring yet; `sent` bytes of a large delivery
@@ -214,11 +216,18 @@ impl Ready {
     /// Writes as much of `item` as fits. True when it is entirely in the ring.
     fn try_write(&mut self, item: &mut Backlogged) -> Result<bool, SessionFault> {
         let max = self.events.max_record_len();
+        if let Outgoing::Gs(bytes) = &item.event {
+            let bytes = bytes.clone();
+            let done = self.write_gs(&bytes, &mut item.sent, max);
+            self.unpublished |= done;
+            return Ok(done);
+        }
         let event = match &item.event {
             Outgoing::Event(event) => event,
             Outgoing::Released(offset) => {
                 return Ok(self.push_record(event::SENT_RELEASED, &offset.to_le_bytes()));
             }
+            Outgoing::Gs(_) => unreachable!("written above"),
             Outgoing::Confchg(bytes) => {
                 let done = self.push_encoded(event::CONFCHG, bytes, max)?;
                 self.unpublished |= done;
@@ -338,6 +347,45 @@ impl Ready {
         Ok(done)
     }
 
+    /// A GS event: one record when it fits, else pieces as large as the ring allows
+    /// (at most half of it, as for deliveries). True when it is entirely in the ring.
+    fn write_gs(&mut self, bytes: &[u8], sent: &mut usize, max: usize) -> bool {
+        if *sent == 0 && bytes.len() <= max {
+            return self.push_record(event::GS_EVENT, bytes);
+        }
+        let piece_max = (max - PartHeader::BYTES).min(max / 2).max(1);
+        while *sent < bytes.len() {
+            let n = piece_max.min(bytes.len() - *sent);
+            let mut flags = 0;
+            if *sent == 0 {
+                flags |= PART_FIRST;
+            }
+            if *sent + n == bytes.len() {
+                flags |= PART_LAST;
+            }
+            let header = PartHeader {
+                a: 0,
+                b: 0,
+                flags,
+                c: 0,
+                total_len: bytes.len() as u64,
+            };
+            let piece = &bytes[*sent..*sent + n];
+            let pushed =
+                self.events
+                    .try_push_with(event::GS_EVENT_PART, PartHeader::BYTES + n, |buf| {
+                        header.write(&mut buf[..PartHeader::BYTES]);
+                        buf[PartHeader::BYTES..].copy_from_slice(piece);
+                    });
+            if pushed.is_err() {
+                return false;
+            }
+            *sent += n;
+            self.unpublished = true;
+        }
+        true
+    }
+
     fn push_encoded(&mut self, kind: u32, bytes: &[u8], max: usize) -> Result<bool, SessionFault> {
         // Membership lists are bounded by the service's limits; a ring too small for
         // one is a configuration error that the region spec validation rules out.
@@ -353,7 +401,7 @@ impl Ready {
 fn event_bytes(event: &Outgoing) -> usize {
     let event = match event {
         Outgoing::Event(event) => event,
-        Outgoing::Confchg(bytes) => return 64 + bytes.len(),
+        Outgoing::Confchg(bytes) | Outgoing::Gs(bytes) => return 64 + bytes.len(),
         Outgoing::Ref { .. } | Outgoing::Released(_) => return 64,
     };
     match event {
