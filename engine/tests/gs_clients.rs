@@ -626,3 +626,116 @@ fn an_expel_runs_the_deactivate_script_and_announces_its_failure() {
         }]
     );
 }
+
+/// A `ringcast gs ...` process whose output lines the test reads.
+struct Cli {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Cli {
+    fn spawn(args: &[&str], socket: &std::path::Path) -> Cli {
+        let mut child = Command::new(common::cli_bin())
+            .arg("gs")
+            .args(args)
+            .arg("--socket")
+            .arg(socket)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn ringcast gs");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Cli {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a line containing every one of `words`; returns it.
+    fn expect(&mut self, words: &[&str]) -> String {
+        let deadline = Instant::now() + EVENT_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if words.iter().all(|w| line.contains(w)) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!("no line with {words:?}; saw {:#?}", self.seen),
+            }
+        }
+    }
+}
+
+/// The child's exit status, waiting at most [`EVENT_TIMEOUT`].
+fn wait_exit(child: &mut Child) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+impl Drop for Cli {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn the_command_line_joins_votes_watches_and_says_goodbye() {
+    let cluster = start("gs-cli", 1);
+    let socket = cluster.socket(1);
+    let a = client(&cluster, 1);
+    let ta = join(&a, b"g", 1, &[]);
+    let mut watch = Cli::spawn(&["watch", "g"], &socket);
+    watch.expect(&["watching g"]);
+    let mut provider = Cli::spawn(
+        &["join", "g", "--instance", "7", "--vote", "approve"],
+        &socket,
+    );
+    provider.expect(&["joined g as 1/7"]);
+    approved(&a, ProtocolKind::Join);
+    watch.expect(&["membership", "members=[1/1 1/7]", "1/7:joined"]);
+    retry(|| a.change_state(&ta, b"hello".to_vec(), Phases::N, None));
+    let (e, _) = nphase(&a, 1);
+    a.answer(&e, Vote::plain(VoteValue::Approve)).unwrap();
+    provider.expect(&["voted Approve", "phase=1"]);
+    approved(&a, ProtocolKind::StateChange);
+    watch.expect(&["state", "\"hello\""]);
+    // SIGTERM: goodbye, exit 0; the others see said-goodbye.
+    // SAFETY: signals our own unreaped child.
+    unsafe { libc::kill(provider.child.id() as i32, libc::SIGTERM) };
+    provider.expect(&["goodbye"]);
+    let status = wait_exit(&mut provider.child).expect("exited");
+    assert!(status.success(), "{status:?}");
+    let e = approved(&a, ProtocolKind::FailureLeave);
+    assert_eq!(
+        changing(&e),
+        vec![(
+            ProviderId {
+                node: 1,
+                instance: 7
+            },
+            Change::Leaves(LeaveReason::SaidGoodbye)
+        )]
+    );
+    watch.expect(&["membership", "members=[1/1]", "1/7:said-goodbye"]);
+    let mut groups = Cli::spawn(&["groups"], &socket);
+    groups.expect(&["providers [1/1]"]);
+    groups.expect(&["state \"hello\""]);
+}
