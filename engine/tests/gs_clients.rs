@@ -739,3 +739,53 @@ fn the_command_line_joins_votes_watches_and_says_goodbye() {
     groups.expect(&["providers [1/1]"]);
     groups.expect(&["state \"hello\""]);
 }
+
+#[test]
+fn a_late_voter_gets_the_default_vote_and_is_announced() {
+    let cluster = start("gs-late", 1);
+    let a = client(&cluster, 1);
+    let b = client(&cluster, 1);
+    let ta = join(&a, b"g", 1, &[]);
+    let tb = join(&b, b"g", 2, &[&a]);
+    let limit = Duration::from_millis(500);
+    retry(|| a.change_state(&ta, b"in time".to_vec(), Phases::N, Some(limit)));
+    let (ea, _) = nphase(&a, 1);
+    let (eb, _) = nphase(&b, 1);
+    let GsEvent::NPhase { time_limit_ms, .. } = &ea else {
+        unreachable!()
+    };
+    assert_eq!(*time_limit_ms, 500);
+    let asked = Instant::now();
+    a.answer(&ea, Vote::plain(VoteValue::Approve)).unwrap();
+    // b does not vote: at the limit its default vote (APPROVE) counts and the
+    // providers are told who was late.
+    let late = ProviderId {
+        node: 1,
+        instance: 2,
+    };
+    for gs in [&a, &b] {
+        match next(gs) {
+            GsEvent::Announcement {
+                kind, providers, ..
+            } => {
+                assert_eq!(kind, ringcast::gs::AnnouncementKind::VoteTimeout);
+                assert_eq!(providers, vec![late]);
+            }
+            other => panic!("expected the late vote announced, got {other:?}"),
+        }
+        let GsEvent::Approved { info, .. } = approved(gs, ProtocolKind::StateChange) else {
+            unreachable!()
+        };
+        assert_eq!(info.proposed_state.as_deref(), Some(&b"in time"[..]));
+    }
+    assert!(asked.elapsed() >= limit, "approved before the limit");
+    // The late vote is refused (at once: this node saw the phase end).
+    let GsEvent::NPhase { seq, .. } = eb else {
+        unreachable!()
+    };
+    assert_eq!(
+        b.vote(&tb, seq, 1, Vote::plain(VoteValue::Reject)),
+        Err(GsError::VoteNotExpected)
+    );
+    assert_eq!(group_state(&a, b"g").1, b"in time");
+}

@@ -6,8 +6,11 @@
 //!
 //! The script runs as the user and group of the client that registered it (its
 //! `SO_PEERCRED`): a client allowed to connect must not get the daemon's privileges.
-//! Arguments: `FLAG GROUP INSTANCE REASON`; stdin, stdout and stderr are `/dev/null`.
-//! Success is exit status 0 within the time limit.
+//! Arguments: `FLAG GROUP INSTANCE REASON`; stdin, stdout and stderr are `/dev/null`;
+//! the working directory is `/`. Success is exit status 0 within the time limit. The
+//! script leads a process group of its own, and the whole group is killed (SIGKILL)
+//! at the limit, so a script's own children cannot outlive it. It starts with no
+//! signal blocked (the daemon blocks its termination signals in every thread).
 
 use std::collections::VecDeque;
 use std::ffi::OsStr;
@@ -130,7 +133,19 @@ fn run_script(run: &ScriptRun, run_as: RunAs) -> bool {
         .current_dir("/")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stderr(Stdio::null())
+        .process_group(0);
+    // SAFETY: runs in the forked child before exec, where only async-signal-safe
+    // calls are allowed: sigemptyset and pthread_sigmask (sigprocmask) are, and
+    // nothing here allocates or takes a lock.
+    unsafe {
+        command.pre_exec(|| {
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+            Ok(())
+        });
+    }
     let mut child = match command.spawn() {
         Ok(c) => c,
         Err(e) => {
@@ -152,12 +167,23 @@ fn run_script(run: &ScriptRun, run_as: RunAs) -> bool {
                     limit_ms = run.time_limit_ms,
                     "deactivate script killed at its time limit"
                 );
+                kill_group(&child);
                 let _ = child.kill();
                 let _ = child.wait();
                 return false;
             }
         }
     }
+}
+
+/// SIGKILL to the script's process group (its id is the script's pid).
+fn kill_group(child: &std::process::Child) {
+    let Ok(pgid) = i32::try_from(child.id()) else {
+        return;
+    };
+    // SAFETY: a plain syscall; the group is the unreaped child's own (its pid cannot
+    // be reused before `wait`).
+    unsafe { libc::kill(-pgid, libc::SIGKILL) };
 }
 
 #[cfg(test)]
@@ -207,8 +233,21 @@ mod tests {
         out
     }
 
+    /// Blocks SIGUSR2 in this thread (and the watcher threads it spawns), as the
+    /// daemon blocks its signals: the scripts must not inherit it.
+    fn block_a_signal() {
+        // SAFETY: fills a set we own and changes this thread's mask only.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGUSR2);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        }
+    }
+
     #[test]
     fn scripts_succeed_fail_and_are_killed_at_their_limit() {
+        block_a_signal();
         let mut runner = ScriptRunner::new(Waker::new().unwrap());
         let dir = std::env::temp_dir().join(format!("rc-scripts-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -223,7 +262,18 @@ mod tests {
         std::fs::set_permissions(&record, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
         let sleeper = dir.join("sleep.sh");
-        std::fs::write(&sleeper, "#!/bin/sh\nexec sleep 30\n").unwrap();
+        // A child of its own that would outlive it if only the script were killed; and
+        // a blocked SIGTERM would show as "T" in the mask it reports.
+        let grandchild = dir.join("grandchild");
+        std::fs::write(
+            &sleeper,
+            format!(
+                "#!/bin/sh\ngrep SigBlk /proc/$$/status > {}\nsleep 30 &\necho $! > {}\nwait\n",
+                dir.join("mask").display(),
+                grandchild.display()
+            ),
+        )
+        .unwrap();
         std::fs::set_permissions(
             &sleeper,
             std::os::unix::fs::PermissionsExt::from_mode(0o755),
@@ -253,6 +303,19 @@ mod tests {
             "flag g 2 expelled\n"
         );
         assert_eq!(runner.outstanding(), 0);
+        let mask = std::fs::read_to_string(dir.join("mask")).unwrap();
+        assert!(mask.trim_end().ends_with(":\t0000000000000000"), "{mask}");
+        let pid = std::fs::read_to_string(&grandchild).unwrap();
+        let gone = (0..200).any(|_| {
+            let state = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()));
+            // Gone, or a zombie waiting for its (dead) parent's reaper.
+            let done = state.map_or(true, |s| s.contains(") Z"));
+            if !done {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            done
+        });
+        assert!(gone, "the script's child outlived it");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
