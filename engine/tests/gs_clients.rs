@@ -789,3 +789,109 @@ fn a_late_voter_gets_the_default_vote_and_is_announced() {
     );
     assert_eq!(group_state(&a, b"g").1, b"in time");
 }
+
+fn euid() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").unwrap().uid()
+}
+
+/// `ringcast gs ...` as another user (root drops to it with setpriv).
+fn cli_as(uid: u32, args: &[&str], socket: &std::path::Path) -> Command {
+    let mut command = Command::new("setpriv");
+    command
+        .args([
+            &format!("--reuid={uid}"),
+            &format!("--regid={uid}"),
+            "--clear-groups",
+        ])
+        .arg(common::cli_bin())
+        .arg("gs")
+        .args(args)
+        .arg("--socket")
+        .arg(socket);
+    command
+}
+
+/// Access is CPG's (SO_PEERCRED against the allowed users), and a deactivate script
+/// runs as the user of the client that registered it, never as the daemon's.
+#[test]
+fn gs_clients_pass_the_credential_check_and_scripts_run_as_their_user() {
+    if euid() != 0 {
+        eprintln!("skipped: needs root to run clients as other users");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mut cluster = Cluster::new("gs-cred", free_port(1), 1);
+    cluster.extra = vec!["--set".into(), "ipc.allowed_uids=[65534]".into()];
+    cluster.start_all();
+    cluster.wait_ring(&[1], FORM_TIMEOUT).unwrap();
+    let socket = cluster.socket(1);
+    std::fs::set_permissions(&cluster.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // Refused: a user not in the list.
+    let out = cli_as(65533, &["groups", "--wait", "0"], &socket)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("may not connect"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Allowed: a provider as uid 65534 with a deactivate script recording its uid.
+    let shared = cluster.dir.join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let script = shared.join("deactivate.sh");
+    let out_file = shared.join("uid");
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\nid -u > {}\n", out_file.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let a = client(&cluster, 1);
+    let ta = join(&a, b"g", 1, &[]);
+    let mut child = cli_as(
+        65534,
+        &[
+            "join",
+            "g",
+            "--instance",
+            "7",
+            "--deactivate-script",
+            script.to_str().unwrap(),
+        ],
+        &socket,
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit())
+    .spawn()
+    .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut provider = Cli {
+        child,
+        lines,
+        seen: Vec::new(),
+    };
+    provider.expect(&["joined g as 1/7"]);
+    approved(&a, ProtocolKind::Join);
+    let target = ProviderId {
+        node: 1,
+        instance: 7,
+    };
+    retry(|| a.expel(&ta, vec![target], 1, b"f".to_vec(), Phases::One, None));
+    approved(&a, ProtocolKind::Expel);
+    provider.expect(&["out of g"]);
+    let ran = common::wait_for(EVENT_TIMEOUT, || {
+        std::fs::read_to_string(&out_file).is_ok_and(|s| s.ends_with('\n'))
+    });
+    assert!(ran, "the deactivate script did not run");
+    assert_eq!(std::fs::read_to_string(&out_file).unwrap(), "65534\n");
+    quiet(&a);
+}

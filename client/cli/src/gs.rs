@@ -53,6 +53,10 @@ pub(super) enum GsCommand {
         /// The provider's instance number [default: from the process id].
         #[arg(long)]
         instance: Option<u16>,
+        /// Run this program (an absolute path) on this node, as this user, if the
+        /// provider is expelled: `PROGRAM FLAG GROUP INSTANCE expelled`.
+        #[arg(long, value_name = "PATH")]
+        deactivate_script: Option<std::path::PathBuf>,
     },
 }
 
@@ -83,25 +87,54 @@ pub(super) fn run(command: GsCommand) -> ExitCode {
             state,
             vote,
             instance,
+            deactivate_script,
         } => {
             let instance = instance.unwrap_or((std::process::id() % 65_535) as u16 + 1);
-            join(&conn, &group, state, vote, instance)
+            let provider = Provider {
+                state,
+                vote,
+                instance,
+                deactivate_script,
+            };
+            join(&conn, &group, provider)
         }
     }
 }
 
+/// What `gs join` was told.
+struct Provider {
+    state: Option<String>,
+    vote: VoteArg,
+    instance: u16,
+    deactivate_script: Option<std::path::PathBuf>,
+}
+
 fn connect(conn: &ConnArgs) -> Result<GsClient, ExitCode> {
+    connect_with(conn, None)
+}
+
+fn connect_with(
+    conn: &ConnArgs,
+    deactivate_script: Option<std::path::PathBuf>,
+) -> Result<GsClient, ExitCode> {
     if !(conn.wait.is_finite() && conn.wait >= 0.0) {
         return Err(fail("--wait must be a number of seconds, 0 or more"));
     }
     let options = GsOptions {
         socket: conn.socket.clone().unwrap_or_else(ringcast::default_socket),
-        deactivate_script: None,
+        deactivate_script,
         connect_wait: Duration::from_secs_f64(conn.wait),
     };
     GsClient::connect(&options).map_err(|e| {
+        let why = match e {
+            GsError::NotOk => {
+                "this user may not connect (the engine's ipc.allowed_uids, ipc.allowed_gids)"
+            }
+            GsError::BadParameter => "the deactivate script must be an absolute path",
+            _ => "is ringcastd running?",
+        };
         fail(&format!(
-            "cannot connect to the engine at {}: {e}: is ringcastd running?",
+            "cannot connect to the engine at {}: {e}: {why}",
             options.socket.display()
         ))
     })
@@ -304,18 +337,18 @@ fn provider_event(gs: &GsClient, event: &GsEvent, vote: VoteArg) -> Result<(), S
     Ok(())
 }
 
-fn join(
-    conn: &ConnArgs,
-    group: &str,
-    state: Option<String>,
-    vote: VoteArg,
-    instance: u16,
-) -> ExitCode {
+fn join(conn: &ConnArgs, group: &str, provider: Provider) -> ExitCode {
+    let Provider {
+        state,
+        vote,
+        instance,
+        deactivate_script,
+    } = provider;
     let signals = match signals::Termination::block() {
         Ok(s) => s,
         Err(e) => return fail(&format!("signals: {e}")),
     };
-    let gs = match connect(conn) {
+    let gs = match connect_with(conn, deactivate_script) {
         Ok(c) => c,
         Err(code) => return code,
     };
