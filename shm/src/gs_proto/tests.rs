@@ -273,9 +273,17 @@ fn truncated_and_mutated_gs_messages_never_panic() {
             for v in [0u8, 1, 0x7f, 0xff] {
                 let mut m = s.clone();
                 m[i] = v;
-                let _ = Request::decode(&m);
-                let _ = Reply::decode(&m);
-                let _ = decode_event(&m);
+                // What decodes encodes back to the same meaning (as the request fuzz
+                // target checks).
+                if let Ok(r) = Request::decode(&m) {
+                    assert_eq!(Request::decode(&r.encode()).unwrap(), r);
+                }
+                if let Ok(r) = Reply::decode(&m) {
+                    assert_eq!(Reply::decode(&r.encode()).unwrap(), r);
+                }
+                if let Ok(e) = decode_event(&m) {
+                    assert_eq!(decode_event(&encode_event(&e)).unwrap(), e);
+                }
             }
         }
     }
