@@ -30,8 +30,10 @@
 //! ([`GsClient::as_raw_fd`]) is readable while events are pending or when the engine
 //! is gone, as `ha_gs_init`'s socket is for `select`.
 //!
-//! Through the daemon a request travels in one socket message: state values,
-//! messages and expel flags are at most [`MAX_GS_REQUEST_VALUE_BYTES`].
+//! A request travels in one socket message, or, when it is larger (a large state
+//! value, message or expel flag; the service takes up to 1 MiB), through this
+//! connection's shared region: written there, named by the socket message, copied
+//! out by the engine before it answers.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::PathBuf;
@@ -39,11 +41,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+pub use ringcast_shm::gs_proto::MAX_GS_EVENT_BYTES;
 use ringcast_shm::gs_proto::{self, GsReply, GsRequest};
-pub use ringcast_shm::gs_proto::{MAX_GS_EVENT_BYTES, MAX_GS_REQUEST_VALUE_BYTES};
 use ringcast_shm::proto::{
     self, PART_FIRST, PART_LAST, PartHeader, Reply, Request, Status, Welcome, event,
 };
+use ringcast_shm::send_area::SendArea;
 use ringcast_shm::socket::SeqPacket;
 use ringcast_shm::{Consumer, EventFd, Region, RingError};
 
@@ -152,6 +155,9 @@ pub struct GsClient {
     /// epoll over `wake` and the socket.
     poll_fd: OwnedFd,
     node_id: u32,
+    /// The region's buffer pool, for requests larger than a socket message (None when
+    /// the engine gave the region no pool).
+    area: Option<Arc<SendArea>>,
 }
 
 impl std::fmt::Debug for GsClient {
@@ -247,6 +253,7 @@ impl GsClient {
                 self_signaled: false,
                 stash: std::collections::VecDeque::new(),
             }),
+            area: SendArea::in_region(region.clone()),
             _region: region,
             wake,
             _engine_wake: engine_wake,
@@ -267,10 +274,33 @@ impl GsClient {
     // ------------------------------------------------------------------ requests
 
     fn request(&self, request: GsRequest) -> Result<GsReply, GsError> {
+        let encoded = Request::Gs(request.clone()).encode();
+        if encoded.len() <= proto::MAX_SOCKET_MESSAGE_BYTES {
+            return self.exchange(&encoded);
+        }
+        // Too large for the socket: through the region's pool.
+        let body = request.encode_body();
+        let area = self.area.as_ref().ok_or(GsError::BadParameter)?;
+        if body.len() > area.capacity() {
+            return Err(GsError::BadParameter);
+        }
+        let mut buf = area.alloc(body.len()).ok_or(GsError::TryAgain)?;
+        buf.copy_from_slice(&body);
+        let sent = buf.into_sent();
+        let named = GsRequest::InPool {
+            offset: sent.offset(),
+            len: body.len() as u64,
+        };
+        let reply = self.exchange(&Request::Gs(named).encode());
+        // The engine copied it out before answering (or never will: it is gone).
+        area.free(sent);
+        reply
+    }
+
+    /// One request out, its reply in.
+    fn exchange(&self, encoded: &[u8]) -> Result<GsReply, GsError> {
         let socket = lock(&self.socket);
-        socket
-            .send(&Request::Gs(request).encode(), &[])
-            .map_err(gone)?;
+        socket.send(encoded, &[]).map_err(gone)?;
         let mut buf = vec![0u8; proto::MAX_SOCKET_MESSAGE_BYTES];
         let n = match socket.recv(&mut buf) {
             Ok(Some((n, _))) => n,
@@ -339,7 +369,6 @@ impl GsClient {
     /// attribute change). `Collide` when another protocol runs or waits; the outcome
     /// comes as events. The helpers below build the common proposals.
     pub fn propose(&self, token: &ProviderToken, proposal: Proposal) -> Result<(), GsError> {
-        check_values(&proposal.body)?;
         self.done(GsRequest::Propose {
             group: token.group.as_bytes().to_vec(),
             proposal,
@@ -426,11 +455,6 @@ impl GsClient {
         phase: u32,
         vote: Vote,
     ) -> Result<(), GsError> {
-        for b in [&vote.state, &vote.message].into_iter().flatten() {
-            if b.len() > MAX_GS_REQUEST_VALUE_BYTES {
-                return Err(GsError::BadParameter);
-            }
-        }
         self.done(GsRequest::Vote {
             group: token.group.as_bytes().to_vec(),
             seq,
@@ -675,20 +699,6 @@ fn proposal(body: ProposalBody, phases: Phases, time_limit: Option<Duration>) ->
         phases,
         time_limit_ms: time_limit.map_or(0, |t| u32::try_from(t.as_millis()).unwrap_or(u32::MAX)),
     }
-}
-
-/// Values larger than one request carries are refused here (the engine would close
-/// the connection for an oversized socket message).
-fn check_values(body: &ProposalBody) -> Result<(), GsError> {
-    let len = match body {
-        ProposalBody::ChangeState { state: b } | ProposalBody::Message { data: b } => b.len(),
-        ProposalBody::Expel { flag, targets, .. } => flag.len() + 6 * targets.len(),
-        ProposalBody::Leave { .. } | ProposalBody::ChangeAttributes(_) => 0,
-    };
-    if len > MAX_GS_REQUEST_VALUE_BYTES {
-        return Err(GsError::BadParameter);
-    }
-    Ok(())
 }
 
 impl AsFd for GsClient {

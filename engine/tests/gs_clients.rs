@@ -895,3 +895,58 @@ fn gs_clients_pass_the_credential_check_and_scripts_run_as_their_user() {
     assert_eq!(std::fs::read_to_string(&out_file).unwrap(), "65534\n");
     quiet(&a);
 }
+
+/// State values and messages larger than a socket message travel through the
+/// region (requests) and in pieces on the event ring (events).
+#[test]
+fn large_values_travel_through_the_region_and_in_pieces() {
+    // Event records of at most 128 KiB: a 512 KiB proposal arrives in pieces.
+    let mut cluster = Cluster::new("gs-large", free_port(1), 1);
+    cluster.extra = vec!["--set".into(), "ipc.event_ring_bytes=262144".into()];
+    cluster.start_all();
+    cluster.wait_ring(&[1], FORM_TIMEOUT).unwrap();
+    let a = client(&cluster, 1);
+    let b = client(&cluster, 1);
+    let ta = join(&a, b"g", 1, &[]);
+    let _tb = join(&b, b"g", 2, &[&a]);
+    let value: Vec<u8> = (0..512 << 10).map(|i: u32| (i % 251) as u8).collect();
+    let message: Vec<u8> = (0..200 << 10).map(|i: u32| (i % 13) as u8).collect();
+    retry(|| a.change_state(&ta, value.clone(), Phases::N, None));
+    for gs in [&a, &b] {
+        let (e, _) = nphase(gs, 1);
+        let GsEvent::NPhase { info, .. } = &e else {
+            unreachable!()
+        };
+        assert_eq!(info.proposed_state.as_deref(), Some(&value[..]));
+        let vote = Vote {
+            value: VoteValue::Continue,
+            state: None,
+            message: Some(message.clone().into()),
+            default: None,
+        };
+        gs.answer(&e, vote).unwrap();
+    }
+    for gs in [&a, &b] {
+        let (e, _) = nphase(gs, 2);
+        let GsEvent::NPhase { info, .. } = &e else {
+            unreachable!()
+        };
+        assert_eq!(info.vote_messages.len(), 2);
+        assert!(info.vote_messages.iter().all(|(_, m)| m[..] == message[..]));
+        gs.answer(&e, Vote::plain(VoteValue::Approve)).unwrap();
+    }
+    for gs in [&a, &b] {
+        approved(gs, ProtocolKind::StateChange);
+    }
+    let (_, state) = group_state(&a, b"g");
+    assert_eq!(
+        state,
+        value[..state.len()],
+        "the view shows its first bytes"
+    );
+    // Over the service's limit (1 MiB): refused at once.
+    assert_eq!(
+        a.change_state(&ta, vec![0u8; (1 << 20) + 1], Phases::One, None),
+        Err(GsError::BadParameter)
+    );
+}

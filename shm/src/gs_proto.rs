@@ -13,10 +13,11 @@
 //! ```
 //!
 //! The types are those of the service (`ringcast_proto::gs`), one type per concept;
-//! this module only encodes them. Integers are little-endian. A request travels in one
-//! socket message, so state values, messages and expel flags sent through the daemon
-//! are at most [`MAX_GS_REQUEST_VALUE_BYTES`]; events may be larger and arrive in
-//! pieces ([`crate::proto::PartHeader`] with `a`, `b` and `c` zero).
+//! this module only encodes them. Integers are little-endian. A request larger than
+//! one socket message (a large state value, message or expel flag) is written into the
+//! client's region pool and named by a [`GsRequest::InPool`]; events may be larger
+//! than a ring record and arrive in pieces ([`crate::proto::PartHeader`] with `a`, `b`
+//! and `c` zero).
 //!
 //! Everything decoded here comes from another process: every length and count is
 //! checked against what remains, every enum byte against its values, trailing bytes
@@ -30,11 +31,7 @@ use ringcast_proto::gs::{
     RejectReason, RequestKind, SubscribeFlags, SubscriptionKind, Vote, VoteValue,
 };
 
-use crate::proto::{MAX_NAME_BYTES, MAX_SOCKET_MESSAGE_BYTES, ProtoError, Reader, Writer};
-
-/// Largest state value, message or expel flag a request carries: what fits in one
-/// control-socket message beside the request's other fields.
-pub const MAX_GS_REQUEST_VALUE_BYTES: usize = MAX_SOCKET_MESSAGE_BYTES - 4096;
+use crate::proto::{MAX_NAME_BYTES, ProtoError, Reader, Writer};
 
 /// Largest GS event a client assembles from pieces (a proposal with every provider's
 /// vote message of the previous phase).
@@ -80,6 +77,13 @@ pub enum GsRequest {
     },
     /// Every group of this node's table (`ringcast gs groups`).
     Groups,
+    /// A request too large for one socket message: its encoding (another request,
+    /// never `InPool`) lies at `offset`, `len` in the client's region pool. The engine
+    /// copies it out before it answers; the client frees the buffer after the answer.
+    InPool {
+        offset: u64,
+        len: u64,
+    },
 }
 
 /// The engine's answer to a [`GsRequest`].
@@ -633,6 +637,7 @@ const GS_GOODBYE: u32 = 5;
 const GS_SUBSCRIBE: u32 = 6;
 const GS_UNSUBSCRIBE: u32 = 7;
 const GS_GROUPS: u32 = 8;
+const GS_IN_POOL: u32 = 9;
 
 /// Longest deactivate script path.
 pub const MAX_SCRIPT_PATH_BYTES: usize = 4096;
@@ -680,7 +685,29 @@ impl GsRequest {
             GsRequest::Groups => {
                 w.u32(GS_GROUPS);
             }
+            GsRequest::InPool { offset, len } => {
+                w.u32(GS_IN_POOL).u64(*offset).u64(*len);
+            }
         }
+    }
+
+    /// The request's body alone (what an [`GsRequest::InPool`] buffer holds).
+    pub fn encode_body(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        self.encode_into(&mut w);
+        w.finish()
+    }
+
+    /// Decodes a whole body (an [`GsRequest::InPool`] buffer's): nothing may trail it,
+    /// and it may not be another `InPool`.
+    pub fn decode_body(buf: &[u8]) -> Result<GsRequest, ProtoError> {
+        let mut r = Reader::new(buf);
+        let request = GsRequest::decode_from(&mut r)?;
+        r.finish()?;
+        if matches!(request, GsRequest::InPool { .. }) {
+            return Err(ProtoError::BadField("nested pool request"));
+        }
+        Ok(request)
     }
 
     /// Decodes a request body; the caller checks that nothing trails it.
@@ -732,6 +759,10 @@ impl GsRequest {
             }
             GS_UNSUBSCRIBE => GsRequest::Unsubscribe { group: r.group()? },
             GS_GROUPS => GsRequest::Groups,
+            GS_IN_POOL => GsRequest::InPool {
+                offset: r.u64()?,
+                len: r.u64()?,
+            },
             other => return Err(ProtoError::UnknownOp(other)),
         })
     }

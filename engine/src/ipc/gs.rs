@@ -47,6 +47,10 @@ impl Ipc {
         };
         let done = match request {
             GsRequest::Groups => return Reply::Gs(groups_reply(host.gs_groups())),
+            GsRequest::InPool { offset, len } => match self.pool_request(slot, offset, len) {
+                Ok(request) => return self.gs_request(slot, request, host, now),
+                Err(e) => Err(e),
+            },
             GsRequest::Connect { script } => {
                 script_path(script).and_then(|script| host.gs_connect(client, script))
             }
@@ -76,6 +80,21 @@ impl Ipc {
             }
         };
         Reply::Gs(GsReply::Done(done))
+    }
+
+    /// The request a client wrote into its region pool: copied out (the client may
+    /// change those bytes at any time; the copy is what counts), then decoded.
+    fn pool_request(&self, slot: usize, offset: u64, len: u64) -> Result<GsRequest, GsError> {
+        let region = &self.slots[slot]
+            .as_ref()
+            .and_then(|s| s.ready.as_ref())
+            .ok_or(GsError::NoInit)?
+            .region;
+        let bytes = region
+            .pool_slice(offset, len)
+            .ok_or(GsError::BadParameter)?
+            .to_vec();
+        GsRequest::decode_body(&bytes).map_err(|_| GsError::BadParameter)
     }
 
     /// The credentials of a session's client (deactivate scripts run as its user).

@@ -105,6 +105,10 @@ fn requests() -> Vec<GsRequest> {
         },
         GsRequest::Unsubscribe { group },
         GsRequest::Groups,
+        GsRequest::InPool {
+            offset: 4096,
+            len: 1 << 20,
+        },
     ]
 }
 
@@ -183,6 +187,20 @@ fn view() -> GroupView {
         active: Some((ProtocolKind::FailureLeave, 2)),
         waiting_for: vec![id(1, 1)],
         pending: 3,
+    }
+}
+
+#[test]
+fn pool_bodies_round_trip_and_never_nest() {
+    for req in requests() {
+        let body = req.encode_body();
+        match req {
+            GsRequest::InPool { .. } => assert!(GsRequest::decode_body(&body).is_err()),
+            req => assert_eq!(GsRequest::decode_body(&body).unwrap(), req),
+        }
+        let mut long = body.clone();
+        long.push(0);
+        assert!(GsRequest::decode_body(&long).is_err());
     }
 }
 
