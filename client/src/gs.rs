@@ -141,6 +141,10 @@ struct Receiver {
     /// Events read off the ring at a goodbye (to drop the departed provider's), handed
     /// out before the ring's; bounded by what the ring held.
     stash: std::collections::VecDeque<GsEvent>,
+    /// Providers this client said goodbye to: any event of theirs still on its way
+    /// (one the engine had started writing into the ring) is dropped, until this
+    /// client joins the group again. At most one entry per group.
+    departed: Vec<(GroupName, u16)>,
 }
 
 /// One connection to the engine: `ha_gs_init` .. `ha_gs_quit` (dropping it quits).
@@ -252,6 +256,7 @@ impl GsClient {
                 assembly: None,
                 self_signaled: false,
                 stash: std::collections::VecDeque::new(),
+                departed: Vec::new(),
             }),
             area: SendArea::in_region(region.clone()),
             _region: region,
@@ -332,6 +337,7 @@ impl GsClient {
         attrs: GroupAttributes,
     ) -> Result<ProviderToken, GsError> {
         let name = group_name(group)?;
+        lock(&self.receiver).departed.retain(|(g, _)| *g != name);
         self.done(GsRequest::Join {
             group: group.to_vec(),
             instance,
@@ -497,6 +503,10 @@ impl GsClient {
             instance: token.instance,
         };
         let mut receiver = lock(&self.receiver);
+        receiver.departed.retain(|(g, _)| *g != token.group);
+        receiver
+            .departed
+            .push((token.group.clone(), token.instance));
         while let Some(event) = take_one(&mut receiver)? {
             if !is_provider_event(&event, &token.group, me) {
                 receiver.stash.push_back(event);
@@ -615,6 +625,18 @@ impl GsClient {
     }
 }
 
+/// The instance of a provider's event (none for a subscriber's or a delayed error).
+fn provider_instance(event: &GsEvent) -> Option<u16> {
+    match event {
+        GsEvent::NPhase { provider, .. }
+        | GsEvent::Approved { provider, .. }
+        | GsEvent::Rejected { provider, .. }
+        | GsEvent::Announcement { provider, .. }
+        | GsEvent::Merge { provider, .. } => Some(provider.instance),
+        GsEvent::Subscription { .. } | GsEvent::DelayedError { .. } => None,
+    }
+}
+
 /// Whether `event` is for this client's provider `me` of `group`.
 fn is_provider_event(event: &GsEvent, group: &GroupName, me: ProviderId) -> bool {
     let provider = match event {
@@ -651,7 +673,14 @@ fn take_one(receiver: &mut Receiver) -> Result<Option<GsEvent>, GsError> {
         };
         receiver.events.consume();
         if let Some(bytes) = whole {
-            return gs_proto::decode_event(&bytes).map(Some).map_err(gone);
+            let event = gs_proto::decode_event(&bytes).map_err(gone)?;
+            let departed = receiver
+                .departed
+                .iter()
+                .any(|(g, i)| event_group(&event) == g && provider_instance(&event) == Some(*i));
+            if !departed {
+                return Ok(Some(event));
+            }
         }
     }
 }

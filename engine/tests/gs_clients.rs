@@ -56,7 +56,8 @@ fn next(gs: &GsClient) -> GsEvent {
 /// Asserts that nothing arrives for a while.
 fn quiet(gs: &GsClient) {
     if let Some(e) = gs.wait_event(Some(QUIET)).expect("wait_event") {
-        panic!("unexpected event {e:?}");
+        let text = format!("{e:?}");
+        panic!("unexpected event {}", &text[..text.len().min(400)]);
     }
 }
 
@@ -949,4 +950,41 @@ fn large_values_travel_through_the_region_and_in_pieces() {
         a.change_state(&ta, vec![0u8; (1 << 20) + 1], Phases::One, None),
         Err(GsError::BadParameter)
     );
+}
+
+/// A provider that did not read its events says goodbye while many of them wait (in
+/// its event ring and in the engine's backlog for it): none reaches it afterwards.
+#[test]
+fn no_event_of_a_provider_arrives_after_its_goodbye() {
+    // A 128 KiB event ring (64 KiB records): most of 20 events of 30 KiB wait in the
+    // engine's backlog for the session.
+    let mut cluster = Cluster::new("gs-backlog", free_port(1), 1);
+    cluster.extra = vec!["--set".into(), "ipc.event_ring_bytes=131072".into()];
+    cluster.start_all();
+    cluster.wait_ring(&[1], FORM_TIMEOUT).unwrap();
+    let a = client(&cluster, 1);
+    let c = client(&cluster, 1);
+    let ta = join(&a, b"g", 1, &[]);
+    let tc = join(&c, b"g", 3, &[&a]);
+    for i in 0..20u8 {
+        retry(|| a.send_message(&ta, vec![i; 30 << 10], Phases::One, None));
+        approved(&a, ProtocolKind::Message);
+    }
+    c.goodbye(tc).expect("goodbye");
+    quiet(&c);
+    let e = approved(&a, ProtocolKind::FailureLeave);
+    assert_eq!(
+        changing(&e),
+        vec![(
+            ProviderId {
+                node: 1,
+                instance: 3
+            },
+            Change::Leaves(LeaveReason::SaidGoodbye)
+        )]
+    );
+    // The same client joins again (a new instance): it hears of the group again.
+    let _again = retry(|| c.join(b"g", 4, GroupAttributes::default()));
+    approved(&c, ProtocolKind::Join);
+    approved(&a, ProtocolKind::Join);
 }

@@ -7,6 +7,7 @@
 use ringcast_proto::gs::{self, GsError};
 use ringcast_shm::gs_proto::{GROUP_VIEW_STATE_BYTES, GsReply, GsRequest};
 
+use super::session::GsOutgoing;
 use super::*;
 
 /// Room left in a groups reply for its header.
@@ -69,9 +70,15 @@ impl Ipc {
                 phase,
                 vote,
             } => group(&name).and_then(|g| host.gs_vote(now, client, &g, (seq, phase), vote)),
-            GsRequest::Goodbye { group: name } => {
-                group(&name).and_then(|g| host.gs_goodbye(now, client, &g))
-            }
+            GsRequest::Goodbye { group: name } => group(&name).and_then(|g| {
+                // The instance, to drop its events still in the session's backlog.
+                let instance = host.gs_local_instance(client, &g);
+                host.gs_goodbye(now, client, &g)?;
+                if let (Some(instance), Some(ready)) = (instance, self.ready_mut(slot)) {
+                    ready.drop_gs_provider(&g, instance);
+                }
+                Ok(())
+            }),
             GsRequest::Subscribe { group: name, flags } => {
                 group(&name).and_then(|g| host.gs_subscribe(client, &g, flags))
             }
@@ -114,15 +121,40 @@ impl Ipc {
                 continue;
             };
             self.dirty.insert(slot);
-            let encoded = bytes::Bytes::from(ringcast_shm::gs_proto::encode_event(&event));
+            let outgoing = GsOutgoing {
+                bytes: bytes::Bytes::from(ringcast_shm::gs_proto::encode_event(&event)),
+                provider: provider_of(&event),
+            };
             let pushed = self
                 .ready_mut(slot)
-                .map(|ready| ready.push_event(Outgoing::Gs(encoded)));
+                .map(|ready| ready.push_event(Outgoing::Gs(outgoing)));
             if let Some(Err(e)) = pushed {
                 self.fault(slot, e, host, now);
             }
         }
         n
+    }
+}
+
+/// The group and instance of a provider's event (none for a subscriber's or a
+/// delayed error).
+fn provider_of(event: &gs::GsEvent) -> Option<(GroupName, u16)> {
+    use gs::GsEvent::*;
+    match event {
+        NPhase {
+            group, provider, ..
+        }
+        | Approved {
+            group, provider, ..
+        }
+        | Rejected {
+            group, provider, ..
+        }
+        | Announcement {
+            group, provider, ..
+        }
+        | Merge { group, provider } => Some((group.clone(), provider.instance)),
+        Subscription { .. } | DelayedError { .. } => None,
     }
 }
 

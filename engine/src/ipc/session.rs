@@ -76,7 +76,15 @@ pub enum Outgoing {
     /// Trusted senders: the client's in-place message at this pool offset is its again.
     Released(u64),
     /// A Group Services event, encoded (`ringcast_shm::gs_proto::encode_event`).
-    Gs(bytes::Bytes),
+    Gs(GsOutgoing),
+}
+
+/// An encoded GS event and, for a provider's event, its group and instance (a
+/// goodbye drops the provider's events still waiting here).
+#[derive(Debug)]
+pub struct GsOutgoing {
+    pub bytes: bytes::Bytes,
+    pub provider: Option<(GroupName, u16)>,
 }
 
 /// An event that did not fit in the event ring yet; `sent` bytes of a large delivery
@@ -181,6 +189,23 @@ impl Ready {
         }
     }
 
+    /// Drops the backlogged events of this client's provider `instance` of `group`
+    /// (after its goodbye: no further event of it reaches the client). One already
+    /// partly in the ring stays, or the client would see half an event.
+    pub fn drop_gs_provider(&mut self, group: &GroupName, instance: u16) {
+        let mut freed = 0;
+        self.backlog.retain(|item| {
+            let doomed = item.sent == 0
+                && matches!(&item.event, Outgoing::Gs(gs)
+                    if gs.provider.as_ref().is_some_and(|(g, i)| g == group && *i == instance));
+            if doomed {
+                freed += event_bytes(&item.event);
+            }
+            !doomed
+        });
+        self.backlog_bytes -= freed;
+    }
+
     /// Moves backlogged events into the ring while they fit. Returns how many left.
     pub fn drain_backlog(&mut self) -> Result<usize, SessionFault> {
         let mut moved = 0;
@@ -216,8 +241,8 @@ impl Ready {
     /// Writes as much of `item` as fits. True when it is entirely in the ring.
     fn try_write(&mut self, item: &mut Backlogged) -> Result<bool, SessionFault> {
         let max = self.events.max_record_len();
-        if let Outgoing::Gs(bytes) = &item.event {
-            let bytes = bytes.clone();
+        if let Outgoing::Gs(gs) = &item.event {
+            let bytes = gs.bytes.clone();
             let done = self.write_gs(&bytes, &mut item.sent, max);
             self.unpublished |= done;
             return Ok(done);
@@ -401,7 +426,8 @@ impl Ready {
 fn event_bytes(event: &Outgoing) -> usize {
     let event = match event {
         Outgoing::Event(event) => event,
-        Outgoing::Confchg(bytes) | Outgoing::Gs(bytes) => return 64 + bytes.len(),
+        Outgoing::Confchg(bytes) => return 64 + bytes.len(),
+        Outgoing::Gs(gs) => return 64 + gs.bytes.len(),
         Outgoing::Ref { .. } | Outgoing::Released(_) => return 64,
     };
     match event {

@@ -404,6 +404,11 @@ impl Service {
         Ok(())
     }
 
+    /// The instance number of `client`'s provider (or joiner) of `group`, if it has one.
+    pub fn local_instance(&self, client: ClientId, group: &GroupName) -> Option<u16> {
+        self.provider_of(client, group).ok()
+    }
+
     fn provider_of(&self, client: ClientId, group: &GroupName) -> Result<u16, GsError> {
         self.check_client(client)?;
         self.locals

@@ -189,6 +189,11 @@ impl Host {
         self.gs.poll_script()
     }
 
+    /// The instance number of `client`'s provider (or joiner) of `group`, if any.
+    pub fn gs_local_instance(&self, client: ClientId, group: &GroupName) -> Option<u16> {
+        self.gs.local_instance(client, group)
+    }
+
     /// Every GS group as this node's replicated table holds it (`ringcast gs groups`).
     pub fn gs_groups(&self) -> Vec<GroupView> {
         self.gs.groups()
