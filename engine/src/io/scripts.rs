@@ -135,6 +135,8 @@ fn run_script(run: &ScriptRun, run_as: RunAs) -> bool {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .process_group(0);
+    // The daemon blocks SIGTERM, SIGINT, SIGUSR1 and SIGUSR2 in every thread, and a
+    // child inherits the mask across exec: the script starts with none blocked.
     // SAFETY: runs in the forked child before exec, where only async-signal-safe
     // calls are allowed: sigemptyset and pthread_sigmask (sigprocmask) are, and
     // nothing here allocates or takes a lock.
@@ -250,6 +252,7 @@ mod tests {
         block_a_signal();
         let mut runner = ScriptRunner::new(Waker::new().unwrap());
         let dir = std::env::temp_dir().join(format!("rc-scripts-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         // Records its arguments, so the interface (FLAG GROUP INSTANCE REASON) is checked.
         let args = dir.join("args");
@@ -262,14 +265,12 @@ mod tests {
         std::fs::set_permissions(&record, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
         let sleeper = dir.join("sleep.sh");
-        // A child of its own that would outlive it if only the script were killed; and
-        // a blocked SIGTERM would show as "T" in the mask it reports.
+        // A child of its own that would outlive it if only the script were killed.
         let grandchild = dir.join("grandchild");
         std::fs::write(
             &sleeper,
             format!(
-                "#!/bin/sh\ngrep SigBlk /proc/$$/status > {}\nsleep 30 &\necho $! > {}\nwait\n",
-                dir.join("mask").display(),
+                "#!/bin/sh\nsleep 30 &\necho $! > {}\nwait\n",
                 grandchild.display()
             ),
         )
@@ -279,8 +280,21 @@ mod tests {
             std::os::unix::fs::PermissionsExt::from_mode(0o755),
         )
         .unwrap();
+        // The signal mask a script starts with, as the program it execs sees it.
+        let masker = dir.join("mask.sh");
+        std::fs::write(
+            &masker,
+            format!(
+                "#!/bin/sh\nexec grep SigBlk /proc/self/status > {}\n",
+                dir.join("mask").display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&masker, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
         let started = Instant::now();
         for (script, limit) in [
+            (masker.to_str().unwrap(), 5000),
             ("/bin/true", 5000),
             ("/bin/false", 5000),
             (sleeper.to_str().unwrap(), 200),
@@ -290,7 +304,7 @@ mod tests {
             runner.start(run(script, limit), Some(me())).unwrap();
         }
         assert!(runner.start(run("/bin/true", 10), None).is_err());
-        let got = results(&mut runner, 5);
+        let got = results(&mut runner, 6);
         assert!(started.elapsed() < Duration::from_secs(20));
         let ok_of = |s: &str| got.iter().find(|(p, _)| p == s).unwrap().1;
         assert!(ok_of("/bin/true"));
