@@ -830,6 +830,7 @@ const E_DELAYED_ERROR: u8 = 6;
 const E_MERGE: u8 = 7;
 
 /// A `GS_EVENT` record's payload (or the assembled pieces of `GS_EVENT_PART`s).
+/// Long only by its one arm per event kind, each a flat list of fields.
 pub fn encode_event(e: &GsEvent) -> Vec<u8> {
     let mut w = Writer::new();
     match e {
@@ -967,7 +968,8 @@ fn reject_of(b: u8) -> D<RejectReason> {
     })
 }
 
-/// Decodes a GS event (untrusted: from the engine's side of shared memory).
+/// Decodes a GS event (untrusted: from the engine's side of shared memory). Long only
+/// by its one arm per event kind, mirroring [`encode_event`].
 pub fn decode_event(buf: &[u8]) -> Result<GsEvent, ProtoError> {
     let mut r = Reader::new(buf);
     let tag = r.byte()?;
