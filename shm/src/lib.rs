@@ -59,6 +59,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod delivery_pool;
+pub mod gs_proto;
 pub mod layout;
 pub mod paths;
 pub mod pool;

@@ -266,6 +266,7 @@ const OP_ITER_NEXT: u32 = 7;
 const OP_ITER_FINALIZE: u32 = 8;
 const OP_FINALIZE: u32 = 9;
 const OP_NODES: u32 = 10;
+const OP_GS: u32 = 11;
 
 /// One request on the control socket. Each is answered by exactly one [`Reply`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -303,6 +304,8 @@ pub enum Request {
     Finalize,
     /// The configured nodes and the current ring (Corosync's cfg API).
     Nodes,
+    /// A Group Services request ([`crate::gs_proto`]), answered by [`Reply::Gs`].
+    Gs(crate::gs_proto::GsRequest),
 }
 
 impl Request {
@@ -346,6 +349,10 @@ impl Request {
             }
             Request::Nodes => {
                 w.u32(OP_NODES);
+            }
+            Request::Gs(gs) => {
+                w.u32(OP_GS);
+                gs.encode_into(&mut w);
             }
         }
         w.finish()
@@ -391,6 +398,7 @@ impl Request {
             OP_ITER_FINALIZE => Request::IterFinalize { iter: r.u32()? },
             OP_FINALIZE => Request::Finalize,
             OP_NODES => Request::Nodes,
+            OP_GS => Request::Gs(crate::gs_proto::GsRequest::decode_from(&mut r)?),
             other => return Err(ProtoError::UnknownOp(other)),
         };
         r.finish()?;
@@ -516,6 +524,9 @@ pub enum Reply {
         ring: Vec<u32>,
         nodes: Vec<WireNode>,
     },
+    /// The answer to a [`Request::Gs`] (its status is always `Ok`: GS results are
+    /// `ha_gs_rc_t` values inside).
+    Gs(crate::gs_proto::GsReply),
 }
 
 const R_STATUS: u32 = 1;
@@ -524,6 +535,7 @@ const R_LOCAL: u32 = 3;
 const R_ITER_INIT: u32 = 4;
 const R_ITER_NEXT: u32 = 5;
 const R_NODES: u32 = 6;
+const R_GS: u32 = 7;
 
 impl Reply {
     pub fn status(&self) -> Status {
@@ -534,6 +546,7 @@ impl Reply {
             | Reply::IterInit { status, .. }
             | Reply::IterNext { status, .. }
             | Reply::Nodes { status, .. } => *status,
+            Reply::Gs(_) => Status::Ok,
         }
     }
 
@@ -585,6 +598,10 @@ impl Reply {
                 for n in nodes {
                     w.u32(n.node).name(&n.addr);
                 }
+            }
+            Reply::Gs(gs) => {
+                w.u32(R_GS).u32(Status::Ok as u32);
+                gs.encode_into(&mut w);
             }
         }
         w.finish()
@@ -657,6 +674,7 @@ impl Reply {
                     nodes,
                 }
             }
+            R_GS => Reply::Gs(crate::gs_proto::GsReply::decode_from(&mut r)?),
             other => return Err(ProtoError::UnknownOp(other)),
         };
         r.finish()?;
@@ -797,6 +815,11 @@ pub mod event {
     /// Trusted senders: nothing holds the `MCAST_POOL_REF` buffer at this pool offset
     /// (u64) any more; it is the client's again.
     pub const SENT_RELEASED: u32 = 7;
+    /// A Group Services event, encoded by [`crate::gs_proto::encode_event`].
+    pub const GS_EVENT: u32 = 8;
+    /// A piece of a GS event too large for one record: [`super::PartHeader`] (`a`,
+    /// `b`, `c` zero; `total_len` the whole event's length) then bytes.
+    pub const GS_EVENT_PART: u32 = 9;
 }
 
 /// A `DELIVER_REF` record.

@@ -8,6 +8,9 @@
 //! ringcast groups                       # groups and members (like corosync-cpgtool)
 //! ringcast listen GROUP                 # join GROUP and print what happens in it
 //! ringcast send GROUP MESSAGE           # join GROUP, multicast MESSAGE, leave
+//! ringcast gs groups                    # Group Services groups (like lssrc -ls)
+//! ringcast gs watch GROUP               # a GS subscriber, one line per change
+//! ringcast gs join GROUP [--state V] [--vote approve|continue|reject]
 //! ```
 //!
 //! `status` and `stats` read the engine's stats page (`ringcast_shm::stats`) and report a
@@ -37,6 +40,8 @@ macro_rules! say {
         }
     }};
 }
+
+mod gs;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -101,6 +106,11 @@ enum Command {
         /// SAFE delivery instead of AGREED.
         #[arg(long)]
         safe: bool,
+    },
+    /// Group Services: groups, watch GROUP, join GROUP.
+    Gs {
+        #[command(subcommand)]
+        command: gs::GsCommand,
     },
 }
 
@@ -180,6 +190,7 @@ pub fn main() -> ExitCode {
             conn,
             safe,
         } => send(&conn, group, message, safe),
+        Command::Gs { command } => gs::run(command),
     }
 }
 

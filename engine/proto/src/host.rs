@@ -41,8 +41,9 @@
 //! ask it to.
 //!
 //! Routing: the first byte of every Totem payload names its service
-//! ([`ServiceId`]). CPG's go to [`cpg::Service`]; a second service (Group Services)
-//! takes its own id and a field beside `cpg`, fed in [`Host::route`] the same way.
+//! ([`ServiceId`]). CPG's go to [`cpg::Service`], Group Services' to
+//! [`crate::gs::Service`] (its requests and outputs: `host/group_services.rs`); both
+//! see every configuration change and share the sync barrier.
 
 pub mod flow;
 
@@ -117,6 +118,8 @@ impl RingSeqStore for StartingSeq {
 pub struct Host {
     node: Node,
     cpg: cpg::Service,
+    gs: crate::gs::Service,
+    barrier: group_services::SyncBarrier,
     /// The highest ring sequence the driver confirmed written.
     persisted_seq: u64,
     /// The ring sequence handed out by [`Host::poll_persist`] and not yet confirmed.
@@ -141,6 +144,8 @@ impl Host {
         Ok(Host {
             node,
             cpg: cpg::Service::new(local, config.cpg),
+            gs: crate::gs::Service::new(local, crate::gs::Limits::default()),
+            barrier: group_services::SyncBarrier::default(),
             persisted_seq: last_ring_seq,
             persist_in_flight: None,
             notices: VecDeque::new(),
@@ -167,6 +172,7 @@ impl Host {
         if self.node.poll_timeout().is_some_and(|t| t <= now) {
             self.node.handle_timeout(now);
         }
+        self.gs_handle_timeout(now);
     }
 
     /// Retries what the services owe Totem (it refused them for lack of room before).
@@ -174,10 +180,13 @@ impl Host {
     pub fn poll(&mut self, now: Instant) {
         self.now = self.now.max(now);
         self.route(now);
-        self.cpg.poll(&mut cpg::TotemSubmit {
-            node: &mut self.node,
+        self.cpg.poll(&mut group_services::submit(
+            &mut self.node,
+            &mut self.barrier,
             now,
-        });
+            group_services::Party::Cpg,
+        ));
+        self.gs_poll(now);
     }
 
     /// The ring sequence `seq`, from [`Host::poll_persist`], is on durable storage.
@@ -416,7 +425,10 @@ impl Host {
 
     /// The earliest deadline at which [`Host::handle_timeout`] must be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.node.poll_timeout()
+        match (self.node.poll_timeout(), self.gs.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     // ------------------------------------------------------------------- state
@@ -514,6 +526,10 @@ impl Host {
                     self.stats.bytes_delivered += delivery.payload.len() as u64;
                     match ServiceId::of(&delivery.payload) {
                         Some(ServiceId::Cpg) => {}
+                        Some(ServiceId::Gs) => {
+                            self.gs_handle_totem_event(now, event);
+                            continue;
+                        }
                         Some(other) => {
                             if let Event::Deliver(delivery) = event {
                                 self.notices.push_back(Notice::Foreign(other, delivery));
@@ -535,16 +551,25 @@ impl Host {
                         .push_back(Notice::Configuration(change.clone()));
                 }
             }
+            // A configuration change goes to CPG, then to GS.
+            let for_gs = matches!(event, Event::Configuration(_)).then(|| event.clone());
             self.cpg.handle_totem_event(
                 event,
-                &mut cpg::TotemSubmit {
-                    node: &mut self.node,
+                &mut group_services::submit(
+                    &mut self.node,
+                    &mut self.barrier,
                     now,
-                },
+                    group_services::Party::Cpg,
+                ),
             );
+            if let Some(change) = for_gs {
+                self.gs_handle_totem_event(now, change);
+            }
         }
     }
 }
+
+mod group_services;
 
 #[cfg(test)]
 mod tests;

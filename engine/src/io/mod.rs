@@ -4,6 +4,7 @@
 //! - [`net`]: the UDP sockets of the two transports, raw socket addresses.
 //! - [`bufring`]: the provided-buffer ring multishot receives fill.
 //! - [`signal`]: SIGTERM/SIGINT as a signalfd, the eventfd [`signal::Waker`].
+//! - [`scripts`]: GS deactivate scripts, run outside the engine thread.
 //! - [`stats`]: the shared-memory counters page `ringcast status` reads.
 //!
 //! This is one of the few places with `unsafe` (io_uring submissions that lend buffers
@@ -12,6 +13,7 @@
 pub mod bufring;
 pub mod engine;
 pub mod net;
+pub mod scripts;
 pub mod signal;
 pub mod stats;
 

@@ -302,6 +302,7 @@ impl Ipc {
                     })
                     .collect(),
             },
+            Request::Gs(gs) => self.gs_request(slot, gs, host, now),
             Request::Hello { .. } | Request::Finalize => Reply::Status(Status::BadHandle),
         }
     }

@@ -95,6 +95,7 @@ impl Ipc {
         if let Some(pool) = &mut self.placement {
             pool.end_batch();
         }
+        n += self.flush_gs_events(host, now);
         self.publish_dirty(&mut visiting, host, now);
         self.visiting = visiting;
         self.close_cut_off(host, now);

@@ -23,6 +23,7 @@
 mod control;
 pub mod delivery_placement;
 mod events;
+mod gs;
 pub mod id_map;
 pub mod session;
 pub mod slot_set;
@@ -350,6 +351,8 @@ impl Ipc {
         self.free_idle_slab(session.conn);
         if session.ready.is_some() {
             host.disconnect(now, session.conn);
+            // ha_gs_quit: its GS providers fail (nothing if it never used GS).
+            host.gs_disconnect(now, session.conn);
             self.stats.sessions_closed += 1;
             tracing::info!(
                 conn = session.conn,

@@ -75,6 +75,16 @@ pub enum Outgoing {
     },
     /// Trusted senders: the client's in-place message at this pool offset is its again.
     Released(u64),
+    /// A Group Services event, encoded (`ringcast_shm::gs_proto::encode_event`).
+    Gs(GsOutgoing),
+}
+
+/// An encoded GS event and, for a provider's event, its group and instance (a
+/// goodbye drops the provider's events still waiting here).
+#[derive(Debug)]
+pub struct GsOutgoing {
+    pub bytes: bytes::Bytes,
+    pub provider: Option<(GroupName, u16)>,
 }
 
 /// An event that did not fit in the event ring yet; `sent` bytes of a large delivery
@@ -179,6 +189,23 @@ impl Ready {
         }
     }
 
+    /// Drops the backlogged events of this client's provider `instance` of `group`
+    /// (after its goodbye: no further event of it reaches the client). One already
+    /// partly in the ring stays, or the client would see half an event.
+    pub fn drop_gs_provider(&mut self, group: &GroupName, instance: u16) {
+        let mut freed = 0;
+        self.backlog.retain(|item| {
+            let doomed = item.sent == 0
+                && matches!(&item.event, Outgoing::Gs(gs)
+                    if gs.provider.as_ref().is_some_and(|(g, i)| g == group && *i == instance));
+            if doomed {
+                freed += event_bytes(&item.event);
+            }
+            !doomed
+        });
+        self.backlog_bytes -= freed;
+    }
+
     /// Moves backlogged events into the ring while they fit. Returns how many left.
     pub fn drain_backlog(&mut self) -> Result<usize, SessionFault> {
         let mut moved = 0;
@@ -214,11 +241,18 @@ impl Ready {
     /// Writes as much of `item` as fits. True when it is entirely in the ring.
     fn try_write(&mut self, item: &mut Backlogged) -> Result<bool, SessionFault> {
         let max = self.events.max_record_len();
+        if let Outgoing::Gs(gs) = &item.event {
+            let bytes = gs.bytes.clone();
+            let done = self.write_gs(&bytes, &mut item.sent, max);
+            self.unpublished |= done;
+            return Ok(done);
+        }
         let event = match &item.event {
             Outgoing::Event(event) => event,
             Outgoing::Released(offset) => {
                 return Ok(self.push_record(event::SENT_RELEASED, &offset.to_le_bytes()));
             }
+            Outgoing::Gs(_) => unreachable!("written above"),
             Outgoing::Confchg(bytes) => {
                 let done = self.push_encoded(event::CONFCHG, bytes, max)?;
                 self.unpublished |= done;
@@ -347,6 +381,45 @@ impl Ready {
         }
     }
 
+    /// A GS event: one record when it fits, else pieces as large as the ring allows
+    /// (at most half of it, as for deliveries). True when it is entirely in the ring.
+    fn write_gs(&mut self, bytes: &[u8], sent: &mut usize, max: usize) -> bool {
+        if *sent == 0 && bytes.len() <= max {
+            return self.push_record(event::GS_EVENT, bytes);
+        }
+        let piece_max = (max - PartHeader::BYTES).min(max / 2).max(1);
+        while *sent < bytes.len() {
+            let n = piece_max.min(bytes.len() - *sent);
+            let mut flags = 0;
+            if *sent == 0 {
+                flags |= PART_FIRST;
+            }
+            if *sent + n == bytes.len() {
+                flags |= PART_LAST;
+            }
+            let header = PartHeader {
+                a: 0,
+                b: 0,
+                flags,
+                c: 0,
+                total_len: bytes.len() as u64,
+            };
+            let piece = &bytes[*sent..*sent + n];
+            let pushed =
+                self.events
+                    .try_push_with(event::GS_EVENT_PART, PartHeader::BYTES + n, |buf| {
+                        header.write(&mut buf[..PartHeader::BYTES]);
+                        buf[PartHeader::BYTES..].copy_from_slice(piece);
+                    });
+            if pushed.is_err() {
+                return false;
+            }
+            *sent += n;
+            self.unpublished = true;
+        }
+        true
+    }
+
     fn push_encoded(&mut self, kind: u32, bytes: &[u8], max: usize) -> Result<bool, SessionFault> {
         // Membership lists are bounded by the service's limits; a ring too small for
         // one is a configuration error that the region spec validation rules out.
@@ -363,6 +436,7 @@ fn event_bytes(event: &Outgoing) -> usize {
     let event = match event {
         Outgoing::Event(event) => event,
         Outgoing::Confchg(bytes) => return 64 + bytes.len(),
+        Outgoing::Gs(gs) => return 64 + gs.bytes.len(),
         Outgoing::Ref { .. } | Outgoing::Released(_) => return 64,
     };
     match event {

@@ -43,7 +43,7 @@ const PHASE_TIMEOUT: u8 = 6;
 const SCRIPT_RESULT: u8 = 7;
 const SYNC: u8 = 8;
 
-/// A node's table in its sync message (GS_SPEC.md §6.6, docs/group-services.md).
+/// A node's table in its sync message (docs/group-services.md §6.6).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum SyncTable {
     /// No previous ring: nothing to contribute.

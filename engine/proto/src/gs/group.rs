@@ -1,8 +1,9 @@
 //! One replicated group: attributes, ordered providers, state value, the protocol in
-//! progress and the pending membership changes (GS_SPEC.md §4). Every function here
-//! runs at the same point of the agreed order on every node, reads nothing else, and
-//! reports what happened as [`Note`]s; the service turns those into what local
-//! clients see. So every node reaches the same outcome without a leader (§6.1).
+//! progress and the pending membership changes. Every function here runs at the same
+//! point of the agreed order on every node, reads nothing else, and reports what
+//! happened as [`Note`]s; the service turns those into what local clients see. So every
+//! node reaches the same outcome without a leader (§6.1). Section numbers (§) in this
+//! file are those of docs/group-services.md; §4 holds the protocol rules.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -327,7 +328,7 @@ impl Group {
             p.attached.push((voter.id, message));
         }
         if let Some(default) = vote.default {
-            // §4.6 [rc]: the latest update in agreed order wins, from now on.
+            // §4.6: the latest update in agreed order wins, from now on.
             p.default_vote = default;
         }
         self.evaluate(out);
@@ -626,7 +627,7 @@ impl Group {
         let casts: Vec<Cast> = p.votes.values().copied().collect();
         // A failure has happened: its protocol cannot undo it. Its phases let the
         // survivors coordinate (CONTINUE); a REJECT ends it like an APPROVE
-        // (docs/group-services.md, "Decisions").
+        // (docs/group-services.md §7).
         let reject = p.kind != ProtocolKind::FailureLeave
             && casts.iter().any(|c| c.value() == VoteValue::Reject);
         if reject {

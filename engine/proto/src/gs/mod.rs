@@ -1,6 +1,6 @@
 #![forbid(unsafe_code)]
-//! Group Services (GS_SPEC.md; docs/group-services.md) as a pure state machine on top
-//! of Totem's agreed deliveries, beside CPG.
+//! Group Services as a pure state machine on top of Totem's agreed deliveries, beside
+//! CPG. Section numbers (§) in this module are those of docs/group-services.md.
 //!
 //! Every node keeps the whole replicated group table: attributes, ordered providers,
 //! state value, the protocol in progress and the pending membership changes. It
@@ -163,6 +163,9 @@ pub struct Service {
     clients: BTreeMap<ClientId, LocalClient>,
     /// This node's providers and joiners, by (group, instance).
     locals: BTreeMap<(GroupName, u16), LocalProvider>,
+    /// JOIN and GOODBYE messages this node sent and has not delivered yet, by
+    /// (group, instance): the instance number stays in use while they travel.
+    in_flight: BTreeMap<(GroupName, u16), u32>,
     subs: BTreeMap<GroupName, BTreeMap<ClientId, SubscribeFlags>>,
     table: BTreeMap<GroupName, Group>,
     sync: Option<SyncRun>,
@@ -208,6 +211,7 @@ impl Service {
             limits,
             clients: BTreeMap::new(),
             locals: BTreeMap::new(),
+            in_flight: BTreeMap::new(),
             subs: BTreeMap::new(),
             table: BTreeMap::new(),
             sync: None,
@@ -368,6 +372,19 @@ impl Service {
             if g.attrs != attrs {
                 return Err(GsError::BadGroupAttributes);
             }
+            // An instance number stays in use until the protocol that removes its
+            // provider has ended, even after a goodbye: until then the table's events
+            // for it would reach the new joiner (docs/group-services.md §2.12).
+            let id = ProviderId {
+                node: self.local,
+                instance,
+            };
+            if g.knows_instance(id) {
+                return Err(GsError::DuplicateInstanceNumber);
+            }
+        }
+        if self.in_flight.contains_key(&(group.clone(), instance)) {
+            return Err(GsError::DuplicateInstanceNumber);
         }
         let m = Message::Join {
             group: group.clone(),
@@ -376,6 +393,7 @@ impl Service {
             attrs,
         };
         self.send(codec::encode(&m), totem)?;
+        *self.in_flight.entry((group.clone(), instance)).or_default() += 1;
         self.locals.insert(
             (group.clone(), instance),
             LocalProvider {
@@ -384,6 +402,11 @@ impl Service {
             },
         );
         Ok(())
+    }
+
+    /// The instance number of `client`'s provider (or joiner) of `group`, if it has one.
+    pub fn local_instance(&self, client: ClientId, group: &GroupName) -> Option<u16> {
+        self.provider_of(client, group).ok()
     }
 
     fn provider_of(&self, client: ClientId, group: &GroupName) -> Result<u16, GsError> {
@@ -395,7 +418,7 @@ impl Service {
             .ok_or(GsError::BadMemberToken)
     }
 
-    /// Leave, expel, state change, message, attribute change (GS_SPEC.md §2.3–§2.8).
+    /// Leave, expel, state change, message, attribute change (docs/group-services.md §2.3–§2.8).
     /// `Collide` at once when this node already sees the group busy; else later.
     pub fn propose(
         &mut self,
@@ -509,6 +532,7 @@ impl Service {
             client,
             instance,
         };
+        *self.in_flight.entry((group.clone(), instance)).or_default() += 1;
         self.owe(codec::encode(&m), totem);
         Ok(())
     }
@@ -662,6 +686,9 @@ impl Service {
                         return;
                     }
                 };
+                if d.sender == self.local {
+                    self.landed(&message);
+                }
                 if let Message::Sync { ring_id, table } = message {
                     self.on_sync(now, d.sender, d.ring_id, ring_id, table, totem);
                     return;
@@ -883,9 +910,11 @@ impl Service {
         if !side.contains(&self.local) {
             return;
         }
+        // Live providers only: a failed one's token died with its failure (goodbye,
+        // death) or an earlier cast-out, and its client may hold a new provider with
+        // the same instance number whose JOIN is still travelling (§2.12).
         let mut ours: Vec<(ProviderId, ClientId)> = loser
-            .providers
-            .iter()
+            .live()
             .map(|e| (e.id, e.client))
             .chain(loser.pending.iter().filter_map(|p| match p {
                 Pending::Join(e) => Some((e.id, e.client)),
@@ -962,6 +991,26 @@ impl Service {
                     },
                 },
             ));
+        }
+    }
+
+    /// One of this node's own messages came back in the agreed order.
+    fn landed(&mut self, message: &Message) {
+        let (Message::Join {
+            group, instance, ..
+        }
+        | Message::Goodbye {
+            group, instance, ..
+        }) = message
+        else {
+            return;
+        };
+        let key = (group.clone(), *instance);
+        if let Some(n) = self.in_flight.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                self.in_flight.remove(&key);
+            }
         }
     }
 
@@ -1044,7 +1093,7 @@ impl Service {
                     notes.push(Note::Error {
                         node: sender,
                         client,
-                        request: RequestKind::Vote,
+                        request: RequestKind::Vote { seq, phase },
                         error,
                     });
                 }

@@ -1,6 +1,7 @@
 //! The GS service on an in-memory agreed order: a bus that delivers every node's
 //! submissions, in one total order, to the members of the sender's ring, and forms
-//! rings (configuration changes) on demand. Each test names the GS_SPEC.md rule.
+//! rings (configuration changes) on demand. Each test names the rule it checks
+//! (section numbers of docs/group-services.md).
 
 use super::*;
 use crate::splitmix::TestRng;
@@ -12,6 +13,9 @@ struct Out {
     held: Vec<Bytes>,
     waiting: bool,
     refuse: bool,
+    /// Keeps every submission but SYNCs back, across rings, until cleared: a message
+    /// that Totem has not sent yet when configurations change.
+    hold: bool,
 }
 
 impl Submit for Out {
@@ -19,7 +23,7 @@ impl Submit for Out {
         if self.refuse {
             return Err(SubmitError::TryAgain);
         }
-        if self.waiting {
+        if self.waiting || self.hold {
             self.held.push(payload);
         } else {
             self.ready.push(payload);
@@ -32,7 +36,9 @@ impl Submit for Out {
     }
     fn sync_done(&mut self, _ring: RingId) {
         self.waiting = false;
-        self.ready.append(&mut self.held);
+        if !self.hold {
+            self.ready.append(&mut self.held);
+        }
     }
 }
 
@@ -1129,4 +1135,233 @@ fn malformed_deliveries_are_dropped() {
     };
     s.handle_totem_event(Instant::ZERO, Event::Deliver(d), o);
     assert_eq!(s.stats().malformed, 1);
+}
+
+/// Every provider notification's `(seq, phase)` of a client, in order; a one-phase
+/// outcome counts as phase `u32::MAX` of its protocol.
+fn positions(events: &[GsEvent]) -> Vec<(u64, u32)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            GsEvent::NPhase { seq, phase, .. } => Some((*seq, *phase)),
+            GsEvent::Approved { seq, .. } | GsEvent::Rejected { seq, .. } => Some((*seq, u32::MAX)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The simulator's seed 20 (2–5 nodes) in small: a client said goodbye and joined
+/// again with the same instance number before its goodbye was ordered, so the old
+/// provider's phase notifications reached the new joiner and its `(seq, phase)` went
+/// backwards. An instance number stays in use until the protocol that removes its
+/// provider has ended (docs/group-services.md §2.12).
+#[test]
+fn an_instance_number_is_in_use_until_its_provider_is_gone() {
+    let mut bus = Bus::new(2);
+    bus.join(1, 7, "g", 4, n_phase());
+    for (seq, phase) in nphase_of(&bus.take(1, 7)) {
+        bus.vote(1, 7, "g", seq, phase, Vote::plain(VoteValue::Approve))
+            .unwrap();
+    }
+    bus.join(2, 20, "g", 1, n_phase());
+    for (node, client) in [(1, 7), (2, 20)] {
+        for (seq, phase) in nphase_of(&bus.take(node, client)) {
+            bus.vote(
+                node,
+                client,
+                "g",
+                seq,
+                phase,
+                Vote::plain(VoteValue::Approve),
+            )
+            .unwrap();
+        }
+    }
+    bus.take(1, 7);
+    bus.take(2, 20);
+    assert_eq!(bus.providers(1, "g"), vec![pid(1, 4), pid(2, 1)]);
+    // Goodbye, and at once a join with the same instance: the GOODBYE travels.
+    let (s, o) = bus.svc(1);
+    s.goodbye(7, &name("g"), o).unwrap();
+    assert_eq!(
+        s.join(7, &name("g"), 4, n_phase(), o),
+        Err(GsError::DuplicateInstanceNumber)
+    );
+    bus.run();
+    // Ordered: the n-phase failure leave runs, the failed provider is still listed.
+    let ev = bus.take(2, 20);
+    let [
+        GsEvent::NPhase {
+            seq: fseq, info, ..
+        },
+    ] = &ev[..]
+    else {
+        panic!("{ev:?}")
+    };
+    assert_eq!(info.kind, ProtocolKind::FailureLeave);
+    let fseq = *fseq;
+    let (s, o) = bus.svc(1);
+    assert_eq!(
+        s.join(7, &name("g"), 4, n_phase(), o),
+        Err(GsError::DuplicateInstanceNumber)
+    );
+    // Another instance number is fine, and so is this one once the provider is gone.
+    bus.vote(2, 20, "g", fseq, 1, Vote::plain(VoteValue::Approve))
+        .unwrap();
+    assert_eq!(bus.providers(1, "g"), vec![pid(2, 1)]);
+    assert!(bus.take(1, 7).is_empty(), "nothing for the old provider");
+    bus.join(1, 7, "g", 4, n_phase());
+    let ev = bus.take(1, 7);
+    assert!(
+        matches!(&ev[..], [GsEvent::NPhase { seq, phase: 1, info, .. }]
+            if *seq == fseq + 1 && info.kind == ProtocolKind::Join),
+        "{ev:?}"
+    );
+    bus.digests_agree(&[1, 2]);
+}
+
+/// The simulator's seed 16 (2–5 nodes): a provider said goodbye on the side of a
+/// partition that later lost the merge, and its client joined again with the same
+/// instance. Before the fix the join was sent while the goodbye travelled, the cast-out
+/// took the new joiner's token for the old provider's, and the JOIN, ordered after the
+/// merge, left an orphan provider that no client held: the group stalled in its next
+/// n-phase protocol. Now the join waits for the goodbye's failure leave; a join still
+/// travelling during the merge is not cast out and joins the winning instance.
+#[test]
+fn a_join_in_flight_across_a_lost_merge_joins_the_winner() {
+    let mut bus = Bus::new(3);
+    bus.join(1, 10, "g", 1, GroupAttributes::default());
+    bus.join(1, 11, "g", 5, GroupAttributes::default());
+    bus.join(2, 20, "g", 2, GroupAttributes::default());
+    bus.join(3, 30, "g", 3, GroupAttributes::default());
+    bus.ring(&[1]);
+    bus.ring(&[2, 3]);
+    for (n, c) in [(1, 10), (1, 11), (2, 20), (3, 30)] {
+        bus.take(n, c);
+    }
+    let (s, o) = bus.svc(1);
+    s.goodbye(11, &name("g"), o).unwrap();
+    assert_eq!(
+        s.join(11, &name("g"), 5, GroupAttributes::default(), o),
+        Err(GsError::DuplicateInstanceNumber)
+    );
+    bus.run();
+    assert_eq!(bus.providers(1, "g"), vec![pid(1, 1)]);
+    bus.take(1, 10);
+    // Joins again; the JOIN is still travelling when the partition heals. Side {2, 3}
+    // has two live providers, side {1} one: node 1's instance loses.
+    let (s, o) = bus.svc(1);
+    s.join(11, &name("g"), 5, GroupAttributes::default(), o)
+        .unwrap();
+    bus.ring(&[1, 2, 3]);
+    let ev = bus.take(1, 10);
+    assert!(
+        matches!(&ev[..], [GsEvent::Merge { provider, .. }] if *provider == pid(1, 1)),
+        "{ev:?}"
+    );
+    let ev = bus.take(1, 11);
+    assert!(
+        matches!(&ev[..], [GsEvent::Approved { info, .. }]
+            if info.kind == ProtocolKind::Join && info.changing == vec![(pid(1, 5), Change::Joins)]),
+        "{ev:?}"
+    );
+    bus.digests_agree(&[1, 2, 3]);
+    assert_eq!(bus.providers(2, "g"), vec![pid(2, 2), pid(3, 3), pid(1, 5)]);
+    // The provider the table lists is the one its client holds: it can propose.
+    bus.propose(
+        1,
+        11,
+        "g",
+        ProposalBody::ChangeState {
+            state: Bytes::from_static(b"s"),
+        },
+        Phases::One,
+        0,
+    )
+    .unwrap();
+    let ev = bus.take(1, 11);
+    assert!(matches!(&ev[..], [GsEvent::Approved { .. }]), "{ev:?}");
+    let seqs = positions(&ev);
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]));
+}
+
+/// The simulator's seed 8090 (2–16 nodes): a provider said goodbye while its node was
+/// alone; the group dissolved there and its client joined again with the same instance
+/// number. Before that JOIN was sent, its node merged with a side whose instance still
+/// listed the old provider as failed (a protocol there waited for votes), and that
+/// merged instance then lost a second merge. The cast-out took the failed old provider
+/// for the client's new joiner: the joiner got `Merge`, its token died, and its JOIN,
+/// ordered on the final ring, left an orphan provider. A failed provider's token is
+/// already dead: the cast-out only concerns live ones (docs/group-services.md §6.6).
+#[test]
+fn a_cast_out_leaves_a_new_joiner_of_a_failed_providers_instance_alone() {
+    let mut bus = Bus::new(4);
+    let client = |n: NodeId| 10 * u64::from(n);
+    for n in 1..=4 {
+        bus.join(n, client(n), "g", n as u16, GroupAttributes::default());
+    }
+    for n in 1..=4 {
+        bus.take(n, client(n));
+    }
+    // An n-phase state change nobody votes on yet: failures stay pending behind it.
+    bus.propose(
+        2,
+        20,
+        "g",
+        ProposalBody::ChangeState {
+            state: Bytes::from_static(b"s"),
+        },
+        Phases::N,
+        0,
+    )
+    .unwrap();
+    let seq = nphase_of(&bus.take(3, 30))[0].0;
+    for n in [1, 2, 4] {
+        bus.take(n, client(n));
+    }
+    bus.ring(&[1]);
+    bus.ring(&[2]);
+    bus.ring(&[3, 4]);
+    // Side {3, 4} ends the protocol and removes the failed providers of 1 and 2.
+    for n in [3, 4] {
+        bus.vote(n, client(n), "g", seq, 1, Vote::plain(VoteValue::Approve))
+            .unwrap();
+    }
+    assert_eq!(bus.providers(3, "g"), vec![pid(3, 3), pid(4, 4)]);
+    // Node 1 alone: its provider says goodbye, the group dissolves there.
+    let (s, o) = bus.svc(1);
+    s.goodbye(10, &name("g"), o).unwrap();
+    bus.run();
+    assert!(bus.providers(1, "g").is_empty());
+    bus.take(1, 10);
+    // Its client joins again, same instance; the JOIN is not sent before the merges.
+    bus.outs[0].hold = true;
+    let (s, o) = bus.svc(1);
+    s.join(10, &name("g"), 1, GroupAttributes::default(), o)
+        .unwrap();
+    // Node 1 merges with node 2, whose instance lists 1/1 as failed (its protocol still
+    // waits for 2/2's vote); that instance then loses to side {3, 4}'s (two live
+    // providers against one).
+    bus.ring(&[1, 2]);
+    assert!(bus.providers(1, "g").contains(&pid(1, 1)));
+    bus.ring(&[1, 2, 3, 4]);
+    let ev = bus.take(1, 10);
+    assert!(
+        !ev.iter().any(|e| matches!(e, GsEvent::Merge { .. })),
+        "the new joiner is not cast out: {ev:?}"
+    );
+    assert!(matches!(&bus.take(2, 20)[..], [.., GsEvent::Merge { .. }]));
+    // The JOIN goes out at last and joins the winning instance.
+    bus.outs[0].hold = false;
+    let held = std::mem::take(&mut bus.outs[0].held);
+    bus.outs[0].ready.extend(held);
+    bus.run();
+    let ev = bus.take(1, 10);
+    assert!(
+        matches!(&ev[..], [GsEvent::Approved { info, .. }]
+            if info.changing == vec![(pid(1, 1), Change::Joins)]),
+        "{ev:?}"
+    );
+    assert_eq!(bus.providers(4, "g"), vec![pid(3, 3), pid(4, 4), pid(1, 1)]);
+    bus.digests_agree(&[1, 2, 3, 4]);
 }

@@ -1,4 +1,4 @@
-//! The names of Group Services (GS_SPEC.md §1–§5) as Rust types: providers, votes,
+//! The names of Group Services (docs/group-services.md §1–§5) as Rust types: providers, votes,
 //! attributes, proposals, reasons, errors, and what a client is told.
 
 use bytes::Bytes;
@@ -11,7 +11,7 @@ use crate::totem::NodeId;
 pub type ClientId = u64;
 
 /// A provider: its node and its instance number, unique per group and node
-/// (GS_SPEC.md §1.2).
+/// (docs/group-services.md §1.2).
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ProviderId {
     pub node: NodeId,
@@ -24,7 +24,7 @@ impl std::fmt::Display for ProviderId {
     }
 }
 
-/// Why a provider left (GS_SPEC.md §3.1, §6.3; `CastOut` is ringcast's, §6.6).
+/// Why a provider left (docs/group-services.md §3.1, §6.3; `CastOut` is ringcast's, §6.6).
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum LeaveReason {
     /// `ha_gs_leave`, with the application's leave code.
@@ -37,7 +37,7 @@ pub enum LeaveReason {
     Expelled,
     /// `ha_gs_goodbye` (`HA_GS_PROVIDER_SAID_GOODBYE`).
     SaidGoodbye,
-    /// Its group instance lost the merge after a partition healed (GS_SPEC.md §6.6).
+    /// Its group instance lost the merge after a partition healed (docs/group-services.md §6.6).
     CastOut,
 }
 
@@ -113,8 +113,8 @@ pub enum Phases {
     N,
 }
 
-/// `ha_gs_group_attributes_t` as ringcast defines it (GS_SPEC.md §1.5; the C layout is
-/// not public, docs/group-services.md). Fixed at creation; a joiner must bring equal
+/// `ha_gs_group_attributes_t` as ringcast defines it (docs/group-services.md §1.5 and
+/// §7: IBM's C layout is not public). Fixed at creation; a joiner must bring equal
 /// attributes; all of these may change through an attribute-change protocol.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 pub struct GroupAttributes {
@@ -145,7 +145,7 @@ impl Default for GroupAttributes {
     }
 }
 
-/// The kinds of protocol (GS_SPEC.md §1.3; source-state reflection is not built).
+/// The kinds of protocol (docs/group-services.md §1.3; source-state reflection is not built).
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ProtocolKind {
     Join = 1,
@@ -157,7 +157,7 @@ pub enum ProtocolKind {
     AttributeChange = 7,
 }
 
-/// What a provider proposes (GS_SPEC.md §2.3–§2.8).
+/// What a provider proposes (docs/group-services.md §2.3–§2.8).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ProposalBody {
     Leave {
@@ -232,7 +232,7 @@ pub enum RejectReason {
     TimedOut,
     /// Every joiner of a join protocol failed before it ended.
     JoinersFailed,
-    /// The group instance lost the merge after a partition (GS_SPEC.md §6.6).
+    /// The group instance lost the merge after a partition (docs/group-services.md §6.6).
     CastOut,
 }
 
@@ -246,7 +246,7 @@ pub mod summary {
     pub const SCRIPT_FAILED: u32 = 4;
 }
 
-/// Why an announcement is sent (GS_SPEC.md §3.5).
+/// Why an announcement is sent (docs/group-services.md §3.5).
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 pub enum AnnouncementKind {
     /// The providers did not vote within the phase's time limit.
@@ -255,7 +255,7 @@ pub enum AnnouncementKind {
     ScriptFailed,
 }
 
-/// `ha_gs_proposal_t` as ringcast gives it (GS_SPEC.md §3.1).
+/// `ha_gs_proposal_t` as ringcast gives it (docs/group-services.md §3.1).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProposalInfo {
     pub kind: ProtocolKind,
@@ -292,7 +292,7 @@ pub struct SubscriptionKind {
     /// `HA_GS_SUBSCRIPTION_DISSOLVED`: the group is gone and the subscription ends.
     pub dissolved: bool,
     /// ringcast's own: after a partition healed, this node's instance of the group
-    /// lost the merge; the notification shows the instance that stays (GS_SPEC.md
+    /// lost the merge; the notification shows the instance that stays (docs/group-services.md
     /// §6.6), with the cast-out providers as changing.
     pub merged: bool,
 }
@@ -303,10 +303,15 @@ pub enum RequestKind {
     Join,
     Subscribe,
     Propose(ProtocolKind),
-    Vote,
+    /// The vote for phase `phase` of protocol `seq`: a client may have several votes
+    /// of one group in flight, and must know which one was refused.
+    Vote {
+        seq: u64,
+        phase: u32,
+    },
 }
 
-/// What a local client is told, in order (GS_SPEC.md §3).
+/// What a local client is told, in order (docs/group-services.md §3).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum GsEvent {
     /// A voting phase: answer with `vote(seq, phase, ..)`.
@@ -355,14 +360,14 @@ pub enum GsEvent {
         error: GsError,
     },
     /// The provider's group instance lost a merge: the provider is out and its token
-    /// is dead; it may join again (GS_SPEC.md §6.6).
+    /// is dead; it may join again (docs/group-services.md §6.6).
     Merge {
         group: GroupName,
         provider: ProviderId,
     },
 }
 
-/// A deactivate script to run outside the engine thread (GS_SPEC.md §6.5): the driver
+/// A deactivate script to run outside the engine thread (docs/group-services.md §6.5): the driver
 /// runs `script` with the arguments `flag group instance reason`, kills it after
 /// `time_limit_ms`, and reports with `Service::script_done`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -377,7 +382,7 @@ pub struct ScriptRun {
     pub time_limit_ms: u32,
 }
 
-/// `ha_gs_rc_t` (GS_SPEC.md §5). Numbers are ringcast's and never change; `TryAgain`
+/// `ha_gs_rc_t` (docs/group-services.md §5). Numbers are ringcast's and never change; `TryAgain`
 /// (20) is ringcast's own: Totem's bounded send queue is full, retry.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, thiserror::Error)]
 #[repr(i32)]

@@ -333,3 +333,140 @@ fn a_slow_reader_holds_senders_back_then_is_cut_off() {
         "{events:?}"
     );
 }
+
+fn gs_events(cluster: &mut Cluster, id: NodeId) -> Vec<(crate::gs::ClientId, crate::gs::GsEvent)> {
+    std::iter::from_fn(|| cluster.host(id).poll_gs_event()).collect()
+}
+
+/// CPG and GS share the sync barrier: a formed ring is synced by both, and CPG's
+/// application messages still flow (they waited for both syncs).
+#[test]
+fn cpg_and_gs_both_sync_every_ring() {
+    let mut cluster = Cluster::new(3);
+    cluster.run(Duration::from_secs(3));
+    for id in 1..=3 {
+        let host = cluster.host(id);
+        assert_eq!(host.members(), &[1, 2, 3]);
+        let ring = host.ring_id();
+        assert_eq!(host.cpg_synced_ring(), Some(ring));
+        assert_eq!(host.gs_synced_ring(), Some(ring));
+        assert!(host.gs_stats().syncs_completed >= 1);
+    }
+    let group = GroupName::new(b"g").unwrap();
+    let now = cluster.now;
+    cluster.host(1).connect(10, 100).unwrap();
+    cluster.host(1).join(now, 10, &group, false).unwrap();
+    cluster.run(Duration::from_millis(200));
+    let now = cluster.now;
+    cluster
+        .host(1)
+        .mcast(now, 10, Guarantee::Agreed, &[b"after both syncs"])
+        .unwrap();
+    cluster.run(Duration::from_millis(200));
+    let events = cluster.events(1);
+    assert!(
+        events
+            .iter()
+            .any(|(_, e)| matches!(e, ClientEvent::Deliver { payload, .. } if payload[..] == b"after both syncs"[..])),
+        "{events:?}"
+    );
+}
+
+/// GS through the host (service id 2): providers on two hosts join one group, run an
+/// n-phase state change voted through the host, and a client that goes away is a
+/// failure leave with `ProcessFailed` for the other.
+#[test]
+fn gs_providers_on_two_hosts_vote_and_see_a_process_failure() {
+    use crate::gs::{
+        Change, GroupAttributes, GsEvent, LeaveReason, Phases, Proposal, ProposalBody,
+        ProtocolKind, ProviderId, Vote, VoteValue,
+    };
+    let mut cluster = Cluster::new(2);
+    cluster.run(Duration::from_secs(3));
+    let group = GroupName::new(b"gs-group").unwrap();
+    for (id, client) in [(1, 10), (2, 20)] {
+        let now = cluster.now;
+        let host = cluster.host(id);
+        host.gs_connect(client, None).unwrap();
+        host.gs_join(now, client, &group, id as u16, GroupAttributes::default())
+            .unwrap();
+        cluster.run(Duration::from_millis(100));
+    }
+    let providers = |cluster: &Cluster, id: NodeId| {
+        cluster.hosts[id as usize - 1]
+            .gs_groups()
+            .into_iter()
+            .find(|g| g.name == group)
+            .map(|g| g.providers.into_iter().map(|(p, _)| p).collect::<Vec<_>>())
+    };
+    let both = vec![
+        ProviderId {
+            node: 1,
+            instance: 1,
+        },
+        ProviderId {
+            node: 2,
+            instance: 2,
+        },
+    ];
+    assert_eq!(providers(&cluster, 1).as_ref(), Some(&both));
+    assert_eq!(providers(&cluster, 2).as_ref(), Some(&both));
+    gs_events(&mut cluster, 1);
+    gs_events(&mut cluster, 2);
+    let now = cluster.now;
+    cluster
+        .host(1)
+        .gs_propose(
+            now,
+            10,
+            &group,
+            Proposal {
+                body: ProposalBody::ChangeState {
+                    state: Bytes::from_static(b"v1"),
+                },
+                phases: Phases::N,
+                time_limit_ms: 0,
+            },
+        )
+        .unwrap();
+    cluster.run(Duration::from_millis(100));
+    for (id, client) in [(1, 10), (2, 20)] {
+        let ev = gs_events(&mut cluster, id);
+        let [(c, GsEvent::NPhase { seq, phase, .. })] = &ev[..] else {
+            panic!("{ev:?}")
+        };
+        assert_eq!(*c, client);
+        let now = cluster.now;
+        cluster
+            .host(id)
+            .gs_vote(
+                now,
+                client,
+                &group,
+                (*seq, *phase),
+                Vote::plain(VoteValue::Approve),
+            )
+            .unwrap();
+    }
+    cluster.run(Duration::from_millis(100));
+    for id in [1, 2] {
+        let ev = gs_events(&mut cluster, id);
+        assert!(
+            matches!(&ev[..], [(_, GsEvent::Approved { info, .. })] if info.kind == ProtocolKind::StateChange),
+            "{ev:?}"
+        );
+        let g = cluster.host(id).gs_groups();
+        assert_eq!(g[0].state, Bytes::from_static(b"v1"));
+    }
+    let now = cluster.now;
+    cluster.host(2).gs_disconnect(now, 20);
+    cluster.run(Duration::from_millis(100));
+    let ev = gs_events(&mut cluster, 1);
+    assert!(
+        matches!(&ev[..], [(10, GsEvent::Approved { info, .. })]
+            if info.kind == ProtocolKind::FailureLeave
+                && info.changing == vec![(both[1], Change::Leaves(LeaveReason::ProcessFailed))]),
+        "{ev:?}"
+    );
+    assert_eq!(providers(&cluster, 2), Some(vec![both[0]]));
+}

@@ -52,6 +52,7 @@ use crate::wire::seal::{OpenError, Opener, Sealer};
 use ringcast_shm::delivery_pool::{PoolBuffer, SharedDeliveryPool};
 
 mod completions;
+mod gs_scripts;
 mod kernel;
 mod recv;
 mod send;
@@ -189,6 +190,8 @@ pub struct Engine {
     drop_from: Vec<NodeId>,
     /// Client sessions: their sockets and rings.
     ipc: Ipc,
+    /// GS deactivate scripts running outside this thread.
+    scripts: super::scripts::ScriptRunner,
     /// Where the ring sequences the host asks for are written.
     ring_seq_file: FileRingSeqStore,
     /// A packet to one other node (a token) was queued for sending since last cleared.
@@ -245,6 +248,7 @@ impl Engine {
         );
         let recv_pool = use_delivery_pool(&config, &ipc, opener.is_none(), &mut host, &mut bufring);
         let mut engine = Engine {
+            scripts: super::scripts::ScriptRunner::new(waker.clone()),
             ipc,
             ring,
             bufring,
@@ -361,6 +365,7 @@ impl Engine {
         self.persist()?;
         let now = self.now();
         work += self.ipc.flush_events(&mut self.host, now);
+        work += self.run_scripts(now);
         self.cancel_closed_polls();
         self.persist()?;
         work += self.drain_notices(now);
