@@ -128,6 +128,10 @@ pub struct GroupView {
 #[derive(Debug)]
 struct LocalProvider {
     client: ClientId,
+    /// What the replicated table names this provider's client by: a number this node
+    /// gave this one join, so that a table entry of an earlier provider with the same
+    /// instance number (brought back by a merge) never reaches it (§6.1).
+    token: ClientId,
     /// Its join was approved (before: a joiner).
     joined: bool,
 }
@@ -166,6 +170,8 @@ pub struct Service {
     /// JOIN and GOODBYE messages this node sent and has not delivered yet, by
     /// (group, instance): the instance number stays in use while they travel.
     in_flight: BTreeMap<(GroupName, u16), u32>,
+    /// The next provider token (see `LocalProvider::token`).
+    next_token: ClientId,
     subs: BTreeMap<GroupName, BTreeMap<ClientId, SubscribeFlags>>,
     table: BTreeMap<GroupName, Group>,
     sync: Option<SyncRun>,
@@ -212,6 +218,7 @@ impl Service {
             clients: BTreeMap::new(),
             locals: BTreeMap::new(),
             in_flight: BTreeMap::new(),
+            next_token: 1,
             subs: BTreeMap::new(),
             table: BTreeMap::new(),
             sync: None,
@@ -332,10 +339,16 @@ impl Service {
             subs.remove(&client);
         }
         self.subs.retain(|_, s| !s.is_empty());
-        let before = self.locals.len();
-        self.locals.retain(|_, l| l.client != client);
-        if self.locals.len() != before {
-            self.owe(codec::encode(&Message::ClientDown { client }), totem);
+        let mut tokens = Vec::new();
+        self.locals.retain(|_, l| {
+            if l.client == client {
+                tokens.push(l.token);
+            }
+            l.client != client
+        });
+        // One CLIENT_DOWN per provider: the table knows them by their tokens.
+        for token in tokens {
+            self.owe(codec::encode(&Message::ClientDown { client: token }), totem);
         }
     }
 
@@ -386,18 +399,21 @@ impl Service {
         if self.in_flight.contains_key(&(group.clone(), instance)) {
             return Err(GsError::DuplicateInstanceNumber);
         }
+        let token = self.next_token;
         let m = Message::Join {
             group: group.clone(),
-            client,
+            client: token,
             instance,
             attrs,
         };
         self.send(codec::encode(&m), totem)?;
+        self.next_token += 1;
         *self.in_flight.entry((group.clone(), instance)).or_default() += 1;
         self.locals.insert(
             (group.clone(), instance),
             LocalProvider {
                 client,
+                token,
                 joined: false,
             },
         );
@@ -461,7 +477,7 @@ impl Service {
         }
         let m = Message::Propose {
             group: group.clone(),
-            client,
+            client: self.locals[&(group.clone(), instance)].token,
             instance,
             proposal,
         };
@@ -506,7 +522,7 @@ impl Service {
         }
         let m = Message::Vote {
             group: group.clone(),
-            client,
+            client: self.locals[&(group.clone(), instance)].token,
             instance,
             seq,
             phase,
@@ -524,12 +540,15 @@ impl Service {
         totem: &mut impl Submit,
     ) -> Result<(), GsError> {
         let instance = self.provider_of(client, group)?;
-        self.locals.remove(&(group.clone(), instance));
+        let token = self
+            .locals
+            .remove(&(group.clone(), instance))
+            .map_or(client, |l| l.token);
         self.events
             .retain(|(c, e)| !(*c == client && provider_event_of(e, group)));
         let m = Message::Goodbye {
             group: group.clone(),
-            client,
+            client: token,
             instance,
         };
         *self.in_flight.entry((group.clone(), instance)).or_default() += 1;
@@ -926,7 +945,7 @@ impl Service {
                     .iter()
                     .flat_map(|p| p.changes.iter().map(|(e, _)| (e.id, e.client))),
             )
-            .filter(|(id, client)| id.node == self.local && self.is_local(name, *id, *client))
+            .filter_map(|(id, token)| self.local_client(name, id, token).map(|c| (id, c)))
             .collect();
         ours.sort();
         ours.dedup();
@@ -1014,12 +1033,20 @@ impl Service {
         }
     }
 
-    fn is_local(&self, group: &GroupName, id: ProviderId, client: ClientId) -> bool {
-        id.node == self.local
-            && self
-                .locals
-                .get(&(group.clone(), id.instance))
-                .is_some_and(|l| l.client == client)
+    /// The local client of the table's provider `id` named by `token`, if it is this
+    /// node's and still held.
+    fn local_client(&self, group: &GroupName, id: ProviderId, token: ClientId) -> Option<ClientId> {
+        if id.node != self.local {
+            return None;
+        }
+        self.locals
+            .get(&(group.clone(), id.instance))
+            .filter(|l| l.token == token)
+            .map(|l| l.client)
+    }
+
+    fn is_local(&self, group: &GroupName, id: ProviderId, token: ClientId) -> bool {
+        self.local_client(group, id, token).is_some()
     }
 
     // ------------------------------------------------------------ deliveries
@@ -1292,9 +1319,9 @@ impl Service {
                     flag,
                     time_limit_ms,
                 } => {
-                    if !self.is_local(name, provider, client) {
+                    let Some(client) = self.local_client(name, provider, client) else {
                         continue;
-                    }
+                    };
                     if let Some(script) = self.clients.get(&client).and_then(|c| c.script.clone()) {
                         self.scripts.push_back(ScriptRun {
                             client,
@@ -1314,16 +1341,25 @@ impl Service {
                 }
                 Note::Error {
                     node,
-                    client,
+                    client: token,
                     request,
                     error,
                 } => {
-                    if node != self.local || !self.clients.contains_key(&client) {
+                    // The request's provider, by its token; gone (a goodbye, a cast-out)
+                    // means nobody waits for the answer.
+                    let Some((&key, &client)) = self
+                        .locals
+                        .iter()
+                        .find(|((g, _), l)| g == name && l.token == token)
+                        .map(|((_, i), l)| (i, &l.client))
+                    else {
+                        continue;
+                    };
+                    if node != self.local {
                         continue;
                     }
                     if request == RequestKind::Join {
-                        self.locals
-                            .retain(|(g, _), l| !(g == name && l.client == client && !l.joined));
+                        self.locals.remove(&(name.clone(), key));
                     }
                     self.events.push_back((
                         client,
@@ -1341,9 +1377,9 @@ impl Service {
 
     fn tell_phase(&mut self, name: &GroupName, note: group::PhaseNote) {
         for (v, client) in note.to {
-            if !self.is_local(name, v, client) {
+            let Some(client) = self.local_client(name, v, client) else {
                 continue;
-            }
+            };
             self.events.push_back((
                 client,
                 GsEvent::NPhase {
@@ -1373,10 +1409,10 @@ impl Service {
         } else {
             self.stats.rejected += 1;
         }
-        for (id, &client) in outcome.participants.iter().zip(clients) {
-            if !self.is_local(name, *id, client) {
+        for (id, &token) in outcome.participants.iter().zip(clients) {
+            let Some(client) = self.local_client(name, *id, token) else {
                 continue;
-            }
+            };
             let event = match outcome.result {
                 Ok(()) => GsEvent::Approved {
                     group: name.clone(),

@@ -6,8 +6,9 @@ use bytes::Bytes;
 use crate::cpg::GroupName;
 use crate::totem::NodeId;
 
-/// A local client connection (one `ha_gs_init`), chosen by the caller. Must not be
-/// reused while the node runs: the replicated table names providers by it.
+/// A local client connection (one `ha_gs_init`), chosen by the caller. The replicated
+/// table does not name providers by it but by a token per join (the same type; see
+/// docs/group-services.md §6.1).
 pub type ClientId = u64;
 
 /// A provider: its node and its instance number, unique per group and node
