@@ -735,13 +735,16 @@ fn a_keyed_peer_flooding_joins_and_tokens_is_survived() {
             ),
         );
     }
-    // The ring kept ordering the engines' own load during both floods (the joins make
-    // it gather again and again, so less).
-    for (attack, flooded) in [("join", &joins), ("token", &tokens)] {
-        assert!(
-            flooded.delivered.iter().all(|n| *n > 0),
-            "no delivery during the {attack} flood: {:?}",
-            flooded.delivered
-        );
-    }
+    // The ring kept ordering the engines' own load during the token flood: tokens of a
+    // node that is not a member are dropped. A join flood is another matter: a listed
+    // node holding the key may make the ring gather again and again (Totem trusts it to
+    // join), so how much is delivered during one depends on how fast the attacker
+    // sends; it is reported above, and what is asserted is that the ring is whole again
+    // and orders the load afterwards (the waits above) with nothing lost or reordered
+    // (the checkers).
+    assert!(
+        tokens.delivered.iter().all(|n| *n > 0),
+        "no delivery during the token flood: {:?}",
+        tokens.delivered
+    );
 }
